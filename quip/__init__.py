@@ -1,0 +1,3 @@
+"""Qui Pipeline: event-streaming analytics for VR telemetry."""
+
+__version__ = "0.1.0"

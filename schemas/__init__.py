@@ -1,0 +1,1 @@
+"""Contracts shared by producers and consumers: topics and message schemas."""
