@@ -36,15 +36,22 @@ def parse_keys(spec: str) -> dict[str, str]:
             continue
         project, sep, key = item.partition(":")
         if not sep or not project.strip() or not key.strip():
-            raise KeyParseError(f"key entry {item.split(':')[0]!r}... is not of the form project:key")
+            raise KeyParseError(
+                f"key entry {item.split(':')[0]!r}... is not of the form project:key"
+            )
         if key.strip() in keys:
-            raise KeyParseError(f"a key is listed twice (projects {keys[key.strip()]!r}, {project!r})")
+            raise KeyParseError(
+                f"a key is listed twice (projects {keys[key.strip()]!r}, {project!r})"
+            )
         keys[key.strip()] = project.strip()
     return keys
 
 
+DEV_KEY_PREFIX = "dev_"
+
+
 def generate_dev_keys(project: str = "default") -> str:
-    return f"{project}:dev_{secrets.token_urlsafe(18)}"
+    return f"{project}:{DEV_KEY_PREFIX}{secrets.token_urlsafe(18)}"
 
 
 class Settings(BaseSettings):
@@ -92,15 +99,26 @@ class Settings(BaseSettings):
         problems = []
         for field in ("write_keys", "read_keys", "admin_keys"):
             value = getattr(self, field).get_secret_value()
-            if not parse_keys(value):
-                problems.append(f"QUIP_{field.upper()} is required in cluster mode")
-            elif any(key.startswith("dev_") for key in parse_keys(value)):
+            if any(key.startswith(DEV_KEY_PREFIX) for key in parse_keys(value)):
                 problems.append(f"QUIP_{field.upper()} holds an embedded dev key (dev_...)")
         if "*" in self.cors_origin_list:
             problems.append("QUIP_CORS_ORIGINS='*' is refused in cluster mode; list the origins")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def require_keys(self, *fields: str) -> None:
+        """Cluster processes that authenticate callers must be given their keys; embedded
+        mode generates dev keys instead (see `quip up`)."""
+        if self.mode is not Mode.CLUSTER:
+            return
+        missing = [
+            f"QUIP_{field.upper()}"
+            for field in fields
+            if not parse_keys(getattr(self, field).get_secret_value())
+        ]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required in cluster mode")
 
     @property
     def write_key_projects(self) -> dict[str, str]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType, NewPartitions
-from aiokafka.admin import NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.topics import TOPICS, TopicSpec
 
@@ -78,7 +78,9 @@ async def _reconcile(
     described = await admin.describe_configs([resource])
     current = _config_values(described)
     if current.get("retention.ms") != spec.configs["retention.ms"]:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name, spec.configs)])
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, spec.name, spec.configs)]
+        )
         changed = True
     return changed
 

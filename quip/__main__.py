@@ -1,0 +1,3 @@
+from quip.cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""The `quip` command. Every option also reads from its `QUIP_*` variable (SPEC §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from quip.settings import Mode, Settings
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with CLI flags that were given taking precedence."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        messages = "; ".join(str(error["msg"]) for error in exc.errors())
+        raise click.UsageError(f"invalid settings: {messages}") from exc
+
+
+def not_built(command: str, issue: int) -> None:
+    click.echo(f"quip {command}: not built yet (tracked in issue {issue})", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="quip-pipeline")
+def main() -> None:
+    """Qui Pipeline: VR telemetry analytics (ingest, streams, ClickHouse, query API)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The driver logs every refused connection with a traceback; the command reports the
+    # failure itself in one line.
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
+
+
+@main.command()
+@click.option("--host", default=None, help="listen address [QUIP_HOST, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="listen port [QUIP_PORT, 8000]")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[QUIP_DATA_DIR]")
+def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the whole pipeline in one process (embedded: chDB, in-process bus)."""
+    not_built("up", 6)
+
+
+@main.command()
+@click.option("--host", default=None, help="listen address [QUIP_HOST, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="listen port [QUIP_PORT, 8080]")
+@click.option("--workers", type=int, default=1, show_default=True, help="uvicorn workers")
+def gateway(host: str | None, port: int | None, workers: int) -> None:
+    """Ingest gateway: validate event batches and produce them to Kafka."""
+    not_built("gateway", 3)
+
+
+@main.command()
+def worker() -> None:
+    """Faust worker: stream agents from Kafka into ClickHouse and InfluxDB."""
+    not_built("worker", 4)
+
+
+@main.command()
+@click.option("--host", default=None, help="listen address [QUIP_HOST, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="listen port [QUIP_PORT, 8000]")
+def api(host: str | None, port: int | None) -> None:
+    """Query API and dashboard."""
+    not_built("api", 5)
+
+
+@main.command()
+@click.option(
+    "--engine",
+    type=click.Choice(["server", "chdb"]),
+    default=None,
+    help="where to migrate: the ClickHouse server of QUIP_CLICKHOUSE_URL, or embedded chDB "
+    "under QUIP_DATA_DIR [default: chdb in embedded mode, server in cluster mode]",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[QUIP_DATA_DIR]")
+def migrate(engine: str | None, data_dir: Path | None) -> None:
+    """Apply pending ClickHouse migrations (idempotent)."""
+    from sinks.clickhouse import ClickHouse, ClickHouseError
+    from sinks.engines import open_clickhouse
+    from sinks.migrate import migrate as run_migrations
+
+    settings = load_settings(data_dir=data_dir)
+    chosen = engine or ("server" if settings.mode is Mode.CLUSTER else "chdb")
+    try:
+        clickhouse: ClickHouse = open_clickhouse(settings, embedded=chosen == "chdb")
+        applied = run_migrations(clickhouse)
+    except (ClickHouseError, OSError) as exc:
+        raise click.ClickException(f"migration failed on {chosen}: {exc}") from exc
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing pending"
+    click.echo(f"migrated {chosen} ({clickhouse.database}): {names}")
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics of the registry (schemas/topics.py)."""
+
+
+@topics.command("create")
+@click.option("--bootstrap", default=None, help="[QUIP_KAFKA_BOOTSTRAP]")
+@click.option("--replication-factor", type=int, default=1, show_default=True)
+def topics_create(bootstrap: str | None, replication_factor: int) -> None:
+    """Create missing topics and reconcile partitions/retention (idempotent)."""
+    from quip.topics import apply_topics
+
+    settings = load_settings(kafka_bootstrap=bootstrap)
+    try:
+        report = asyncio.run(
+            apply_topics(settings.kafka_bootstrap, replication_factor=replication_factor)
+        )
+    except Exception as exc:
+        raise click.ClickException(
+            f"could not apply topics to {settings.kafka_bootstrap}: {exc}"
+        ) from exc
+    for label, names in (
+        ("created", report.created),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+    ):
+        if names:
+            click.echo(f"{label}: {', '.join(names)}")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@main.command()
+@click.option("--users", type=int, default=1000, show_default=True)
+@click.option("--days", type=int, default=1, show_default=True)
+@click.option("--url", default=None)
+@click.option("--rate", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+def simulate(users: int, days: int, url: str | None, rate: float | None, seed: int | None) -> None:
+    """Send realistic VR traffic to a gateway."""
+    not_built("simulate", 6)

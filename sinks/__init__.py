@@ -1,0 +1,2 @@
+"""Writers to the analytics stores (ClickHouse server or embedded chDB, InfluxDB) and the
+ClickHouse schema migrations."""
