@@ -52,7 +52,8 @@ install_kafka() {
   log "resolving Apache Kafka $KAFKA_VERSION from Maven Central"
   mkdir -p "$KAFKA_LIBS.partial"
   mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial" >&2
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.partial" >/dev/null \
+    || die "Maven could not resolve Kafka $KAFKA_VERSION (run the mvn command above without -q)"
   rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.partial" "$KAFKA_LIBS"
 }
 
@@ -104,8 +105,12 @@ start_clickhouse() {
   render "$HERE/clickhouse/config.xml.in" "$DATA/conf/clickhouse.xml"
   cp "$HERE/clickhouse/users.xml" "$DATA/conf/users.xml"
   log "starting clickhouse-server on 127.0.0.1:9000/8123"
-  (cd "$DATA/clickhouse" && nohup clickhouse-server --config-file="$DATA/conf/clickhouse.xml" \
-    >"$DATA/clickhouse/log/stdout.log" 2>&1 & echo $! > "$DATA/run/clickhouse.pid")
+  # Started from its own directory (it writes status files to the cwd); `$!` must be the
+  # server itself, not a subshell, or `down` would leave it running.
+  pushd "$DATA/clickhouse" >/dev/null
+  nohup clickhouse-server --config-file="$DATA/conf/clickhouse.xml" >"$DATA/clickhouse/log/stdout.log" 2>&1 &
+  echo $! > "$DATA/run/clickhouse.pid"
+  popd >/dev/null
 }
 
 clickhouse_ready() { pid_alive clickhouse && [ "$(curl -s --max-time 2 http://127.0.0.1:8123/ping)" = "Ok." ]; }
