@@ -55,7 +55,39 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
 @click.option("--workers", type=int, default=1, show_default=True, help="uvicorn workers")
 def gateway(host: str | None, port: int | None, workers: int) -> None:
     """Ingest gateway: validate event batches and produce them to Kafka."""
-    not_built("gateway", 3)
+    settings = load_settings(host=host, port=port)
+    try:
+        settings.require_keys("write_keys")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not settings.write_key_projects:
+        raise click.UsageError("set QUIP_WRITE_KEYS=project:key[,...] (the gateway has no keys)")
+    serve("ingest.app:create_app", settings, settings.listen_port(8080), workers)
+
+
+def serve(factory: str, settings: Settings, port: int, workers: int) -> None:
+    """Run an app factory under uvicorn. Worker processes re-read settings from the
+    environment, so flags are exported there first; several workers share Prometheus
+    metrics through a multiprocess directory."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    os.environ["QUIP_HOST"] = settings.host
+    os.environ["QUIP_PORT"] = str(port)
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quip-metrics-")
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=settings.host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 @main.command()

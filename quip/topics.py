@@ -77,7 +77,7 @@ async def _reconcile(
     resource = ConfigResource(ConfigResourceType.TOPIC, spec.name)
     described = await admin.describe_configs([resource])
     current = _config_values(described)
-    if current.get("retention.ms") != spec.configs["retention.ms"]:
+    if any(current.get(name) != value for name, value in spec.configs.items()):
         await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, spec.name, spec.configs)]
         )

@@ -19,16 +19,29 @@ class TopicSpec:
     partitions: int
     retention_ms: int
     producer: str
+    max_message_bytes: int = 1024 * 1024
 
     @property
     def configs(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms)}
+        return {
+            "retention.ms": str(self.retention_ms),
+            "max.message.bytes": str(self.max_message_bytes),
+        }
+
+
+# A gateway record holds one user's share of a request (body ≤ 1 MB decompressed) plus
+# envelope fields, so the event topics accept records up to the producer's 4 MiB.
+GATEWAY_RECORD_BYTES = 4 * 1024 * 1024
 
 
 # Partition counts bound consumer parallelism: analytics.events gets enough for several
 # Faust workers and gateway-side producer parallelism; low-volume service topics get few.
-ANALYTICS_EVENTS = TopicSpec("analytics.events", "project:user_id", 12, 7 * DAY_MS, "gateway")
-ANALYTICS_EVENTS_DLQ = TopicSpec("analytics.events.dlq", "project", 3, 14 * DAY_MS, "gateway")
+ANALYTICS_EVENTS = TopicSpec(
+    "analytics.events", "project:user_id", 12, 7 * DAY_MS, "gateway", GATEWAY_RECORD_BYTES
+)
+ANALYTICS_EVENTS_DLQ = TopicSpec(
+    "analytics.events.dlq", "project", 3, 14 * DAY_MS, "gateway", GATEWAY_RECORD_BYTES
+)
 SOCIAL_NOTIFICATIONS = TopicSpec(
     "social.notifications", "user_id", 6, 24 * HOUR_MS, "social service"
 )
