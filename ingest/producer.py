@@ -191,26 +191,40 @@ class GroupCommitProducer:
                 await self._commit(live)
 
     async def _commit(self, group: list[_Pending]) -> None:
+        """Deliver every record (acked, still invisible to read_committed consumers), then
+        commit. A failure before the commit is clean: abort, nothing visible. Only a commit
+        that times out is ambiguous, and it is a single small request."""
         producer = self._producer
         assert producer is not None
         budget = min(p.deadline for p in group) - time.monotonic()
         try:
             async with asyncio.timeout(max(budget, 0.05)):
                 await producer.begin_transaction()
-                for pending in group:
-                    for record in pending.records:
-                        await producer.send(record.topic, value=record.value, key=record.key)
+                deliveries = [
+                    await producer.send(record.topic, value=record.value, key=record.key)
+                    for pending in group
+                    for record in pending.records
+                ]
+                await asyncio.gather(*deliveries)
+        except Exception as exc:
+            self._fail(group, f"Kafka did not take the batch: {exc!r}")
+            await self._abort_or_replace(producer)
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
                 await producer.commit_transaction()
         except Exception as exc:
-            reason = f"Kafka did not take the batch: {exc!r}"
-            log.warning("group of %d requests failed: %s", len(group), reason)
-            self.last_error = reason
-            for pending in group:
-                pending.done.set_exception(BusUnavailable(reason, self.retry_after_s))
-            await self._abort_or_replace(producer)
+            self._fail(group, f"Kafka did not confirm the commit: {exc!r}")
+            await self._discard_producer()
             return
         for pending in group:
             pending.done.set_result(None)
+
+    def _fail(self, group: list[_Pending], reason: str) -> None:
+        log.warning("group of %d requests failed: %s", len(group), reason)
+        self.last_error = reason
+        for pending in group:
+            pending.done.set_exception(BusUnavailable(reason, self.retry_after_s))
 
     async def _abort_or_replace(self, producer: AIOKafkaProducer) -> None:
         try:

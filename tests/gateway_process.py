@@ -7,10 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +31,7 @@ def free_port() -> int:
 class GatewayProcess:
     url: str
     process: subprocess.Popen[bytes]
+    log: Path
 
 
 @contextmanager
@@ -37,10 +40,13 @@ def running_gateway(
 ) -> Iterator[GatewayProcess]:
     port = free_port()
     full_env = {**os.environ, "QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP, **env}
+    # A file, not a pipe: nobody drains a pipe while the test runs, and a gateway logging
+    # through an outage would block on a full one.
+    log = tempfile.NamedTemporaryFile(prefix="quip-gateway-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "quip", "gateway", "--port", str(port)],
         env=full_env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -48,7 +54,7 @@ def running_gateway(
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
+                output = Path(log.name).read_text()
                 raise RuntimeError(f"gateway exited with {process.returncode}:\n{output}")
             try:
                 if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
@@ -58,7 +64,7 @@ def running_gateway(
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway did not become ready")
             time.sleep(0.2)
-        yield GatewayProcess(url, process)
+        yield GatewayProcess(url, process, Path(log.name))
     finally:
         process.terminate()
         try:
@@ -66,6 +72,7 @@ def running_gateway(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
 
 
 async def end_offsets(topic: str) -> dict[TopicPartition, int]:
