@@ -75,6 +75,18 @@ def running_gateway(
         log.close()
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """aiokafka's stop() right after start() can await a task that was cancelled before
+    it ever ran, which re-raises CancelledError in the caller; only our own cancellation
+    should propagate."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 async def end_offsets(topic: str) -> dict[TopicPartition, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
     await admin.start()
@@ -89,7 +101,7 @@ async def end_offsets(topic: str) -> dict[TopicPartition, int]:
         offsets: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         return offsets
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def read_since(
@@ -122,4 +134,4 @@ async def read_since(
                 if caught_up and time.monotonic() - quiet_since >= settle_s:
                     return records
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
