@@ -5,6 +5,7 @@ instruction (they are never skipped silently). Deselect them explicitly with
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -44,6 +45,15 @@ def _require_marked_services(request: pytest.FixtureRequest) -> None:
                 "`deploy/local/services.sh up` (this test needs the real server)",
                 pytrace=False,
             )
+
+
+@pytest.fixture(scope="session")
+def registry_topics() -> None:
+    """The SPEC §3 topics as `quip topics create` makes them (idempotent); a fresh broker
+    has none, and auto-created ones would get the wrong partitions and limits."""
+    from quip.topics import apply_topics
+
+    asyncio.run(apply_topics(KAFKA_BOOTSTRAP))
 
 
 @pytest.fixture

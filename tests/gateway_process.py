@@ -95,6 +95,8 @@ async def end_offsets(topic: str) -> dict[TopicPartition, int]:
     finally:
         await admin.close()
     partitions = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+    if not partitions:
+        raise RuntimeError(f"topic {topic} does not exist: use the registry_topics fixture")
     consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, isolation_level="read_committed")
     await consumer.start()
     try:

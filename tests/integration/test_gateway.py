@@ -27,7 +27,7 @@ PROJECTS = {"vr", "web"}
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[GatewayProcess]:
+def gateway(registry_topics: None) -> Iterator[GatewayProcess]:
     with running_gateway({"QUIP_WRITE_KEYS": KEYS, "QUIP_RATE_LIMIT_IP_PER_MIN": "0"}) as process:
         yield process
 

@@ -53,7 +53,7 @@ async def post_until(
             await asyncio.sleep(0.2)
 
 
-async def test_kafka_outage_loses_nothing_and_adds_nothing() -> None:
+async def test_kafka_outage_loses_nothing_and_adds_nothing(registry_topics: None) -> None:
     since = await end_offsets(ANALYTICS_EVENTS.name)
     outcomes: list[tuple[int, list[str]]] = []
     readiness_during_outage: int | None = None
