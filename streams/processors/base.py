@@ -1,0 +1,71 @@
+"""The contract between a stream runner (Faust agent or embedded bus) and a processor.
+
+A runner feeds decoded records with their bus position, then asks for `flush(now_ms)`
+once per batch and hands the output to the sinks; only after the sinks have it are the
+offsets committed. Delivery is therefore at-least-once: a processor must produce output
+that is idempotent in its sink (ReplacingMergeTree keys, OR-merged bitmasks) and, when it
+keeps state, ignore records at or before the position its state already reflects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.events import EventRecord
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where a record sits on the bus. All of one user's records share a partition
+    (key `project:user_id`), so per-user and per-play state can compare offsets."""
+
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class TableRows:
+    """Rows for one ClickHouse table, inserted as one block."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One InfluxDB point (line protocol semantics); time in epoch milliseconds."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, float | int]
+    time_ms: int
+
+
+@dataclass(slots=True)
+class ProcessorOutput:
+    tables: list[TableRows] = field(default_factory=list)
+    points: list[SeriesPoint] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not any(t.rows for t in self.tables) and not self.points
+
+
+class EventProcessor(Protocol):
+    """Consumes `analytics.events` records."""
+
+    def process(self, record: EventRecord, position: Position) -> None: ...
+
+    def flush(self, now_ms: int) -> ProcessorOutput: ...
+
+
+class StatefulProcessor(EventProcessor, Protocol):
+    """A processor whose state must survive restarts and rebalances. The runner persists
+    `take_state_changes()` (key → serialized state, None = delete) in a changelogged
+    table after each flush, and on (re)assignment replays stored entries with
+    `load_state` before feeding records."""
+
+    def take_state_changes(self) -> dict[str, bytes | None]: ...
+
+    def load_state(self, key: str, value: bytes) -> None: ...
