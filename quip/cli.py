@@ -91,9 +91,19 @@ def serve(factory: str, settings: Settings, port: int, workers: int) -> None:
 
 
 @main.command()
-def worker() -> None:
-    """Faust worker: stream agents from Kafka into ClickHouse and InfluxDB."""
-    not_built("worker", 4)
+@click.option("--host", default=None, help="web bind address [QUIP_HOST, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="web port for /health /ready /metrics [6066]")
+def worker(host: str | None, port: int | None) -> None:
+    """Faust worker: stream agents from Kafka into ClickHouse and InfluxDB.
+
+    Run `quip migrate --engine server` and `quip topics create` first."""
+    import faust
+
+    from streams.app import create_worker_app
+
+    settings = load_settings(host=host, port=port)
+    app, _ = create_worker_app(settings)
+    faust.Worker(app, loglevel="info").execute_from_commandline()
 
 
 @main.command()

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     rate_limit_ip_per_min: int = Field(default=1000, ge=0)
     rate_limit_key_per_min: int = Field(default=0, ge=0)
     funnels_file: Path | None = None
+    # Faust app id = Kafka consumer group of `quip worker` (one group per deployment).
+    worker_group: str = "quip-worker"
     play_idle_timeout_s: int = Field(default=300, ge=1)
     cors_origins: str = ""
 

@@ -10,7 +10,7 @@ keeps state, ignore records at or before the position its state already reflects
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from schemas.events import EventRecord
 
@@ -60,6 +60,7 @@ class EventProcessor(Protocol):
     def flush(self, now_ms: int) -> ProcessorOutput: ...
 
 
+@runtime_checkable
 class StatefulProcessor(EventProcessor, Protocol):
     """A processor whose state must survive restarts and rebalances. The runner persists
     `take_state_changes()` (key → serialized state, None = delete) in a changelogged

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import date, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from sinks.migrate import migrate
 from sinks.queries.activity import active_users, retention
 from streams.processors.activity import ActivityProcessor, utc_day
 from streams.processors.base import Position
+from tests.expectations import expected_active, expected_retention
 
 DAY_MS = 86_400_000
 
@@ -59,64 +60,6 @@ def generated_events(seed: int, users: int, days: int) -> list[EventRecord]:
     )
     rng.shuffle(records)
     return records + records[: len(records) // 5]  # replayed duplicates
-
-
-def expected_active(
-    records: list[EventRecord], day_from: date, day_to: date
-) -> list[dict[str, object]]:
-    active: dict[date, set[str]] = {}
-    for record in records:
-        if record.project == "p":
-            for event in record.events:
-                active.setdefault(utc_day(event.ts), set()).add(event.user_id)
-    out = []
-    day = day_from
-    while day <= day_to:
-
-        def window(n: int, end: date = day) -> int:
-            return len(set().union(*(active.get(end - timedelta(days=k), set()) for k in range(n))))
-
-        dau, wau, mau = window(1), window(7), window(30)
-        out.append(
-            {
-                "day": day.isoformat(),
-                "dau": dau,
-                "wau": wau,
-                "mau": mau,
-                "stickiness": dau / mau if mau else 0.0,
-            }
-        )
-        day += timedelta(days=1)
-    return out
-
-
-def expected_retention(
-    records: list[EventRecord], day_from: date, day_to: date, period: str, today: date
-) -> list[dict[str, object]]:
-    days_by_user: dict[str, set[date]] = {}
-    for record in records:
-        if record.project == "p":
-            for event in record.events:
-                days_by_user.setdefault(event.user_id, set()).add(utc_day(event.ts))
-
-    def period_start(day: date) -> date:
-        return day if period == "day" else day - timedelta(days=day.weekday())
-
-    step = 1 if period == "day" else 7
-    cohorts: dict[date, list[set[date]]] = {}
-    for days in days_by_user.values():
-        first = min(days)
-        if day_from <= first <= day_to:
-            cohorts.setdefault(period_start(first), []).append({period_start(d) for d in days})
-    out = []
-    for cohort in sorted(cohorts):
-        started = (period_start(today) - cohort).days // step + 1
-        retained = [
-            sum(1 for periods in cohorts[cohort] if cohort + timedelta(days=k * step) in periods)
-            for k in range(started)
-        ]
-        out.append({"cohort": cohort.isoformat(), "size": retained[0], "retained": retained})
-    return out
 
 
 def load(clickhouse: ClickHouse, records: list[EventRecord], batch: int = 50) -> None:

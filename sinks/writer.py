@@ -1,0 +1,121 @@
+"""Deliver a processor's output to the stores, retrying until they take it.
+
+The caller (a stream agent) commits its offsets only after `write` returns, so a store
+that is down slows the agent instead of losing data: attempts back off exponentially up to
+`max_backoff_s` and go on until the store answers; meanwhile `health` reports the store as
+failing, which the worker's `/ready` shows. Each part of an output (one table, or the
+series) is written once: after a partial failure only the missing parts are retried.
+Every table written here deduplicates by key, so a retry after an ambiguous failure is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Histogram
+
+from sinks.clickhouse import ClickHouse
+from sinks.influx import InfluxWriter
+from streams.processors.base import ProcessorOutput
+
+log = logging.getLogger(__name__)
+
+SINK_BATCH_ROWS = Histogram(
+    "sink_batch_rows",
+    "Rows (or points) per sink write",
+    ["sink", "target"],
+    buckets=(1, 10, 100, 1_000, 5_000, 20_000, 100_000),
+)
+SINK_WRITE_SECONDS = Histogram(
+    "sink_write_seconds",
+    "Latency of one successful sink write",
+    ["sink", "target"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+@dataclass
+class SinkHealth:
+    """Last outcome per store: "ok" or why not. Shared by all writers of a process."""
+
+    status: dict[str, str] = field(default_factory=dict)
+
+    def ok(self, store: str) -> None:
+        self.status[store] = "ok"
+
+    def failing(self, store: str, reason: str) -> None:
+        self.status[store] = reason
+
+
+class SinkWriter:
+    def __init__(
+        self,
+        clickhouse: Callable[[], ClickHouse],
+        influx: InfluxWriter | None,
+        health: SinkHealth,
+        *,
+        first_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self._clickhouse_factory = clickhouse
+        self._clickhouse: ClickHouse | None = None
+        self._influx = influx
+        self.health = health
+        self.first_backoff_s = first_backoff_s
+        self.max_backoff_s = max_backoff_s
+
+    async def write(self, output: ProcessorOutput) -> None:
+        """Return when every part of `output` is stored. Never raises for store errors."""
+        if output.is_empty():
+            return
+        done: set[str] = set()
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self._write_parts, output, done)
+                return
+            except Exception as exc:
+                attempt += 1
+                delay = min(self.max_backoff_s, self.first_backoff_s * 2 ** (attempt - 1))
+                log.warning(
+                    "sink write failed (attempt %d), retrying in %.1fs: %s", attempt, delay, exc
+                )
+                await asyncio.sleep(delay)
+
+    def _write_parts(self, output: ProcessorOutput, done: set[str]) -> None:
+        for table in output.tables:
+            if table.table in done or not table.rows:
+                continue
+            started = time.perf_counter()
+            try:
+                self._client().insert(table.table, table.columns, table.rows)
+            except Exception as exc:
+                self.health.failing("clickhouse", f"insert into {table.table} failed: {exc}")
+                self._clickhouse = None  # reconnect on the next attempt
+                raise
+            self.health.ok("clickhouse")
+            SINK_WRITE_SECONDS.labels("clickhouse", table.table).observe(
+                time.perf_counter() - started
+            )
+            SINK_BATCH_ROWS.labels("clickhouse", table.table).observe(len(table.rows))
+            done.add(table.table)
+        if output.points and self._influx is not None and "influxdb" not in done:
+            started = time.perf_counter()
+            try:
+                self._influx.write(output.points)
+            except Exception as exc:
+                self.health.failing("influxdb", f"write failed: {exc}")
+                raise
+            self.health.ok("influxdb")
+            SINK_WRITE_SECONDS.labels("influxdb", "series").observe(time.perf_counter() - started)
+            SINK_BATCH_ROWS.labels("influxdb", "series").observe(len(output.points))
+            done.add("influxdb")
+
+    def _client(self) -> ClickHouse:
+        if self._clickhouse is None:
+            self._clickhouse = self._clickhouse_factory()
+        return self._clickhouse
