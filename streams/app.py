@@ -91,6 +91,9 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # A killed worker's partitions move after 10 s instead of a minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         stream_wait_empty=False,
     )
     state = WorkerState()

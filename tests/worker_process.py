@@ -64,6 +64,10 @@ class WorkerProcess:
             time.sleep(0.3)
         raise RuntimeError(f"worker not ready:\n{self.log.read_text()[-3000:]}")
 
+    def ready_checks_failing(self) -> set[str]:
+        checks: dict[str, str] = httpx.get(f"{self.url}/ready", timeout=5).json()["checks"]
+        return {name for name, status in checks.items() if status != "ok"}
+
     def kill(self) -> None:
         """SIGKILL: no flush, no commit, no goodbye to the group."""
         assert self.process is not None
