@@ -24,14 +24,19 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from quip.settings import Settings
+from schemas.funnels import load_funnels
+from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.engines import open_clickhouse
 from sinks.influx import InfluxWriter
 from sinks.queries.activity import active_users
 from sinks.writer import SinkHealth, SinkWriter
-from streams.pipeline import EventPipeline
+from streams.pipeline import EventPipeline, ServicePipeline
 from streams.processors.activity import ActivityProcessor
 from streams.processors.events import EventsProcessor
+from streams.processors.funnels import FunnelsProcessor
+from streams.processors.plays import PlaysProcessor
+from streams.processors.services import ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +118,51 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     def writer() -> SinkWriter:
         return SinkWriter(lambda: open_clickhouse(settings, embedded=False), influx, state.health)
 
+    def state_table(name: str) -> Any:
+        # Changelogged per source partition (see streams/pipeline.py); memory store: the
+        # state is small (open plays, funnel candidates), so replaying it on start is quick.
+        return app.Table(
+            f"{name}-state",
+            partitions=ANALYTICS_EVENTS.partitions,
+            key_type=str,  # json-serialized keys
+            value_type=bytes,  # raw values: the processors' own msgspec encoding
+        )
+
+    idle_timeout_ms = settings.play_idle_timeout_s * 1000
     state.pipelines = [
         EventPipeline("events", EventsProcessor, writer(), dead_letters=dead_letters),
         EventPipeline("activity", ActivityProcessor, writer()),
+        EventPipeline(
+            "plays",
+            lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
+            writer(),
+            state_table=state_table("plays"),
+        ),
     ]
+    funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
+    if funnels:
+        state.pipelines.append(
+            EventPipeline(
+                "funnels",
+                lambda: FunnelsProcessor(funnels, max_event_age_days=settings.max_event_age_days),
+                writer(),
+                state_table=state_table("funnels"),
+            )
+        )
     for pipeline in state.pipelines:
         app.agent(events_topic, name=pipeline.name)(
             _supervised(app, state, pipeline.name, pipeline.run)
         )
+
+    service_topics = app.topic(
+        *SERVICE_TOPICS,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    services = ServicePipeline(ServiceMetricsProcessor(), writer(), dead_letters)
+    app.agent(service_topics, name="services")(_supervised(app, state, "services", services.run))
 
     @app.on_partitions_revoked.connect
     async def _forget(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:

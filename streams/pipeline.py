@@ -20,16 +20,23 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from schemas.events import DeadLetter, decode_record, encode_dead_letter
 from sinks.writer import SinkWriter
 from streams.processors.base import EventProcessor, Position, ProcessorOutput, StatefulProcessor
+from streams.processors.services import ServiceDeadLetter, ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)
 
 EVENTS_PROCESSED = Counter(
     "analytics_events_processed", "Events processed and stored, by agent", ["agent"]
+)
+SOCIAL_MESSAGES_DELIVERED = Counter(
+    "social_messages_delivered", "Social notifications delivered (distinct messages seen)"
+)
+CONTENT_CREATION_RATE = Gauge(
+    "content_creation_rate", "Content items published per minute, over the last minutes"
 )
 UNDECODABLE_RECORDS = Counter(
     "analytics_records_undecodable", "Records that could not be decoded, by agent", ["agent"]
@@ -154,6 +161,48 @@ class EventPipeline:
                     reason=f"undecodable_record: {exc}"[:500],
                     raw=raw.decode("utf-8", "replace"),
                     source=f"worker:{self.name}@{message.partition}/{message.offset}",
+                )
+            ),
+        )
+
+
+class ServicePipeline:
+    """The services agent: the four service topics → `ServiceMetricsProcessor` → sinks.
+    Undecodable messages go to the dead-letter topic with their reason."""
+
+    def __init__(self, processor: ServiceMetricsProcessor, writer: SinkWriter, dead_letters: Any) -> None:
+        self.processor = processor
+        self.writer = writer
+        self.dead_letters = dead_letters
+        self._reported_delivered = 0
+
+    async def run(self, stream: Any) -> None:
+        async for events in stream.take_events(BATCH_MAX_RECORDS, within=BATCH_WITHIN_S):
+            for event in events:
+                message = event.message
+                self.processor.process(
+                    message.topic, message.value, Position(message.partition, message.offset)
+                )
+            await self.writer.write(self.processor.flush(int(time.time() * 1000)))
+            for dead in self.processor.take_dead_letters():
+                await self._send_dead_letter(dead)
+            delivered = self.processor.delivered_total
+            SOCIAL_MESSAGES_DELIVERED.inc(max(delivered - self._reported_delivered, 0))
+            self._reported_delivered = delivered
+            CONTENT_CREATION_RATE.set(self.processor.published_per_minute(int(time.time() * 1000)))
+            EVENTS_PROCESSED.labels("services").inc(len(events))
+
+    async def _send_dead_letter(self, dead: ServiceDeadLetter) -> None:
+        await self.dead_letters.send(
+            key=dead.topic.encode(),
+            value=encode_dead_letter(
+                DeadLetter(
+                    project="unknown",
+                    received_at=int(time.time() * 1000),
+                    index=-1,
+                    reason=dead.reason[:500],
+                    raw=dead.raw.decode("utf-8", "replace"),
+                    source=f"worker:services:{dead.topic}@{dead.position.partition}/{dead.position.offset}",
                 )
             ),
         )

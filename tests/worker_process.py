@@ -19,10 +19,10 @@ from tests.conftest import KAFKA_BOOTSTRAP
 from tests.gateway_process import end_offsets, free_port, stop_consumer
 
 
-async def start_group_at_end(group: str, topic: str) -> None:
-    """Commit the group's offsets at the topic's end, so a fresh worker group skips what
-    earlier tests wrote and processes only this test's events."""
-    offsets = await end_offsets(topic)
+async def start_group_at_end(group: str, topics: list[str]) -> None:
+    """Commit the group's offsets at the topics' ends, so a fresh worker group skips what
+    earlier tests wrote and processes only this test's messages."""
+    offsets = {tp: offset for topic in topics for tp, offset in (await end_offsets(topic)).items()}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=KAFKA_BOOTSTRAP, group_id=group, enable_auto_commit=False
     )

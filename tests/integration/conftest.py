@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ServerClickHouse
 from sinks.migrate import migrate
@@ -31,7 +32,7 @@ def gateway(registry_topics: None, project: str) -> Iterator[GatewayProcess]:
 @pytest.fixture
 def worker_env(server_clickhouse: ServerClickHouse, unique_name: str) -> dict[str, str]:
     migrate(server_clickhouse)
-    asyncio.run(start_group_at_end(unique_name, ANALYTICS_EVENTS.name))
+    asyncio.run(start_group_at_end(unique_name, [ANALYTICS_EVENTS.name, *SERVICE_TOPICS]))
     return {
         "QUIP_CLICKHOUSE_URL": f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}",
         "QUIP_WORKER_GROUP": unique_name,

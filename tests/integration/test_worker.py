@@ -3,9 +3,23 @@ numbers in ClickHouse, compared with an independent computation."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from schemas.publisher import ServicePublisher
+from schemas.services import (
+    ContentPublished,
+    EmailNotification,
+    EncodingJob,
+    ServiceMessage,
+    SocialNotification,
+)
 from sinks.clickhouse import ServerClickHouse
+from sinks.queries.services import service_metrics
+from streams.processors.activity import utc_day
+from tests.conftest import KAFKA_BOOTSTRAP
 from tests.gateway_process import GatewayProcess
 from tests.pipeline_checks import assert_exact, post_all
 from tests.traffic import generate_batches
@@ -25,3 +39,77 @@ def test_gateway_to_clickhouse_exact(
         post_all(gateway, batches)
         post_all(gateway, batches[:5])  # client retries of whole batches
         assert_exact(server_clickhouse, project, batches)
+
+
+async def test_service_messages_become_service_metrics(
+    worker_env: dict[str, str], server_clickhouse: ServerClickHouse, project: str
+) -> None:
+    now = int(time.time() * 1000) - 60_000
+    messages: list[ServiceMessage] = [
+        *(
+            SocialNotification(
+                message_id=f"s{i}",
+                user_id=f"u{i}",
+                kind="message",
+                status="delivered" if i % 3 else "failed",
+                ts=now,
+                project=project,
+            )
+            for i in range(9)
+        ),
+        *(
+            ContentPublished(
+                message_id=f"c{i}",
+                content_id=f"c{i}",
+                action="published",
+                content_type="scene",
+                ts=now,
+                project=project,
+            )
+            for i in range(4)
+        ),
+        *(
+            EncodingJob(
+                message_id=f"v{i}",
+                job_id=f"j{i}",
+                content_id="c1",
+                status="succeeded",
+                encode_ms=float(100 * (i + 1)),
+                ts=now,
+                project=project,
+            )
+            for i in range(20)
+        ),
+        EncodingJob(
+            message_id="vq", job_id="jq", content_id="c1", status="queued", ts=now, project=project
+        ),
+        EmailNotification(
+            message_id="e1",
+            user_id="u1",
+            template="welcome",
+            status="sent",
+            ts=now,
+            project=project,
+        ),
+    ]
+    with running_worker(worker_env):
+        async with ServicePublisher(KAFKA_BOOTSTRAP, client_id="test") as publisher:
+            await publisher.publish_many(messages)
+            await publisher.publish_many(messages[:5])  # a retried send
+        today = utc_day(now)
+        deadline = time.monotonic() + 60
+        while True:
+            totals = service_metrics(server_clickhouse, project, today, today)["totals"]
+            if totals["encoding_succeeded"] == 20 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    assert totals == {
+        "social_delivered": 6,
+        "content_published": 4,
+        "encoding_queued": 1,
+        "encoding_succeeded": 20,
+        "encoding_failed": 0,
+        "encode_ms_p95": 2000.0,  # quantileExact(0.95) of 100..2000: index floor(0.95*20) = 19
+        "emails_sent": 1,
+        "emails_failed": 0,
+    }

@@ -1,0 +1,313 @@
+"""Predefined funnels computed live (SPEC §4): per (project, user, funnel, start day), the
+furthest step reached by a chain whose first step happened on that day.
+
+Output: rows for `funnel_progress` (project, funnel, definition, user_id, start_day,
+level). A funnel's answer for [from, to] is then, per user, the max level over start days
+in the range — the same number the ad-hoc windowFunnel query gives (semantics in
+sinks/queries/funnels.py: t1 ≤ … ≤ tk, tk - t1 ≤ W, equal times chain in step order, one
+event may satisfy several consecutive steps).
+
+Exactness under disorder. The result depends only on the *set* of times at which each
+step matched, so per user and funnel the state is one sorted list of distinct event times
+(ms) per step. A new time x for step 1 is a new start a = x; a new time x for a later step
+can only change starts a in [x - W, x]. For every affected start the processor recomputes
+its level greedily (the earliest next-step time ≥ the previous one, within a + W, which
+is optimal for a fixed start) and raises the start day's level if it grew. Out-of-order,
+late and duplicated events therefore give the same rows as in-order delivery: a duplicate
+time changes nothing, and a late event re-evaluates exactly the chains it can touch.
+Levels only grow, so rows are re-emitted only when a day's level rises; the sink keeps
+the highest (ReplacingMergeTree(level), and readers take max()).
+
+Replays: each user's state remembers the bus position it reflects; a record at or before
+it (same partition) is ignored. Re-applying one would be harmless anyway (sets).
+
+State, memory bound and the late-event trade-off. An event may arrive up to
+`max_event_age_days` (QUIP_MAX_EVENT_AGE_DAYS) after it happened, and it can touch chains
+that started up to one window earlier; so a step time must be kept for
+horizon = lateness + window + `clock_slack_ms`, measured against the partition's
+watermark (the highest gateway `received_at` seen on that partition, not the wall clock,
+so a worker catching up on a backlog prunes by the backlog's time). Older times and older
+start-day levels are pruned at flush; a user whose state empties is deleted (state change
+None) — exact, since no event the gateway still accepts can reach those times. Memory per
+(user, funnel) is therefore the number of that user's events matching some step within
+the horizon (≈ 31 days by default) plus one level per start day, and never more than
+`max_times_per_step` times per step: past that the oldest times are dropped, which can only
+under-count, and only for chains that a very late event would have completed among those
+dropped times. Lower `lateness_ms` to trade exactness for very late events against memory:
+events later than it can still start or extend chains among the times kept, but chains
+needing pruned times are missed (again only under-counting).
+
+`flush(now_ms)` does not read `now_ms`: pruning follows the watermarks described above.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Final
+
+import msgspec
+
+from schemas.events import Event, EventRecord
+from schemas.funnels import DAY_MS, PROGRESS_COLUMNS, PROGRESS_TABLE, FunnelDefinition
+from streams.processors.base import Position, ProcessorOutput, TableRows
+
+HOUR_MS: Final = 3_600_000
+# Gateway replicas' clocks and produce delays: records on one partition are in received_at
+# order give or take this much.
+DEFAULT_CLOCK_SLACK_MS: Final = HOUR_MS
+DEFAULT_MAX_TIMES_PER_STEP: Final = 4096
+# A full pass over all users to delete idle ones, each time a partition's watermark has
+# advanced this much since the last pass.
+SWEEP_EVERY_MS: Final = HOUR_MS
+
+
+class _FunnelState(msgspec.Struct, array_like=True, gc=False):
+    definition: str  # the fingerprint the state was built for
+    times: list[list[int]]  # per step: sorted distinct event times (epoch ms)
+    levels: dict[int, int]  # start day (days since epoch) -> highest level emitted
+
+
+class _UserState(msgspec.Struct, array_like=True, gc=False):
+    project: str
+    user_id: str
+    partition: int = -1
+    offset: int = -1  # last applied record offset on `partition`
+    funnels: dict[str, _FunnelState] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_UserState)
+
+
+def state_key(project: str, user_id: str) -> str:
+    return f"{project}:{user_id}"
+
+
+def reached_level(times: list[list[int]], start: int, window_ms: int) -> int:
+    """Furthest step of the chain starting at `start` (a step-1 time): greedy earliest
+    next-step time ≥ the previous step's, all within start + window."""
+    deadline = start + window_ms
+    current, level = start, 1
+    for step_times in times[1:]:
+        index = bisect_left(step_times, current)
+        if index == len(step_times) or step_times[index] > deadline:
+            break
+        current = step_times[index]
+        level += 1
+    return level
+
+
+class FunnelsProcessor:
+    """A StatefulProcessor for `analytics.events` (module docstring for the contract)."""
+
+    def __init__(
+        self,
+        definitions: Sequence[FunnelDefinition],
+        *,
+        max_event_age_days: int = 30,
+        lateness_ms: int | None = None,
+        max_times_per_step: int = DEFAULT_MAX_TIMES_PER_STEP,
+        clock_slack_ms: int = DEFAULT_CLOCK_SLACK_MS,
+    ) -> None:
+        names = [definition.name for definition in definitions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"funnel names must be unique: {names}")
+        if max_times_per_step < 1:
+            raise ValueError("max_times_per_step must be >= 1")
+        self._definitions = {definition.name: definition for definition in definitions}
+        self._fingerprints = {d.name: d.fingerprint for d in definitions}
+        # event type -> [(funnel name, step index)]
+        self._steps_by_type: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for definition in definitions:
+            for index, step in enumerate(definition.steps):
+                self._steps_by_type[step.event].append((definition.name, index))
+        lateness = max_event_age_days * DAY_MS if lateness_ms is None else lateness_ms
+        longest_window = max((d.window_ms for d in definitions), default=0)
+        self.horizon_ms = lateness + longest_window + clock_slack_ms
+        self._max_times = max_times_per_step
+        self._users: dict[str, _UserState] = {}
+        self._watermarks: dict[int, int] = {}  # partition -> highest received_at seen
+        self._swept_at: dict[int, int] = {}  # partition -> watermark at the last sweep
+        self._pending: set[tuple[str, str, int]] = set()  # (user key, funnel, day) to emit
+        self._touched: set[str] = set()  # users changed since the last flush
+        self._changed: set[str] = set()  # users changed since take_state_changes
+
+    # -- EventProcessor -------------------------------------------------------------
+
+    def process(self, record: EventRecord, position: Position) -> None:
+        if not self._definitions:
+            return
+        partition = position.partition
+        if record.received_at > self._watermarks.get(partition, -1):
+            self._watermarks[partition] = record.received_at
+        by_user: dict[str, list[Event]] = defaultdict(list)
+        for event in record.events:
+            by_user[event.user_id].append(event)
+        for user_id, events in by_user.items():
+            key = state_key(record.project, user_id)
+            state = self._users.get(key)
+            if (
+                state is not None
+                and state.partition == partition
+                and (position.offset <= state.offset)
+            ):
+                continue  # already reflected in the state: a replay
+            changed = False
+            for event in events:
+                state, added = self._apply(key, record.project, user_id, event, state)
+                changed = changed or added
+            if state is not None and changed:
+                # Records that change nothing need no position: replaying them is a no-op.
+                state.partition, state.offset = partition, position.offset
+                self._touched.add(key)
+                self._changed.add(key)
+
+    def flush(self, now_ms: int) -> ProcessorOutput:
+        rows = []
+        for key, funnel, day in sorted(self._pending):
+            state = self._users.get(key)
+            funnel_state = state.funnels.get(funnel) if state is not None else None
+            level = funnel_state.levels.get(day) if funnel_state is not None else None
+            if state is None or level is None:
+                continue  # replaced by load_state since: that state's rows were written
+            fingerprint = self._fingerprints[funnel]
+            rows.append((state.project, funnel, fingerprint, state.user_id, _date(day), level))
+        self._pending.clear()
+        for key in self._touched:
+            self._prune(key)
+        self._touched.clear()
+        self._sweep_idle_users()
+        if not rows:
+            return ProcessorOutput()
+        return ProcessorOutput(tables=[TableRows(PROGRESS_TABLE, PROGRESS_COLUMNS, rows)])
+
+    # -- StatefulProcessor ----------------------------------------------------------
+
+    def take_state_changes(self) -> dict[str, bytes | None]:
+        changes: dict[str, bytes | None] = {}
+        for key in self._changed:
+            state = self._users.get(key)
+            changes[key] = None if state is None else _encoder.encode(state)
+        self._changed.clear()
+        return changes
+
+    def load_state(self, key: str, value: bytes) -> None:
+        """Restore one user's state. Funnels no longer configured, or whose definition
+        changed (fingerprint), are dropped: their history restarts empty."""
+        state = _decoder.decode(value)
+        state.funnels = {
+            name: funnel
+            for name, funnel in state.funnels.items()
+            if funnel.definition == self._fingerprints.get(name)
+        }
+        self._users[key] = state
+
+    # -- internals ------------------------------------------------------------------
+
+    def _apply(
+        self, key: str, project: str, user_id: str, event: Event, state: _UserState | None
+    ) -> tuple[_UserState | None, bool]:
+        """Add the event's time to every step it matches; True if any time was new."""
+        added = False
+        for funnel, index in self._steps_by_type.get(event.type, ()):
+            definition = self._definitions[funnel]
+            if not definition.steps[index].matches(event.type, event.props):
+                continue
+            if state is None:
+                state = self._users.get(key)
+                if state is None:
+                    state = self._users[key] = _UserState(project, user_id)
+            funnel_state = state.funnels.get(funnel)
+            if funnel_state is None:
+                funnel_state = state.funnels[funnel] = _FunnelState(
+                    self._fingerprints[funnel], [[] for _ in definition.steps], {}
+                )
+            if self._add_time(key, funnel, definition, funnel_state, index, event.ts):
+                added = True
+        return state, added
+
+    def _add_time(
+        self,
+        key: str,
+        funnel: str,
+        definition: FunnelDefinition,
+        state: _FunnelState,
+        index: int,
+        ts: int,
+    ) -> bool:
+        step_times = state.times[index]
+        position = bisect_left(step_times, ts)
+        if position < len(step_times) and step_times[position] == ts:
+            return False  # a duplicate time: no chain changes
+        step_times.insert(position, ts)
+        if len(step_times) > self._max_times:
+            del step_times[0]
+        starts = state.times[0]
+        window = definition.window_ms
+        if index == 0:
+            affected = [ts]
+        else:
+            affected = starts[bisect_left(starts, ts - window) : bisect_right(starts, ts)]
+        complete = len(definition.steps)
+        levels = state.levels
+        for start in affected:
+            day = start // DAY_MS
+            current = levels.get(day, 0)
+            if current == complete:
+                continue
+            level = reached_level(state.times, start, window)
+            if level > current:
+                levels[day] = level
+                self._pending.add((key, funnel, day))
+        return True
+
+    def _prune(self, key: str) -> None:
+        state = self._users.get(key)
+        if state is None or state.partition not in self._watermarks:
+            return
+        cutoff = self._watermarks[state.partition] - self.horizon_ms
+        cutoff_day = cutoff // DAY_MS
+        changed = False
+        for name in list(state.funnels):
+            funnel = state.funnels[name]
+            for step_times in funnel.times:
+                if step_times and step_times[0] < cutoff:
+                    del step_times[: bisect_left(step_times, cutoff)]
+                    changed = True
+            for day in [day for day in funnel.levels if day < cutoff_day]:
+                del funnel.levels[day]
+                changed = True
+            if not any(funnel.times):
+                del state.funnels[name]
+        if not state.funnels:
+            del self._users[key]
+            changed = True
+        if changed:
+            self._changed.add(key)
+
+    def _sweep_idle_users(self) -> None:
+        due = {
+            partition
+            for partition, watermark in self._watermarks.items()
+            if watermark - self._swept_at.get(partition, -SWEEP_EVERY_MS) >= SWEEP_EVERY_MS
+        }
+        if not due:
+            return
+        for partition in due:
+            self._swept_at[partition] = self._watermarks[partition]
+        for key, state in list(self._users.items()):
+            if state.partition in due:
+                cutoff = self._watermarks[state.partition] - self.horizon_ms
+                newest = max(
+                    (times[-1] for f in state.funnels.values() for times in f.times if times),
+                    default=None,
+                )
+                if newest is None or newest < cutoff:
+                    self._prune(key)
+
+
+def _date(epoch_day: int) -> date:
+    return datetime.fromtimestamp(epoch_day * 86_400, UTC).date()

@@ -1,0 +1,676 @@
+"""Plays: one row per play for ClickHouse (`plays`) and a live 1-minute QoE series for
+InfluxDB (`playback_qoe`), with the SPEC §4 playback-quality semantics.
+
+What belongs to a play
+    An event whose type starts with `playback_` and whose props carry a non-empty string
+    `play_id`; the play is `(project, play_id)`. Other events only advance the clock.
+
+A play's row is a pure function of the set of its distinct events (by event_id), so the
+order events arrive in, duplicates and replays never change it:
+    - first event = the smallest `(ts, event_id)`; it gives `first_ts` (day/minute the
+      play is attributed to), `user_id`, `device_model`, `app_version` and `region`;
+    - `content_id` comes from the earliest event (same order) that carries one;
+    - start = the earliest `playback_start`; "before start" compares event times: a fatal
+      `playback_error` with `ts < start ts` (or with no start at all) is a
+      video_start_failure, one at or after the start a playback_failure. The earliest fatal
+      error decides, so the two are exclusive; `started` stays "has a playback_start";
+    - exit_before_start = ended without a start and without a fatal error; only ended plays
+      are written, so it is simply "no start and no fatal error" on a row;
+    - durations, startup and bitrates are rounded to whole milliseconds / kbps on the way
+      in, so every sum is an exact integer whatever the order;
+    - `version` = 2 x the number of distinct events applied: a later row for the same play
+      always carries more events and a higher version, a replay yields the identical row
+      with the same version.
+
+When a play is written (only closed plays appear in `plays`)
+    A play closes at the first flush after it has a `playback_end`, a fatal error, or has
+    been idle for `idle_timeout_ms`: `last ts + timeout < event-time watermark` or
+    `last received_at + timeout < now_ms` (processing time, so a stream that stops still
+    closes its plays). The watermark is the largest `min(ts, received_at)` seen, so a
+    client clock running ahead cannot close everyone's plays early. Open plays are not
+    written: the `plays` table holds settled plays, the Influx series is the live view.
+
+Late events, duplicates, replays
+    Closed plays are kept for a grace period (default 2 x idle timeout, in both event time
+    and arrival time) with their event-id set. A late event merges into the kept state and
+    the play is re-emitted with a higher version (an idle-closed play re-opens until it is
+    idle again); ReplacingMergeTree(version) keeps the newest row per
+    (project, play_id, day). When a late event moves a play to another (earlier) day, a
+    tombstone row (`deleted = 1`, version 2n - 1, the previous row's first_ts) is written
+    under the old day's key, so each play has exactly one live key and day-filtered queries
+    stay exact whatever the merge state. Records at or before the last position applied
+    to a play (per partition) are skipped: a replay after a crash cannot double count.
+    Event ids are kept as 64-bit hashes while the play is held, closed or not, because a
+    client retry of the batch that closed a play arrives after the close. An event for a
+    play already purged starts a new state; its row has fewer events, hence a lower
+    version, and loses to the full row under the same day key (the late data is lost).
+    Known gap: if those stragglers begin on a later UTC day than the play (a play across
+    midnight whose tail arrives more than the grace period late), they form a second row.
+
+Live QoE series (InfluxDB, measurement `playback_qoe`)
+    One point per (project, source partition, first-event minute, content_id,
+    device_model), open plays included, rewritten whenever one of its plays changes;
+    fields: plays, started, video_start_failures, exits_before_start, playback_failures,
+    startup_ms_p50/p95 (only when a play started), rebuffer_ratio (only when watch_ms > 0),
+    watch_ms. The partition tag keeps workers that own different partitions from
+    overwriting each other's points; sum counts across it, and treat percentiles per tag.
+    A minute's series is kept while any of its plays is held and for `series_horizon_ms`
+    after the minute; a play first seen after that is left out of the live view (it is
+    still written to `plays`) rather than overwrite the minute's point with partial data.
+
+State (take_state_changes / load_state, msgpack): one key per held play
+(`play:["project","play_id"]`) and one per live series (`qoe:[...]`); None deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from typing import Final
+
+import msgspec
+
+from quip.settings import Settings
+from schemas.events import Event, EventRecord
+from streams.processors.base import Position, ProcessorOutput, SeriesPoint, TableRows
+
+MINUTE_MS: Final = 60_000
+DAY_MS: Final = 86_400_000
+HOUR_MS: Final = 3_600_000
+DEFAULT_IDLE_TIMEOUT_MS: Final = int(Settings.model_fields["play_idle_timeout_s"].default) * 1000
+
+PLAYS_TABLE: Final = "plays"
+QOE_MEASUREMENT: Final = "playback_qoe"
+UNKNOWN_TAG: Final = "unknown"  # InfluxDB tags cannot be empty
+
+PLAY_COLUMNS: Final = (
+    "project",
+    "play_id",
+    "user_id",
+    "content_id",
+    "device_model",
+    "app_version",
+    "region",
+    "first_ts",
+    "last_ts",
+    "started",
+    "video_start_failure",
+    "exit_before_start",
+    "playback_failure",
+    "startup_ms",
+    "played_ms",
+    "rebuffer_ms",
+    "rebuffer_count",
+    "bitrate_switches",
+    "bitrate_weighted_sum",
+    "bitrate_weight_ms",
+    "watch_ms",
+    "event_count",
+    "deleted",
+    "version",
+)
+
+_UINT32_MAX: Final = 2**32 - 1
+_PLAY_PREFIX: Final = "play:"
+_SERIES_PREFIX: Final = "qoe:"
+
+
+# ---------------------------------------------------------------- QoE math (SPEC §4)
+
+
+def quantile_exact(values: Iterable[int], level: float) -> int | None:
+    """ClickHouse `quantileExact(level)`: the element at index `floor(level * n)` of the
+    sorted values (clamped to the last one), so the median of an even count is the upper
+    of the two middle values. None when there are no values (ClickHouse returns 0)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    index = int(level * len(ordered)) if level < 1 else len(ordered) - 1
+    return ordered[min(index, len(ordered) - 1)]
+
+
+def play_watch_ms(startup_ms: int, played_ms: int, rebuffer_ms: int) -> int:
+    """watch_ms of one play = startup_ms + Σ played_ms + Σ rebuffer duration_ms."""
+    return startup_ms + played_ms + rebuffer_ms
+
+
+def rebuffer_ratio(rebuffer_ms: int, watch_ms: int) -> float | None:
+    """Σ rebuffer duration_ms / Σ watch_ms; None when nothing was watched."""
+    return rebuffer_ms / watch_ms if watch_ms > 0 else None
+
+
+def avg_bitrate_kbps(bitrate_weighted_sum: int, bitrate_weight_ms: int) -> float | None:
+    """Mean heartbeat bitrate weighted by each heartbeat's played_ms (Σ kbps·ms / Σ ms);
+    None without heartbeat play time."""
+    return bitrate_weighted_sum / bitrate_weight_ms if bitrate_weight_ms > 0 else None
+
+
+def watch_hours(watch_ms: int) -> float:
+    return watch_ms / HOUR_MS
+
+
+# ---------------------------------------------------------------- state
+
+
+class QoeContribution(msgspec.Struct, frozen=True, array_like=True):
+    """What one play adds to its minute's QoE point. `version` is the play's event count:
+    a contribution only replaces one with a lower or equal count."""
+
+    version: int
+    started: bool
+    video_start_failure: bool
+    exit_before_start: bool
+    playback_failure: bool
+    startup_ms: int | None
+    rebuffer_ms: int
+    watch_ms: int
+
+
+def qoe_fields(contributions: Iterable[QoeContribution]) -> dict[str, int | float]:
+    """The `playback_qoe` fields for one series point. Counts and milliseconds are ints,
+    the ratio a float; percentiles and the ratio are left out when undefined (InfluxDB
+    fields keep one type per measurement, so no placeholder values)."""
+    items = list(contributions)
+    startups = [c.startup_ms for c in items if c.started and c.startup_ms is not None]
+    rebuffer_total = sum(c.rebuffer_ms for c in items)
+    watch_total = sum(c.watch_ms for c in items)
+    fields: dict[str, int | float] = {
+        "plays": len(items),
+        "started": sum(c.started for c in items),
+        "video_start_failures": sum(c.video_start_failure for c in items),
+        "exits_before_start": sum(c.exit_before_start for c in items),
+        "playback_failures": sum(c.playback_failure for c in items),
+        "watch_ms": watch_total,
+    }
+    p50, p95 = quantile_exact(startups, 0.5), quantile_exact(startups, 0.95)
+    if p50 is not None and p95 is not None:
+        fields["startup_ms_p50"] = p50
+        fields["startup_ms_p95"] = p95
+    ratio = rebuffer_ratio(rebuffer_total, watch_total)
+    if ratio is not None:
+        fields["rebuffer_ratio"] = ratio
+    return fields
+
+
+SeriesKey = tuple[str, int, int, str, str]  # project, partition, minute_ms, content, device
+
+
+class PlayState(msgspec.Struct, kw_only=True):
+    """Everything known about one held play. Fields marked "(ts, event_id)" keep the key of
+    the event that set them, so a later-arriving earlier event can take over."""
+
+    project: str
+    play_id: str
+    partition: int
+    first_ts: int
+    first_event_id: str  # (ts, event_id) of the first event
+    user_id: str
+    device_model: str
+    app_version: str
+    region: str
+    content_id: str = ""
+    content_ts: int | None = None
+    content_event_id: str = ""
+    start_ts: int | None = None
+    start_event_id: str = ""
+    startup_ms: int = 0
+    played_ms: int = 0
+    rebuffer_ms: int = 0
+    rebuffer_count: int = 0
+    bitrate_switches: int = 0
+    bitrate_weighted_sum: int = 0
+    bitrate_weight_ms: int = 0
+    first_fatal_ts: int | None = None
+    has_end: bool = False
+    last_ts: int
+    last_received_at: int
+    event_count: int = 0
+    event_ids: set[int] = msgspec.field(default_factory=set)
+    positions: dict[int, int] = msgspec.field(default_factory=dict)
+    closed: bool = False
+    emitted_version: int = 0
+    emitted_first_ts: int | None = None
+    series_key: SeriesKey | None = None
+
+    @property
+    def version(self) -> int:
+        return 2 * self.event_count
+
+    @property
+    def started(self) -> bool:
+        return self.start_ts is not None
+
+    @property
+    def video_start_failure(self) -> bool:
+        if self.first_fatal_ts is None:
+            return False
+        return self.start_ts is None or self.first_fatal_ts < self.start_ts
+
+    @property
+    def playback_failure(self) -> bool:
+        return self.first_fatal_ts is not None and self.started and not self.video_start_failure
+
+    @property
+    def exit_before_start(self) -> bool:
+        return self.closed and not self.started and self.first_fatal_ts is None
+
+    @property
+    def ends_itself(self) -> bool:
+        """Has an event that closes it (end or fatal error), as opposed to idling out."""
+        return self.has_end or self.first_fatal_ts is not None
+
+    @property
+    def watch_ms(self) -> int:
+        startup = self.startup_ms if self.started else 0
+        return play_watch_ms(startup, self.played_ms, self.rebuffer_ms)
+
+    def contribution(self) -> QoeContribution:
+        return QoeContribution(
+            version=self.event_count,
+            started=self.started,
+            video_start_failure=self.video_start_failure,
+            exit_before_start=self.exit_before_start,
+            playback_failure=self.playback_failure,
+            startup_ms=self.startup_ms if self.started else None,
+            rebuffer_ms=self.rebuffer_ms,
+            watch_ms=self.watch_ms,
+        )
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.project,
+            self.play_id,
+            self.user_id,
+            self.content_id,
+            self.device_model,
+            self.app_version,
+            self.region,
+            self.first_ts,
+            self.last_ts,
+            int(self.started),
+            int(self.video_start_failure),
+            int(self.exit_before_start),
+            int(self.playback_failure),
+            self.startup_ms if self.started else 0,
+            self.played_ms,
+            self.rebuffer_ms,
+            self.rebuffer_count,
+            self.bitrate_switches,
+            self.bitrate_weighted_sum,
+            self.bitrate_weight_ms,
+            self.watch_ms,
+            self.event_count,
+            0,
+            self.version,
+        )
+
+    def tombstone(self, first_ts: int) -> tuple[object, ...]:
+        """Hides the row previously written under the day of `first_ts` (same sorting key,
+        version 2n - 1 > any earlier row's 2m with m < n)."""
+        zeros = (0,) * 13
+        return (
+            self.project,
+            self.play_id,
+            self.user_id,
+            "",
+            "",
+            "",
+            "",
+            first_ts,
+            first_ts,
+            *zeros,
+            1,
+            self.version - 1,
+        )
+
+
+class SeriesState(msgspec.Struct):
+    plays: dict[str, QoeContribution] = msgspec.field(default_factory=dict)
+
+
+_play_encoder = msgspec.msgpack.Encoder()
+_play_decoder = msgspec.msgpack.Decoder(PlayState)
+_series_decoder = msgspec.msgpack.Decoder(SeriesState)
+_json_encoder = msgspec.json.Encoder()
+
+
+def play_state_key(project: str, play_id: str) -> str:
+    return _PLAY_PREFIX + _json_encoder.encode([project, play_id]).decode()
+
+
+def series_state_key(key: SeriesKey) -> str:
+    return _SERIES_PREFIX + _json_encoder.encode(list(key)).decode()
+
+
+def _event_hash(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def _whole(value: object, ceiling: int = 2**53) -> int:
+    """A props number as whole units (ms, kbps); anything else counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not math.isfinite(value) or value <= 0:
+        return 0
+    return min(round(value), ceiling)
+
+
+def play_id_of(event: Event) -> str | None:
+    if not event.type.startswith("playback_"):
+        return None
+    play_id = event.props.get("play_id")
+    return play_id if isinstance(play_id, str) and play_id else None
+
+
+def _minute(ts: int) -> int:
+    return ts // MINUTE_MS * MINUTE_MS
+
+
+# ---------------------------------------------------------------- processor
+
+
+class PlaysProcessor:
+    """Pure `StatefulProcessor` for SPEC §4 playback quality (see the module docstring for
+    the full contract). Not thread-safe: one runner task owns an instance."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS,
+        grace_ms: int | None = None,
+        series_horizon_ms: int | None = None,
+    ) -> None:
+        if idle_timeout_ms <= 0:
+            raise ValueError("idle_timeout_ms must be positive")
+        self.idle_timeout_ms = idle_timeout_ms
+        self.grace_ms = 2 * idle_timeout_ms if grace_ms is None else grace_ms
+        self.series_horizon_ms = self.grace_ms if series_horizon_ms is None else series_horizon_ms
+        self._plays: dict[tuple[str, str], PlayState] = {}
+        self._open: set[tuple[str, str]] = set()
+        self._closed: set[tuple[str, str]] = set()
+        self._touched: set[tuple[str, str]] = set()
+        self._series: dict[SeriesKey, SeriesState] = {}
+        self._pending_series: set[SeriesKey] = set()
+        self._changed_plays: set[tuple[str, str]] = set()
+        self._changed_series: set[SeriesKey] = set()
+        self._watermark = 0  # largest min(ts, received_at) seen
+        self._received_watermark = 0  # largest received_at seen
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PlaysProcessor:
+        return cls(idle_timeout_ms=settings.play_idle_timeout_s * 1000)
+
+    @property
+    def watermark(self) -> int:
+        return self._watermark
+
+    def held_plays(self) -> int:
+        return len(self._plays)
+
+    def open_plays(self) -> int:
+        return len(self._open)
+
+    # ------------------------------------------------------------ input
+
+    def process(self, record: EventRecord, position: Position) -> None:
+        received_at = record.received_at
+        self._received_watermark = max(self._received_watermark, received_at)
+        by_play: dict[str, list[Event]] = {}
+        for event in record.events:
+            self._watermark = max(self._watermark, min(event.ts, received_at))
+            play_id = play_id_of(event)
+            if play_id is not None:
+                by_play.setdefault(play_id, []).append(event)
+        for play_id, events in by_play.items():
+            key = (record.project, play_id)
+            state = self._plays.get(key)
+            if state is None:
+                state = _new_state(record.project, play_id, position.partition, events[0])
+                state.last_received_at = received_at
+                self._plays[key] = state
+                self._open.add(key)
+            elif state.positions.get(position.partition, -1) >= position.offset:
+                continue  # a replay of what this state already reflects
+            applied = False
+            for event in events:
+                applied |= _apply(state, event, received_at)
+            state.positions[position.partition] = position.offset
+            self._changed_plays.add(key)
+            if not applied:
+                continue
+            self._touched.add(key)
+            if state.closed and not state.ends_itself:
+                state.closed = False  # idle-closed, and it turns out not to be over
+                self._closed.discard(key)
+                self._open.add(key)
+
+    # ------------------------------------------------------------ output
+
+    def flush(self, now_ms: int) -> ProcessorOutput:
+        """Close what is due, return rows for closed plays that changed since they were
+        last written (plus tombstones), and points for the series that changed; then forget
+        plays past their grace period and series past their horizon."""
+        for key in list(self._open):
+            state = self._plays[key]
+            if state.ends_itself or self._idle(state, now_ms):
+                state.closed = True
+                self._open.discard(key)
+                self._closed.add(key)
+                self._touched.add(key)
+                self._changed_plays.add(key)
+
+        rows: list[tuple[object, ...]] = []
+        for key in sorted(self._touched):
+            state = self._plays[key]
+            self._sync_series(state)
+            if state.closed and state.emitted_version != state.version:
+                previous = state.emitted_first_ts
+                if previous is not None and previous // DAY_MS != state.first_ts // DAY_MS:
+                    rows.append(state.tombstone(previous))
+                rows.append(state.row())
+                state.emitted_version = state.version
+                state.emitted_first_ts = state.first_ts
+                self._changed_plays.add(key)
+        self._touched.clear()
+
+        for key in list(self._closed):
+            state = self._plays[key]
+            if (
+                state.last_ts + self.grace_ms < self._watermark
+                and state.last_received_at + self.grace_ms < self._received_watermark
+            ):
+                del self._plays[key]
+                self._closed.discard(key)
+                self._changed_plays.add(key)
+
+        points = self._series_points()
+        output = ProcessorOutput(points=points)
+        if rows:
+            output.tables.append(TableRows(PLAYS_TABLE, PLAY_COLUMNS, rows))
+        return output
+
+    def _idle(self, state: PlayState, now_ms: int) -> bool:
+        return (
+            state.last_ts + self.idle_timeout_ms < self._watermark
+            or state.last_received_at + self.idle_timeout_ms < now_ms
+        )
+
+    def _sync_series(self, state: PlayState) -> None:
+        new_key: SeriesKey = (
+            state.project,
+            state.partition,
+            _minute(state.first_ts),
+            state.content_id,
+            state.device_model,
+        )
+        old_key = state.series_key
+        if old_key is not None and old_key != new_key:
+            old = self._series.get(old_key)
+            if old is not None and old.plays.pop(state.play_id, None) is not None:
+                self._pending_series.add(old_key)
+                self._changed_series.add(old_key)
+            state.series_key = None
+            self._changed_plays.add((state.project, state.play_id))
+        series = self._series.get(new_key)
+        if series is None:
+            if new_key[2] + MINUTE_MS + self.series_horizon_ms < self._watermark:
+                return  # too old for the live view; never overwrite a settled point
+            series = self._series[new_key] = SeriesState()
+        if state.series_key != new_key:
+            state.series_key = new_key
+            self._changed_plays.add((state.project, state.play_id))
+        contribution = state.contribution()
+        current = series.plays.get(state.play_id)
+        if current == contribution or (
+            current is not None and current.version > contribution.version
+        ):
+            return
+        series.plays[state.play_id] = contribution
+        self._pending_series.add(new_key)
+        self._changed_series.add(new_key)
+
+    def _series_points(self) -> list[SeriesPoint]:
+        points = []
+        for key in sorted(self._pending_series):
+            series = self._series.get(key)
+            if series is None:
+                continue
+            project, partition, minute_ms, content_id, device_model = key
+            tags = {
+                "project": project,
+                "partition": str(partition),
+                "content_id": content_id or UNKNOWN_TAG,
+                "device_model": device_model or UNKNOWN_TAG,
+            }
+            points.append(
+                SeriesPoint(QOE_MEASUREMENT, tags, qoe_fields(series.plays.values()), minute_ms)
+            )
+            if not series.plays:
+                del self._series[key]  # the zero point above replaces what was written
+        self._pending_series.clear()
+
+        for key, series in list(self._series.items()):
+            project, _, minute_ms, _, _ = key
+            if minute_ms + MINUTE_MS + self.series_horizon_ms >= self._watermark:
+                continue
+            if any((project, play_id) in self._plays for play_id in series.plays):
+                continue
+            del self._series[key]
+            self._changed_series.add(key)
+        return points
+
+    # ------------------------------------------------------------ state
+
+    def take_state_changes(self) -> dict[str, bytes | None]:
+        changes: dict[str, bytes | None] = {}
+        for project, play_id in sorted(self._changed_plays):
+            state = self._plays.get((project, play_id))
+            changes[play_state_key(project, play_id)] = (
+                None if state is None else _play_encoder.encode(state)
+            )
+        for key in sorted(self._changed_series):
+            series = self._series.get(key)
+            changes[series_state_key(key)] = (
+                None if series is None else _play_encoder.encode(series)
+            )
+        self._changed_plays.clear()
+        self._changed_series.clear()
+        return changes
+
+    def load_state(self, key: str, value: bytes) -> None:
+        """Restore one entry written by `take_state_changes`. Raises ValueError for a key
+        this processor did not write, msgspec.DecodeError for a corrupt value."""
+        if key.startswith(_PLAY_PREFIX):
+            state = _play_decoder.decode(value)
+            play_key = (state.project, state.play_id)
+            self._plays[play_key] = state
+            (self._closed if state.closed else self._open).add(play_key)
+            self._touched.add(play_key)  # re-sync its series, write it if still unwritten
+            self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
+            self._received_watermark = max(self._received_watermark, state.last_received_at)
+        elif key.startswith(_SERIES_PREFIX):
+            raw = msgspec.json.decode(key[len(_SERIES_PREFIX) :].encode())
+            project, partition, minute_ms, content_id, device_model = raw
+            series_key: SeriesKey = (
+                str(project),
+                int(partition),
+                int(minute_ms),
+                str(content_id),
+                str(device_model),
+            )
+            self._series[series_key] = _series_decoder.decode(value)
+        else:
+            raise ValueError(f"not a plays state key: {key!r}")
+
+
+def _new_state(project: str, play_id: str, partition: int, event: Event) -> PlayState:
+    """A state whose first event is `event`; `_apply` then counts it like any other."""
+    return PlayState(
+        project=project,
+        play_id=play_id,
+        partition=partition,
+        first_ts=event.ts,
+        first_event_id=event.event_id,
+        user_id=event.user_id,
+        device_model=event.device_model,
+        app_version=event.app_version,
+        region=event.region,
+        last_ts=event.ts,
+        last_received_at=0,
+    )
+
+
+def _apply(state: PlayState, event: Event, received_at: int) -> bool:
+    """Fold one event into the play; False when it was already applied (same event_id)."""
+    event_hash = _event_hash(event.event_id)
+    if event_hash in state.event_ids:
+        return False
+    state.event_ids.add(event_hash)
+    state.event_count += 1
+    state.last_ts = max(state.last_ts, event.ts)
+    state.last_received_at = max(state.last_received_at, received_at)
+    order = (event.ts, event.event_id)
+    if order < (state.first_ts, state.first_event_id):
+        state.first_ts, state.first_event_id = order
+        state.user_id = event.user_id
+        state.device_model = event.device_model
+        state.app_version = event.app_version
+        state.region = event.region
+    props = event.props
+    content_id = props.get("content_id")
+    if (
+        isinstance(content_id, str)
+        and content_id
+        and (state.content_ts is None or order < (state.content_ts, state.content_event_id))
+    ):
+        state.content_id = content_id
+        state.content_ts, state.content_event_id = order
+
+    kind = event.type
+    if kind == "playback_start":
+        if state.start_ts is None or order < (state.start_ts, state.start_event_id):
+            state.start_ts, state.start_event_id = order
+            state.startup_ms = _whole(props.get("startup_ms"), _UINT32_MAX)
+    elif kind == "playback_heartbeat":
+        played = _whole(props.get("played_ms"))
+        state.played_ms += played
+        state.bitrate_weighted_sum += _whole(props.get("bitrate_kbps")) * played
+        state.bitrate_weight_ms += played
+    elif kind == "playback_end":
+        state.played_ms += _whole(props.get("played_ms"))
+        state.has_end = True
+    elif kind == "playback_rebuffer":
+        state.rebuffer_ms += _whole(props.get("duration_ms"))
+        state.rebuffer_count += 1
+    elif kind == "playback_quality_change":
+        state.bitrate_switches += 1
+    elif kind == "playback_error" and props.get("fatal") is True:
+        previous = state.first_fatal_ts
+        state.first_fatal_ts = event.ts if previous is None else min(previous, event.ts)
+    return True
+
+
+def rows_as_dicts(table: TableRows) -> list[dict[str, object]]:
+    """TableRows as column → value dicts (for tests and debugging)."""
+    return [dict(zip(table.columns, row, strict=True)) for row in table.rows]

@@ -1,0 +1,170 @@
+"""Plays and predefined funnels through gateway → Kafka → worker → ClickHouse, checked
+against numbers worked out by hand from SPEC §4."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.funnels import load_funnels
+from sinks.clickhouse import ServerClickHouse
+from sinks.queries.funnels import adhoc_funnel, predefined_funnel
+from sinks.queries.playback import playback_summary
+from streams.processors.activity import utc_day
+from tests.gateway_process import GatewayProcess
+from tests.pipeline_checks import post_all
+from tests.worker_process import running_worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+START = int(time.time() * 1000) - 600_000
+
+
+def event(kind: str, user: str, at_s: float, **props: Any) -> dict[str, Any]:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "type": kind,
+        "user_id": user,
+        "ts": START + int(at_s * 1000),
+        "device_model": "quest3",
+        "props": props,
+    }
+
+
+def plays() -> list[dict[str, Any]]:
+    return [
+        # A: started, two heartbeats, a rebuffer and a quality switch, then ended.
+        event("playback_request", "u1", 0, play_id="A", content_id="c1"),
+        event(
+            "playback_start",
+            "u1",
+            1,
+            play_id="A",
+            content_id="c1",
+            startup_ms=800,
+            bitrate_kbps=4000,
+        ),
+        event("playback_heartbeat", "u1", 11, play_id="A", played_ms=10_000, bitrate_kbps=4000),
+        event("playback_rebuffer", "u1", 12, play_id="A", duration_ms=500),
+        event("playback_quality_change", "u1", 13, play_id="A", from_kbps=4000, to_kbps=2000),
+        event("playback_heartbeat", "u1", 18, play_id="A", played_ms=5_000, bitrate_kbps=2000),
+        event("playback_end", "u1", 19, play_id="A", played_ms=0),
+        # B: fatal error before start.
+        event("playback_request", "u2", 0, play_id="B", content_id="c1"),
+        event("playback_error", "u2", 2, play_id="B", code="E_DRM", fatal=True),
+        # C: ended without starting.
+        event("playback_request", "u3", 0, play_id="C", content_id="c2"),
+        event("playback_end", "u3", 3, play_id="C", played_ms=0),
+        # D: started, then a fatal error.
+        event(
+            "playback_start",
+            "u1",
+            30,
+            play_id="D",
+            content_id="c2",
+            startup_ms=1200,
+            bitrate_kbps=3000,
+        ),
+        event("playback_heartbeat", "u1", 33, play_id="D", played_ms=3_000, bitrate_kbps=3000),
+        event("playback_error", "u1", 34, play_id="D", code="E_NET", fatal=True),
+    ]
+
+
+def funnel_events() -> list[dict[str, Any]]:
+    return [
+        event("session_start", "f1", 0),
+        event("page_view", "f1", 10, url="https://vr.example"),
+        event("gesture", "f1", 20, gesture="pinch"),
+        event("session_start", "f2", 0),
+        event("page_view", "f2", 5, url="https://vr.example"),
+        event("gesture", "f2", 700, gesture="pinch"),  # beyond the 600 s window
+        event("session_start", "f3", 0),
+        event("gesture", "f3", 3, gesture="pinch"),
+        event("page_view", "f4", 0, url="https://vr.example"),
+        event("gesture", "f5", 0, gesture="grab"),
+    ]
+
+
+@pytest.fixture
+def funnels_file(tmp_path: Path) -> Path:
+    path = tmp_path / "funnels.json"
+    path.write_text(
+        json.dumps(
+            {
+                "funnels": [
+                    {
+                        "name": "onboarding",
+                        "window_seconds": 600,
+                        "steps": [
+                            {"event": "session_start"},
+                            {"event": "page_view"},
+                            {"event": "gesture", "where": {"gesture": "pinch"}},
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    return path
+
+
+def wait_until(check: Any, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def test_plays_and_funnels_exact(
+    gateway: GatewayProcess,
+    worker_env: dict[str, str],
+    server_clickhouse: ServerClickHouse,
+    project: str,
+    funnels_file: Path,
+) -> None:
+    batch = plays() + funnel_events()
+    with running_worker({**worker_env, "QUIP_FUNNELS_FILE": str(funnels_file)}):
+        post_all(gateway, [batch[::2], batch[1::2]])  # two requests, events out of order
+        post_all(gateway, [batch[:7]])  # a client retry
+        day = utc_day(START)
+
+        def summary() -> list[Any]:
+            rows = playback_summary(server_clickhouse, project, day, day)
+            return rows if rows and rows[0]["plays"] == 4 else []
+
+        rows = wait_until(summary)
+        definition = load_funnels(funnels_file)[0]
+        predefined = wait_until(
+            lambda: (lambda r: r if r[0]["users"] == 3 else [])(
+                predefined_funnel(server_clickhouse, project, definition, day, day)
+            )
+        )
+        adhoc = adhoc_funnel(server_clickhouse, project, list(definition.steps), 600, day, day)
+
+    watch_ms = (800 + 10_000 + 5_000 + 500) + (1200 + 3_000)
+    assert rows == [
+        {
+            "group": "all",
+            "plays": 4,
+            "started": 2,
+            "video_start_failures": 1,
+            "exits_before_start": 1,
+            "playback_failures": 1,
+            "startup_ms_p50": 1200,
+            "startup_ms_p95": 1200,  # quantileExact: element floor(q*n)
+            "rebuffer_ratio": 500 / watch_ms,
+            "rebuffer_count": 1,
+            "bitrate_switches": 1,
+            "avg_bitrate_kbps": (4000 * 10_000 + 2000 * 5_000 + 3000 * 3_000) / 18_000,
+            "watch_hours": watch_ms / 3_600_000,
+        }
+    ]
+    assert [step["users"] for step in predefined] == [3, 2, 1]
+    assert predefined == adhoc

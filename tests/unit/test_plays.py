@@ -1,0 +1,680 @@
+"""PlaysProcessor (SPEC §4 playback quality): outcomes, sums, closing, late and duplicate
+events, replays, state round trips, the live QoE series, and the QoE math."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from quip.settings import Settings
+from schemas.events import Event, EventRecord
+from streams.processors.base import Position, ProcessorOutput, SeriesPoint
+from streams.processors.plays import (
+    DAY_MS,
+    DEFAULT_IDLE_TIMEOUT_MS,
+    MINUTE_MS,
+    PLAY_COLUMNS,
+    PLAYS_TABLE,
+    QOE_MEASUREMENT,
+    PlaysProcessor,
+    QoeContribution,
+    avg_bitrate_kbps,
+    play_state_key,
+    play_watch_ms,
+    qoe_fields,
+    quantile_exact,
+    rebuffer_ratio,
+    rows_as_dicts,
+    watch_hours,
+)
+
+T0 = 1_764_100_020_000  # first event of most plays (second 20 of a minute)
+IDLE = 300_000
+PROJECT = "p1"
+
+_ids = itertools.count()
+
+
+def ev(
+    kind: str, ts: int, play_id: str = "pl-1", event_id: str | None = None, **props: Any
+) -> Event:
+    """A playback event (`kind` without the `playback_` prefix), device quest3."""
+    return Event(
+        event_id=event_id or f"ev-{next(_ids)}",
+        type=f"playback_{kind}",
+        user_id="u-1",
+        ts=ts,
+        device_model="quest3",
+        app_version="3.0.0",
+        region="eu",
+        props={"play_id": play_id, **props},
+    )
+
+
+@dataclass
+class Feed:
+    """Drives one processor like a runner: records get increasing offsets on partition 0."""
+
+    processor: PlaysProcessor = field(default_factory=lambda: PlaysProcessor(idle_timeout_ms=IDLE))
+    offset: int = 0
+    outputs: list[ProcessorOutput] = field(default_factory=list)
+
+    def send(self, *events: Event, received_at: int | None = None, partition: int = 0) -> Position:
+        received = received_at if received_at is not None else max(e.ts for e in events) + 50
+        record = EventRecord(project=PROJECT, received_at=received, events=list(events))
+        position = Position(partition, self.offset)
+        self.offset += 1
+        self.processor.process(record, position)
+        return position
+
+    def flush(self, now_ms: int) -> ProcessorOutput:
+        output = self.processor.flush(now_ms)
+        self.outputs.append(output)
+        return output
+
+    def rows(self, output: ProcessorOutput | None = None) -> list[dict[str, object]]:
+        outputs = [output] if output is not None else self.outputs
+        return [
+            row
+            for out in outputs
+            for table in out.tables
+            if table.table == PLAYS_TABLE
+            for row in rows_as_dicts(table)
+        ]
+
+    def final_rows(self) -> dict[str, dict[str, object]]:
+        """The newest live row per play, as ReplacingMergeTree(version) would keep it."""
+        newest: dict[str, dict[str, object]] = {}
+        for row in self.rows():
+            key = str(row["play_id"])
+            if key not in newest or int(str(row["version"])) > int(str(newest[key]["version"])):
+                newest[key] = row
+        return {key: row for key, row in newest.items() if row["deleted"] == 0}
+
+
+FAR = T0 + 10 * DAY_MS  # a processing time at which every play is idle
+
+
+def closed_row(*events: Event, now_ms: int = FAR) -> dict[str, object]:
+    feed = Feed()
+    feed.send(*events)
+    feed.flush(now_ms)
+    rows = feed.final_rows()
+    assert len(rows) == 1
+    return next(iter(rows.values()))
+
+
+# ---------------------------------------------------------------- outcomes
+
+
+NORMAL = [
+    ev("request", T0, content_id="c-1"),
+    ev("start", T0 + 800, startup_ms=800, bitrate_kbps=3000),
+    ev("heartbeat", T0 + 10_800, played_ms=10_000, bitrate_kbps=3000),
+    ev("rebuffer", T0 + 11_000, duration_ms=500),
+    ev("quality_change", T0 + 11_500, from_kbps=3000, to_kbps=6000),
+    ev("heartbeat", T0 + 21_500, played_ms=10_000, bitrate_kbps=6000),
+    ev("end", T0 + 23_500, played_ms=2_000),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param(
+            NORMAL,
+            {
+                "started": 1,
+                "video_start_failure": 0,
+                "exit_before_start": 0,
+                "playback_failure": 0,
+                "startup_ms": 800,
+                "played_ms": 22_000,
+                "rebuffer_ms": 500,
+                "rebuffer_count": 1,
+                "bitrate_switches": 1,
+                "bitrate_weighted_sum": 10_000 * 3000 + 10_000 * 6000,
+                "bitrate_weight_ms": 20_000,
+                "watch_ms": 800 + 22_000 + 500,
+                "content_id": "c-1",
+                "first_ts": T0,
+                "last_ts": T0 + 23_500,
+                "event_count": 7,
+                "version": 14,
+                "deleted": 0,
+            },
+            id="normal play",
+        ),
+        pytest.param(
+            [ev("request", T0), ev("error", T0 + 3_000, code="E1", fatal=True)],
+            {"started": 0, "video_start_failure": 1, "exit_before_start": 0, "playback_failure": 0},
+            id="startup failure: fatal error before start",
+        ),
+        pytest.param(
+            [ev("request", T0), ev("end", T0 + 4_000, played_ms=0)],
+            {"started": 0, "video_start_failure": 0, "exit_before_start": 1, "playback_failure": 0},
+            id="exit before start: end without start",
+        ),
+        pytest.param(
+            [ev("request", T0)],
+            {"started": 0, "video_start_failure": 0, "exit_before_start": 1, "watch_ms": 0},
+            id="exit before start: idle without start",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=400, bitrate_kbps=1000),
+                ev("heartbeat", T0 + 10_000, played_ms=10_000, bitrate_kbps=1000),
+                ev("error", T0 + 12_000, code=500, fatal=True),
+            ],
+            {"started": 1, "video_start_failure": 0, "exit_before_start": 0, "playback_failure": 1},
+            id="playback failure: fatal error after start",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=400, bitrate_kbps=1000),
+                ev("error", T0 + 1_000, code="W1", fatal=False),
+                ev("end", T0 + 9_000, played_ms=8_000),
+            ],
+            {"started": 1, "video_start_failure": 0, "exit_before_start": 0, "playback_failure": 0},
+            id="non-fatal error ignored",
+        ),
+        pytest.param(
+            [ev("request", T0), ev("error", T0 + 1_000, code="W1", fatal=False)],
+            {"video_start_failure": 0, "exit_before_start": 1},
+            id="non-fatal error before start is still an exit before start",
+        ),
+        pytest.param(
+            [
+                ev("error", T0, code="E1", fatal=True),
+                ev("start", T0 + 2_000, startup_ms=900, bitrate_kbps=1000),
+            ],
+            {"started": 1, "video_start_failure": 1, "playback_failure": 0, "startup_ms": 900},
+            id="the earliest fatal error decides: before start stays a start failure",
+        ),
+        pytest.param(
+            [ev("start", T0, startup_ms=300, bitrate_kbps=1), ev("error", T0, fatal=True, code=1)],
+            {"video_start_failure": 0, "playback_failure": 1},
+            id="fatal error at the start's millisecond counts as after start",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=250.4, bitrate_kbps=1000),
+                ev("rebuffer", T0 + 1, duration_ms=99.6),
+                ev("rebuffer", T0 + 2, duration_ms=100),
+                ev("quality_change", T0 + 3, from_kbps=1, to_kbps=2),
+                ev("quality_change", T0 + 4, from_kbps=2, to_kbps=1),
+                ev("end", T0 + 5, played_ms=1000.5),
+            ],
+            {
+                "startup_ms": 250,
+                "rebuffer_ms": 200,
+                "rebuffer_count": 2,
+                "bitrate_switches": 2,
+                "played_ms": 1000,
+                "watch_ms": 250 + 1000 + 200,
+            },
+            id="rebuffers and quality changes counted; numbers rounded to whole ms",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=100, bitrate_kbps=9999),
+                ev("heartbeat", T0 + 1_000, played_ms=1_000, bitrate_kbps=1000),
+                ev("heartbeat", T0 + 4_000, played_ms=3_000, bitrate_kbps=5000),
+                ev("end", T0 + 9_000, played_ms=5_000),
+            ],
+            {
+                "bitrate_weighted_sum": 1_000 * 1000 + 3_000 * 5000,
+                "bitrate_weight_ms": 4_000,
+                "played_ms": 9_000,
+            },
+            id="avg bitrate weights heartbeats by played_ms, ignores start and end",
+        ),
+    ],
+)
+def test_play_row(events: list[Event], expected: dict[str, object]) -> None:
+    row = closed_row(*events)
+    assert {key: row[key] for key in expected} == expected
+    assert set(row) == set(PLAY_COLUMNS)
+
+
+def test_avg_bitrate_of_the_weighting_example() -> None:
+    row = closed_row(
+        ev("heartbeat", T0, played_ms=1_000, bitrate_kbps=1000),
+        ev("heartbeat", T0 + 3_000, played_ms=3_000, bitrate_kbps=5000),
+    )
+    weighted, weight = int(str(row["bitrate_weighted_sum"])), int(str(row["bitrate_weight_ms"]))
+    assert avg_bitrate_kbps(weighted, weight) == 4000.0
+
+
+def test_first_event_gives_dimensions_and_content_comes_from_any_event() -> None:
+    first = Event(
+        event_id="a",
+        type="playback_request",
+        user_id="u-7",
+        ts=T0,
+        device_model="pico4",
+        app_version="2.9.0",
+        region="us",
+        props={"play_id": "pl-1"},
+    )
+    later = ev("start", T0 + 500, startup_ms=500, bitrate_kbps=1, content_id="c-9")
+    row = closed_row(later, first)
+    assert (row["user_id"], row["device_model"], row["app_version"], row["region"]) == (
+        "u-7",
+        "pico4",
+        "2.9.0",
+        "us",
+    )
+    assert row["content_id"] == "c-9"
+
+
+def test_only_playback_events_with_a_play_id_belong_to_plays() -> None:
+    feed = Feed()
+    other = Event(event_id="x", type="page_view", user_id="u-1", ts=T0, props={"play_id": "pl-1"})
+    no_id = Event(event_id="y", type="playback_start", user_id="u-1", ts=T0, props={})
+    custom = ev("seek", T0 + 10, to_ms=5)
+    feed.send(other, no_id, custom)
+    feed.flush(FAR)
+    (row,) = feed.final_rows().values()
+    assert (row["event_count"], row["first_ts"]) == (1, T0 + 10)
+
+
+# ---------------------------------------------------------------- closing
+
+
+def test_play_stays_open_until_end_and_only_closed_plays_are_written() -> None:
+    feed = Feed()
+    feed.send(*NORMAL[:-1])
+    assert feed.rows(feed.flush(T0 + 30_000)) == []
+    assert feed.processor.open_plays() == 1
+    feed.send(NORMAL[-1])
+    (row,) = feed.rows(feed.flush(T0 + 30_000))
+    assert row["played_ms"] == 22_000
+    assert feed.processor.open_plays() == 0
+
+
+@pytest.mark.parametrize(
+    ("other_play_ts", "closed"),
+    [
+        pytest.param(T0 + IDLE + 1, True, id="watermark past last ts + timeout closes"),
+        pytest.param(T0 + IDLE, False, id="watermark at last ts + timeout does not"),
+    ],
+)
+def test_idle_close_by_event_time_watermark(other_play_ts: int, closed: bool) -> None:
+    feed = Feed()
+    feed.send(ev("start", T0, startup_ms=100, bitrate_kbps=1))
+    feed.send(ev("request", other_play_ts, play_id="pl-2"), received_at=other_play_ts)
+    rows = feed.rows(feed.flush(now_ms=T0 + 1_000))  # processing time says nothing is idle
+    assert [row["play_id"] for row in rows] == (["pl-1"] if closed else [])
+
+
+@pytest.mark.parametrize(
+    ("now_ms", "closed"),
+    [
+        pytest.param(T0 + 50 + IDLE + 1, True, id="received_at + timeout < now closes"),
+        pytest.param(T0 + 50 + IDLE, False, id="received_at + timeout = now does not"),
+    ],
+)
+def test_idle_close_by_processing_time_when_the_stream_stops(now_ms: int, closed: bool) -> None:
+    feed = Feed()
+    feed.send(ev("start", T0, startup_ms=100, bitrate_kbps=1), received_at=T0 + 50)
+    assert len(feed.rows(feed.flush(now_ms))) == int(closed)
+
+
+def test_future_client_clock_does_not_advance_the_watermark() -> None:
+    feed = Feed()
+    feed.send(ev("start", T0, startup_ms=100, bitrate_kbps=1), received_at=T0)
+    skewed = ev("request", T0 + 9 * MINUTE_MS, play_id="pl-2")
+    feed.send(skewed, received_at=T0 + 1_000)
+    assert feed.rows(feed.flush(T0 + 2_000)) == []
+    assert feed.processor.watermark == T0 + 1_000
+
+
+def test_idle_timeout_defaults_to_settings() -> None:
+    assert DEFAULT_IDLE_TIMEOUT_MS == 300_000
+    assert PlaysProcessor().idle_timeout_ms == 300_000
+    processor = PlaysProcessor.from_settings(Settings(play_idle_timeout_s=42))
+    assert (processor.idle_timeout_ms, processor.grace_ms) == (42_000, 84_000)
+
+
+# ---------------------------------------------------------------- order, duplicates, replays
+
+
+def _deliver(events: list[Event], chunking: list[int], seed: int) -> dict[str, object]:
+    """Send `events` shuffled, in records of the given sizes, flushing between records."""
+    shuffled = list(events)
+    random.Random(seed).shuffle(shuffled)
+    feed = Feed()
+    start = 0
+    for size in itertools.cycle(chunking):
+        chunk = shuffled[start : start + size]
+        if not chunk:
+            break
+        feed.send(*chunk, received_at=T0 + 60_000 + start)
+        feed.flush(T0 + 60_000 + start)
+        start += size
+    feed.flush(FAR)
+    (row,) = feed.final_rows().values()
+    return row
+
+
+@pytest.mark.parametrize("seed", range(8), ids=lambda seed: f"shuffle {seed}")
+def test_out_of_order_events_give_the_same_row(seed: int) -> None:
+    events = [
+        *NORMAL[:-1],
+        ev("error", T0 + 12_000, code="W", fatal=False),
+        ev("end", T0 + 23_500, played_ms=2_000),
+    ]
+    in_order = closed_row(*events)
+    assert _deliver(events, [1], seed) == in_order
+    assert _deliver(events, [2, 3], seed) == in_order
+
+
+def test_heartbeat_before_start_arriving_late_gives_the_same_row() -> None:
+    start = ev("start", T0, startup_ms=700, bitrate_kbps=2000, content_id="c-1")
+    beat = ev("heartbeat", T0 + 10_000, played_ms=10_000, bitrate_kbps=2000)
+    end = ev("end", T0 + 11_000, played_ms=1_000)
+    expected = closed_row(start, beat, end)
+    feed = Feed()
+    feed.send(beat)
+    feed.send(end)
+    feed.send(start)
+    feed.flush(FAR)
+    assert feed.final_rows()["pl-1"] == expected
+
+
+def test_duplicates_and_replayed_positions_do_not_double_count() -> None:
+    feed = Feed()
+    first = feed.send(*NORMAL[:3])
+    # A client retry: the same events (same event_ids) in a new record.
+    feed.send(*NORMAL[:3])
+    # A replay after a crash: the same record at the same position.
+    feed.processor.process(
+        EventRecord(project=PROJECT, received_at=T0 + 99, events=[NORMAL[3], NORMAL[4]]), first
+    )
+    feed.send(*NORMAL[3:])
+    feed.send(NORMAL[-1])  # the closing event again, after the play closed
+    feed.flush(FAR)
+    feed.send(NORMAL[-1], NORMAL[2])
+    feed.flush(FAR)
+    assert [row["version"] for row in feed.rows()] == [14]
+    assert feed.final_rows()["pl-1"] == closed_row(*NORMAL)
+
+
+def test_positions_are_compared_per_partition() -> None:
+    feed = Feed()
+    feed.send(NORMAL[0], partition=1)  # offset 0 on partition 1
+    feed.offset = 0
+    feed.send(NORMAL[1], partition=0)  # offset 0 on another partition is not a replay
+    feed.send(*NORMAL[2:])
+    feed.flush(FAR)
+    assert feed.final_rows()["pl-1"]["event_count"] == len(NORMAL)
+
+
+# ---------------------------------------------------------------- late events
+
+
+def test_late_event_after_close_re_emits_the_same_play_with_a_higher_version() -> None:
+    feed = Feed()
+    feed.send(*NORMAL)
+    (first,) = feed.rows(feed.flush(T0 + 30_000))
+    late = ev("heartbeat", T0 + 15_000, played_ms=5_000, bitrate_kbps=3000)
+    feed.send(late, received_at=T0 + 200_000)
+    (second,) = feed.rows(feed.flush(T0 + 200_000))
+    assert (second["play_id"], second["deleted"]) == (first["play_id"], 0)
+    assert int(str(second["version"])) > int(str(first["version"]))
+    assert second["played_ms"] == int(str(first["played_ms"])) + 5_000
+    assert second == closed_row(*NORMAL, late)
+
+
+def test_idle_closed_play_re_opens_when_it_turns_out_not_to_be_over() -> None:
+    feed = Feed()
+    feed.send(ev("start", T0, startup_ms=100, bitrate_kbps=1), received_at=T0)
+    (idle_row,) = feed.rows(feed.flush(T0 + IDLE + 1))
+    assert idle_row["event_count"] == 1
+    resumed = T0 + IDLE + 10_000
+    feed.send(ev("heartbeat", resumed, played_ms=10_000, bitrate_kbps=1), received_at=resumed)
+    assert feed.processor.open_plays() == 1
+    assert feed.rows(feed.flush(resumed + 1_000)) == []
+    feed.send(ev("end", resumed + 1_000, played_ms=1_000), received_at=resumed + 1_000)
+    (final,) = feed.rows(feed.flush(resumed + 2_000))
+    assert (final["event_count"], final["played_ms"], final["version"]) == (3, 11_000, 6)
+
+
+def test_late_earlier_event_moving_the_play_to_another_day_writes_a_tombstone() -> None:
+    midnight = (T0 // DAY_MS + 1) * DAY_MS
+    feed = Feed()
+    feed.send(ev("start", midnight + 1_000, startup_ms=1_000, bitrate_kbps=1), received_at=midnight)
+    feed.send(ev("end", midnight + 5_000, played_ms=4_000))
+    (first,) = feed.rows(feed.flush(midnight + 10_000))
+    feed.send(ev("request", midnight - 2_000, content_id="c-1"), received_at=midnight + 20_000)
+    tombstone, second = feed.rows(feed.flush(midnight + 20_000))
+    assert (first["first_ts"], first["version"]) == (midnight + 1_000, 4)
+    assert (tombstone["deleted"], tombstone["first_ts"], tombstone["version"]) == (
+        1,
+        midnight + 1_000,
+        5,
+    )
+    assert (second["deleted"], second["first_ts"], second["version"]) == (0, midnight - 2_000, 6)
+
+
+def test_closed_plays_are_forgotten_after_the_grace_period() -> None:
+    feed = Feed()
+    feed.send(*NORMAL)
+    feed.flush(T0 + 30_000)
+    feed.processor.take_state_changes()
+    grace = 2 * IDLE
+    later = T0 + 23_500 + grace + 1
+    feed.send(ev("request", later, play_id="pl-2"), received_at=later)
+    feed.flush(later)
+    assert feed.processor.held_plays() == 2  # arrival time: last received + grace not passed
+    feed.send(ev("request", later + 1_000, play_id="pl-3"), received_at=T0 + 23_550 + grace + 1)
+    feed.flush(later + 1_000)
+    assert feed.processor.held_plays() == 2
+    assert feed.processor.take_state_changes()[play_state_key(PROJECT, "pl-1")] is None
+
+
+# ---------------------------------------------------------------- state
+
+
+def _records(events: list[Event], per_record: int) -> Iterator[list[Event]]:
+    for start in range(0, len(events), per_record):
+        yield events[start : start + per_record]
+
+
+def _many_plays() -> list[Event]:
+    events = []
+    for index in range(4):
+        base = T0 + index * 7_000
+        play = f"pl-{index}"
+        events += [
+            ev("request", base, play_id=play, content_id=f"c-{index % 2}"),
+            ev("start", base + 300, play_id=play, startup_ms=300 + index, bitrate_kbps=1000),
+            ev("heartbeat", base + 10_300, play_id=play, played_ms=10_000, bitrate_kbps=2000),
+            ev("rebuffer", base + 10_500, play_id=play, duration_ms=200 * index),
+        ]
+        if index % 2:
+            events.append(ev("end", base + 12_000, play_id=play, played_ms=1_500))
+    return sorted(events, key=lambda event: event.ts)
+
+
+def test_state_round_trip_mid_play_gives_identical_output() -> None:
+    records = list(_records(_many_plays(), 3))
+    half = len(records) // 2
+    now = T0 + 20_000
+
+    straight = Feed()
+    for chunk in records[:half]:
+        straight.send(*chunk, received_at=now)
+    straight.flush(now)
+    changes = straight.processor.take_state_changes()
+    assert changes
+    assert all(value is not None for value in changes.values())
+
+    restored = Feed(offset=straight.offset)
+    for key, value in changes.items():
+        assert value is not None
+        restored.processor.load_state(key, value)
+    # The runner replays from the last commit: these positions are already in the state.
+    replay = Feed(processor=restored.processor)
+    for chunk in records[:half]:
+        replay.send(*chunk, received_at=now)
+
+    for feed in (straight, restored):
+        for chunk in records[half:]:
+            feed.send(*chunk, received_at=now + 1_000)
+        feed.flush(now + 1_000)
+        feed.flush(FAR)
+    assert straight.outputs[1:] == restored.outputs
+    assert straight.final_rows() == restored.final_rows()
+    assert len(straight.final_rows()) == 4
+
+
+def test_load_state_refuses_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="not a plays state key"):
+        PlaysProcessor().load_state("funnel:x", b"")
+
+
+# ---------------------------------------------------------------- live QoE series
+
+
+def _points(outputs: list[ProcessorOutput]) -> dict[tuple[int, str, str], SeriesPoint]:
+    """The last point written per (minute, content, device): what InfluxDB would hold."""
+    latest: dict[tuple[int, str, str], SeriesPoint] = {}
+    for output in outputs:
+        for point in output.points:
+            assert point.measurement == QOE_MEASUREMENT
+            key = (point.time_ms, point.tags["content_id"], point.tags["device_model"])
+            latest[key] = point
+    return latest
+
+
+def test_qoe_minute_series_values() -> None:
+    minute = T0 // MINUTE_MS * MINUTE_MS
+    feed = Feed()
+    feed.send(
+        ev("start", T0, play_id="a", content_id="c-1", startup_ms=100, bitrate_kbps=1),
+        ev("rebuffer", T0 + 1_000, play_id="a", duration_ms=400),
+        ev("end", T0 + 2_000, play_id="a", played_ms=1_500),
+        ev("start", T0 + 5_000, play_id="b", content_id="c-1", startup_ms=300, bitrate_kbps=1),
+        ev("heartbeat", T0 + 6_000, play_id="b", played_ms=1_000, bitrate_kbps=1),
+        ev("error", T0 + 7_000, play_id="b", code="E", fatal=True),
+        ev("request", T0 + 8_000, play_id="c", content_id="c-1"),
+        ev("error", T0 + 9_000, play_id="c", code="E", fatal=True),
+        ev("request", T0 + 10_000, play_id="d", content_id="c-1"),
+        ev("request", T0 + 30_000, play_id="e", content_id="c-2"),
+        ev("request", T0 + 70_000, play_id="f", content_id="c-1"),
+        received_at=T0 + 70_000,
+    )
+    live = _points([feed.flush(T0 + 71_000)])
+    first = live[(minute, "c-1", "quest3")]
+    assert first.tags == {
+        "project": PROJECT,
+        "partition": "0",
+        "content_id": "c-1",
+        "device_model": "quest3",
+    }
+    # d is still open: counted as a play, not (yet) as an exit before start.
+    assert first.fields == {
+        "plays": 4,
+        "started": 2,
+        "video_start_failures": 1,
+        "exits_before_start": 0,
+        "playback_failures": 1,
+        "startup_ms_p50": 300,
+        "startup_ms_p95": 300,
+        "rebuffer_ratio": 400 / (100 + 1_500 + 400 + 300 + 1_000),
+        "watch_ms": 100 + 1_500 + 400 + 300 + 1_000,
+    }
+    assert set(live) == {
+        (minute, "c-1", "quest3"),
+        (minute, "c-2", "quest3"),
+        (minute + MINUTE_MS, "c-1", "quest3"),
+    }
+    assert "startup_ms_p50" not in live[(minute, "c-2", "quest3")].fields
+
+    settled = _points([feed.flush(FAR)])
+    assert settled[(minute, "c-1", "quest3")].fields["exits_before_start"] == 1
+    assert settled[(minute, "c-2", "quest3")].fields == {
+        "plays": 1,
+        "started": 0,
+        "video_start_failures": 0,
+        "exits_before_start": 1,
+        "playback_failures": 0,
+        "watch_ms": 0,
+    }
+
+
+def test_play_moving_to_another_minute_leaves_its_old_point() -> None:
+    minute = T0 // MINUTE_MS * MINUTE_MS
+    feed = Feed()
+    feed.send(ev("start", T0, content_id="c-1", startup_ms=100, bitrate_kbps=1))
+    feed.flush(T0 + 1_000)
+    feed.send(ev("request", T0 - MINUTE_MS, content_id="c-1"))
+    moved = _points([feed.flush(T0 + 2_000)])
+    assert moved[(minute, "c-1", "quest3")].fields["plays"] == 0
+    assert moved[(minute - MINUTE_MS, "c-1", "quest3")].fields["plays"] == 1
+
+
+def test_empty_dimensions_get_a_placeholder_tag() -> None:
+    feed = Feed()
+    feed.send(
+        Event(event_id="z", type="playback_request", user_id="u", ts=T0, props={"play_id": "x"})
+    )
+    (point,) = feed.flush(T0).points
+    assert (point.tags["content_id"], point.tags["device_model"]) == ("unknown", "unknown")
+
+
+# ---------------------------------------------------------------- QoE math
+
+
+@pytest.mark.parametrize(
+    ("values", "level", "expected"),
+    [
+        pytest.param([], 0.5, None, id="empty"),
+        pytest.param([7], 0.95, 7, id="one value"),
+        pytest.param([4, 1, 3, 2], 0.5, 3, id="even count: upper middle (quantileExact)"),
+        pytest.param([5, 1, 3], 0.5, 3, id="odd count: middle"),
+        pytest.param([1, 2, 3, 4], 0.95, 4, id="p95 of four: floor(3.8) = index 3"),
+        pytest.param(list(range(20)), 0.95, 19, id="p95 of twenty: index 19"),
+        pytest.param(list(range(100)), 0.95, 95, id="p95 of a hundred: index 95"),
+        pytest.param([3, 1, 2], 1.0, 3, id="level 1 is the maximum"),
+    ],
+)
+def test_quantile_exact_matches_clickhouse(
+    values: list[int], level: float, expected: int | None
+) -> None:
+    assert quantile_exact(values, level) == expected
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "expected"),
+    [
+        pytest.param(rebuffer_ratio, (500, 10_000), 0.05, id="rebuffer ratio"),
+        pytest.param(rebuffer_ratio, (0, 0), None, id="rebuffer ratio without watch time"),
+        pytest.param(avg_bitrate_kbps, (16_000_000, 4_000), 4000.0, id="avg bitrate"),
+        pytest.param(avg_bitrate_kbps, (0, 0), None, id="avg bitrate without heartbeats"),
+        pytest.param(watch_hours, (5_400_000,), 1.5, id="watch hours"),
+        pytest.param(play_watch_ms, (800, 22_000, 500), 23_300, id="watch ms of a play"),
+    ],
+)
+def test_qoe_math(function: Callable[..., object], args: tuple[int, ...], expected: object) -> None:
+    assert function(*args) == expected
+
+
+def test_qoe_fields_leave_out_undefined_values() -> None:
+    idle = QoeContribution(1, False, False, True, False, None, 0, 0)
+    assert qoe_fields([idle]) == {
+        "plays": 1,
+        "started": 0,
+        "video_start_failures": 0,
+        "exits_before_start": 1,
+        "playback_failures": 0,
+        "watch_ms": 0,
+    }
+    assert qoe_fields([])["plays"] == 0
