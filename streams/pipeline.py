@@ -170,7 +170,9 @@ class ServicePipeline:
     """The services agent: the four service topics → `ServiceMetricsProcessor` → sinks.
     Undecodable messages go to the dead-letter topic with their reason."""
 
-    def __init__(self, processor: ServiceMetricsProcessor, writer: SinkWriter, dead_letters: Any) -> None:
+    def __init__(
+        self, processor: ServiceMetricsProcessor, writer: SinkWriter, dead_letters: Any
+    ) -> None:
         self.processor = processor
         self.writer = writer
         self.dead_letters = dead_letters
