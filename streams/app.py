@@ -21,7 +21,7 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quip.settings import Settings
 from schemas.funnels import load_funnels
@@ -31,25 +31,25 @@ from sinks.engines import open_clickhouse
 from sinks.influx import InfluxWriter
 from sinks.queries.activity import active_users
 from sinks.writer import SinkHealth, SinkWriter
+from streams.metrics import (
+    CONSUMER_LAG,
+    DAILY_ACTIVE_USERS,
+    MONTHLY_ACTIVE_USERS,
+    VIDEO_HOURS_WATCHED,
+    VIDEO_PLAYBACK_QUALITY,
+)
 from streams.pipeline import EventPipeline, ServicePipeline
 from streams.processors.activity import ActivityProcessor
+from streams.processors.base import ProcessorOutput
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
-from streams.processors.plays import PlaysProcessor
+from streams.processors.plays import PLAY_COLUMNS, PLAYS_TABLE, PlaysProcessor
 from streams.processors.services import ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)
 
 WORKER_WEB_PORT = 6066
 CRASH_EXIT_STATUS = 70  # EX_SOFTWARE
-
-DAILY_ACTIVE_USERS = Gauge("daily_active_users", "Users active today (UTC)", ["project"])
-MONTHLY_ACTIVE_USERS = Gauge(
-    "monthly_active_users", "Users active in the last 30 days", ["project"]
-)
-CONSUMER_LAG = Gauge(
-    "consumer_lag", "Records between the committed offset and the end", ["topic", "partition"]
-)
 
 
 class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -137,6 +137,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
             writer(),
             state_table=state_table("plays"),
+            observe=PlayMetrics().observe,
         ),
     ]
     funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
@@ -191,6 +192,40 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
     _add_web_pages(app, state)
     return app, state
+
+
+class PlayMetrics:
+    """Feeds `video_playback_quality` and `video_hours_watched` from closed-play rows. A
+    play re-emitted with a late event is observed once (bounded memory of play ids, so a
+    restart may observe a play again: these are live indicators; the API is exact)."""
+
+    def __init__(self, remember_at_most: int = 200_000) -> None:
+        self._seen: set[int] = set()
+        self._remember_at_most = remember_at_most
+        self._index = {name: n for n, name in enumerate(PLAY_COLUMNS)}
+
+    def observe(self, output: ProcessorOutput) -> None:
+        col = self._index
+        for table in output.tables:
+            if table.table != PLAYS_TABLE:
+                continue
+            for row in table.rows:
+                key = hash((row[col["project"]], row[col["play_id"]]))
+                if row[col["deleted"]] or key in self._seen:
+                    continue
+                if len(self._seen) >= self._remember_at_most:
+                    self._seen.clear()
+                self._seen.add(key)
+                watch_ms = row[col["watch_ms"]]
+                VIDEO_HOURS_WATCHED.inc(watch_ms / 3_600_000)
+                if row[col["started"]]:
+                    VIDEO_PLAYBACK_QUALITY.labels("startup_seconds").observe(
+                        row[col["startup_ms"]] / 1000
+                    )
+                if watch_ms:
+                    VIDEO_PLAYBACK_QUALITY.labels("rebuffer_ratio").observe(
+                        row[col["rebuffer_ms"]] / watch_ms
+                    )
 
 
 def _refresh_active_user_gauges(settings: Settings) -> None:

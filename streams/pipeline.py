@@ -20,27 +20,18 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from schemas.events import DeadLetter, decode_record, encode_dead_letter
 from sinks.writer import SinkWriter
+from streams.metrics import (
+    CONTENT_CREATION_RATE,
+    EVENTS_PROCESSED,
+    SOCIAL_MESSAGES_DELIVERED,
+    UNDECODABLE_RECORDS,
+)
 from streams.processors.base import EventProcessor, Position, ProcessorOutput, StatefulProcessor
 from streams.processors.services import ServiceDeadLetter, ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)
-
-EVENTS_PROCESSED = Counter(
-    "analytics_events_processed", "Events processed and stored, by agent", ["agent"]
-)
-SOCIAL_MESSAGES_DELIVERED = Counter(
-    "social_messages_delivered", "Social notifications delivered (distinct messages seen)"
-)
-CONTENT_CREATION_RATE = Gauge(
-    "content_creation_rate", "Content items published per minute, over the last minutes"
-)
-UNDECODABLE_RECORDS = Counter(
-    "analytics_records_undecodable", "Records that could not be decoded, by agent", ["agent"]
-)
 
 BATCH_MAX_RECORDS = 2_000
 BATCH_WITHIN_S = 1.0
@@ -69,12 +60,14 @@ class EventPipeline:
         *,
         state_table: Any = None,
         dead_letters: Any = None,
+        observe: Callable[[ProcessorOutput], None] | None = None,
     ) -> None:
         self.name = name
         self.make_processor = make_processor
         self.writer = writer
         self.state_table = state_table
         self.dead_letters = dead_letters
+        self.observe = observe
         self.processors: dict[int, EventProcessor] = {}
         self._lock = asyncio.Lock()
 
@@ -128,6 +121,8 @@ class EventPipeline:
         now_ms = int(time.time() * 1000)
         output = merge_outputs(p.flush(now_ms) for p in self.processors.values())
         await self.writer.write(output)
+        if self.observe is not None:
+            self.observe(output)
         if self.state_table is not None:
             self._persist_state()
 

@@ -7,7 +7,9 @@ import asyncio
 import time
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from schemas.events import DeadLetter, decode_dead_letter
 from schemas.publisher import ServicePublisher
 from schemas.services import (
     ContentPublished,
@@ -16,11 +18,12 @@ from schemas.services import (
     ServiceMessage,
     SocialNotification,
 )
+from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.clickhouse import ServerClickHouse
 from sinks.queries.services import service_metrics
 from streams.processors.activity import utc_day
 from tests.conftest import KAFKA_BOOTSTRAP
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayProcess, end_offsets, read_since
 from tests.pipeline_checks import assert_exact, post_all
 from tests.traffic import generate_batches
 from tests.worker_process import running_worker
@@ -113,3 +116,28 @@ async def test_service_messages_become_service_metrics(
         "emails_sent": 1,
         "emails_failed": 0,
     }
+
+
+async def test_undecodable_record_goes_to_the_dead_letter_topic(
+    worker_env: dict[str, str], project: str
+) -> None:
+    since = await end_offsets(ANALYTICS_EVENTS_DLQ.name)
+    garbage = f"not a record of {project}".encode()
+    with running_worker(worker_env):
+        producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP)
+        await producer.start()
+        try:
+            await producer.send_and_wait(ANALYTICS_EVENTS.name, garbage, key=b"x")
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 30
+        found: list[DeadLetter] = []
+        while not found and time.monotonic() < deadline:
+            found = [
+                letter
+                for _, value in await read_since(since, settle_s=0.5)
+                if (letter := decode_dead_letter(value)).raw == garbage.decode()
+            ]
+    assert len(found) == 1
+    assert found[0].source.startswith("worker:events@")
+    assert found[0].reason.startswith("undecodable_record")

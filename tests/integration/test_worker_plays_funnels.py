@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from schemas.funnels import load_funnels
@@ -130,7 +131,7 @@ def test_plays_and_funnels_exact(
     funnels_file: Path,
 ) -> None:
     batch = plays() + funnel_events()
-    with running_worker({**worker_env, "QUIP_FUNNELS_FILE": str(funnels_file)}):
+    with running_worker({**worker_env, "QUIP_FUNNELS_FILE": str(funnels_file)}) as worker:
         post_all(gateway, [batch[::2], batch[1::2]])  # two requests, events out of order
         post_all(gateway, [batch[:7]])  # a client retry
         day = utc_day(START)
@@ -146,6 +147,7 @@ def test_plays_and_funnels_exact(
                 predefined_funnel(server_clickhouse, project, definition, day, day)
             )
         )
+        metrics = httpx.get(f"{worker.url}/metrics").text
         adhoc = adhoc_funnel(server_clickhouse, project, list(definition.steps), 600, day, day)
 
     watch_ms = (800 + 10_000 + 5_000 + 500) + (1200 + 3_000)
@@ -168,3 +170,9 @@ def test_plays_and_funnels_exact(
     ]
     assert [step["users"] for step in predefined] == [3, 2, 1]
     assert predefined == adhoc
+    hours = next(
+        line for line in metrics.splitlines() if line.startswith("video_hours_watched_total")
+    )
+    assert float(hours.split()[-1]) == pytest.approx(watch_ms / 3_600_000)
+    assert 'video_playback_quality_count{measure="startup_seconds"} 2.0' in metrics
+    assert 'analytics_events_processed_total{agent="plays"}' in metrics
