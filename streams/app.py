@@ -151,9 +151,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             )
         )
     for pipeline in state.pipelines:
-        app.agent(events_topic, name=pipeline.name)(
-            _supervised(app, state, pipeline.name, pipeline.run)
-        )
+        app.agent(events_topic, name=pipeline.name)(_supervised(state, pipeline.name, pipeline.run))
 
     service_topics = app.topic(
         *SERVICE_TOPICS,
@@ -163,7 +161,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         value_serializer="raw",
     )
     services = ServicePipeline(ServiceMetricsProcessor(), writer(), dead_letters)
-    app.agent(service_topics, name="services")(_supervised(app, state, "services", services.run))
+    app.agent(service_topics, name="services")(_supervised(state, "services", services.run))
 
     @app.on_partitions_revoked.connect
     async def _forget(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -245,7 +243,7 @@ def _refresh_active_user_gauges(settings: Settings) -> None:
 
 
 def _supervised(
-    app: faust.App, state: WorkerState, name: str, run: Callable[[Any], Awaitable[None]]
+    state: WorkerState, name: str, run: Callable[[Any], Awaitable[None]]
 ) -> Callable[[Any], Awaitable[None]]:
     async def agent(stream: Any) -> None:
         try:
