@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.clickhouse import EmbeddedClickHouse, ServerClickHouse
+from sinks.clickhouse import ClickHouse, EmbeddedClickHouse, ServerClickHouse
 
 KAFKA_BOOTSTRAP = os.environ.get("QUIP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("QUIP_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/quip")
@@ -69,6 +69,20 @@ def server_clickhouse(unique_name: str) -> Iterator[ServerClickHouse]:
     yield clickhouse
     clickhouse.execute(f"DROP DATABASE IF EXISTS {unique_name}")
     clickhouse.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("server_clickhouse", marks=pytest.mark.clickhouse, id="clickhouse-server"),
+        pytest.param("embedded_clickhouse", marks=pytest.mark.chdb, id="chdb"),
+    ]
+)
+def clickhouse(request: pytest.FixtureRequest) -> ClickHouse:
+    """Each test using it runs twice: on clickhouse-server (18.16 here) and on chDB, in a
+    database of its own, not migrated. A module that wants the schema overrides it with
+    `def clickhouse(clickhouse)` that calls `sinks.migrate.migrate`."""
+    engine: ClickHouse = request.getfixturevalue(request.param)
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -20,16 +20,11 @@ from tests.expectations import expected_active, expected_retention
 DAY_MS = 86_400_000
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("server_clickhouse", marks=pytest.mark.clickhouse, id="clickhouse-server"),
-        pytest.param("embedded_clickhouse", marks=pytest.mark.chdb, id="chdb"),
-    ]
-)
-def clickhouse(request: pytest.FixtureRequest) -> ClickHouse:
-    engine: ClickHouse = request.getfixturevalue(request.param)
-    migrate(engine)
-    return engine
+@pytest.fixture
+def clickhouse(clickhouse: ClickHouse) -> ClickHouse:
+    """Both engines (tests/conftest.py), with the schema."""
+    migrate(clickhouse)
+    return clickhouse
 
 
 def generated_events(seed: int, users: int, days: int) -> list[EventRecord]:

@@ -10,20 +10,7 @@ import pytest
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse, ClickHouseError
 from sinks.migrate import discover, migrate
-
-EVENT_COLUMNS = [
-    "project",
-    "event_id",
-    "type",
-    "user_id",
-    "ts",
-    "received_at",
-    "session_id",
-    "device_model",
-    "app_version",
-    "region",
-    "props",
-]
+from streams.processors.events import EVENTS_COLUMNS, EVENTS_TABLE
 
 
 def event_row(event_id: str, user_id: str, ts: int, project: str = "p1") -> tuple[object, ...]:
@@ -42,17 +29,6 @@ def event_row(event_id: str, user_id: str, ts: int, project: str = "p1") -> tupl
     )
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("server_clickhouse", marks=pytest.mark.clickhouse, id="clickhouse-server"),
-        pytest.param("embedded_clickhouse", marks=pytest.mark.chdb, id="chdb"),
-    ]
-)
-def clickhouse(request: pytest.FixtureRequest) -> ClickHouse:
-    engine: ClickHouse = request.getfixturevalue(request.param)
-    return engine
-
-
 def test_every_migration_applies_once_and_is_recorded(clickhouse: ClickHouse) -> None:
     applied = migrate(clickhouse)
     assert [m.version for m in applied] == [m.version for m in discover()]
@@ -67,9 +43,9 @@ def test_events_round_trip_derives_time_columns_and_dedups_on_key(clickhouse: Cl
     day_one = (int(time.time()) // 86_400 - 3) * 86_400_000 + 45_000_123
     first_day = datetime.fromtimestamp(day_one / 1000, UTC).date()
     rows = [event_row("e1", "u1", day_one), event_row("e2", "u2", day_one + 86_400_000)]
-    clickhouse.insert("events", EVENT_COLUMNS, rows)
+    clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, rows)
     # A client retry of e1, inserted as a separate block as the sink would.
-    clickhouse.insert("events", EVENT_COLUMNS, [event_row("e1", "u1", day_one)])
+    clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, [event_row("e1", "u1", day_one)])
 
     per_day = clickhouse.execute(
         "SELECT toString(day), uniqExact(event_id), uniqExact(user_hash) FROM events "
@@ -93,7 +69,9 @@ def test_events_round_trip_derives_time_columns_and_dedups_on_key(clickhouse: Cl
 
 def test_parameters_are_escaped_not_pasted(clickhouse: ClickHouse) -> None:
     migrate(clickhouse)
-    clickhouse.insert("events", EVENT_COLUMNS, [event_row("e1", "u1", int(time.time() * 1000))])
+    clickhouse.insert(
+        EVENTS_TABLE, EVENTS_COLUMNS, [event_row("e1", "u1", int(time.time() * 1000))]
+    )
     hostile = "p1' OR '1'='1"
     assert clickhouse.execute(
         "SELECT count() FROM events WHERE project = %(project)s", {"project": hostile}

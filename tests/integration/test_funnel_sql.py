@@ -24,22 +24,10 @@ from schemas.funnels import (
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.queries.funnels import adhoc_funnel, day_start_ms, predefined_funnel, step_results
+from streams.processors.events import EVENTS_COLUMNS, EVENTS_TABLE
 from streams.processors.funnels import FunnelsProcessor
 from tests.unit.test_funnels import Feeder, RawEvent, brute_force_levels
 
-EVENT_COLUMNS = (
-    "project",
-    "event_id",
-    "type",
-    "user_id",
-    "ts",
-    "received_at",
-    "session_id",
-    "device_model",
-    "app_version",
-    "region",
-    "props",
-)
 # Recent on purpose: the events table's 90-day TTL drops older rows at the first merge.
 FIRST_DAY = datetime.now(UTC).date() - timedelta(days=10)
 DAYS = 8
@@ -88,16 +76,11 @@ RANGES = [
 ]
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("server_clickhouse", marks=pytest.mark.clickhouse, id="clickhouse-server"),
-        pytest.param("embedded_clickhouse", marks=pytest.mark.chdb, id="chdb"),
-    ]
-)
-def clickhouse(request: pytest.FixtureRequest) -> ClickHouse:
-    engine: ClickHouse = request.getfixturevalue(request.param)
-    migrate(engine)
-    return engine
+@pytest.fixture
+def clickhouse(clickhouse: ClickHouse) -> ClickHouse:
+    """Both engines (tests/conftest.py), with the schema."""
+    migrate(clickhouse)
+    return clickhouse
 
 
 def _props(rnd: random.Random, type_: str) -> dict[str, Any]:
@@ -198,8 +181,8 @@ def test_adhoc_predefined_and_reference_agree(clickhouse: ClickHouse) -> None:
     started = time.monotonic()
     rows = [event_row(event) for event in events]
     for index in range(0, len(rows), 1000):
-        clickhouse.insert("events", EVENT_COLUMNS, rows[index : index + 1000])
-    clickhouse.insert("events", EVENT_COLUMNS, [event_row(event) for event in duplicates])
+        clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, rows[index : index + 1000])
+    clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, [event_row(event) for event in duplicates])
     feed_processor(clickhouse, events, duplicates)
     loaded = time.monotonic() - started
 
@@ -269,7 +252,7 @@ def test_prop_filters_match_like_python(clickhouse: ClickHouse) -> None:
         start = RawEvent("u", f"s{number}", ts, "start", {}, f"doc{number}")
         probe = RawEvent("u", f"p{number}", ts + 1, "probe", props, f"doc{number}")
         rows += [event_row(start), event_row(probe)]
-    clickhouse.insert("events", EVENT_COLUMNS, rows)
+    clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, rows)
     wrong = []
     for where, (number, props) in itertools.product(FILTERS, enumerate(PROBES)):
         steps = [FunnelStep("start"), FunnelStep("probe", where)]
@@ -288,7 +271,7 @@ def test_equal_timestamps_chain_whatever_the_insert_order(clickhouse: ClickHouse
         for number, type_ in enumerate("cbacb"):  # later steps first, each its own part
             events.append(RawEvent(f"u{user}", f"{user}-{number}", ts + user, type_))
     for event in events:
-        clickhouse.insert("events", EVENT_COLUMNS, [event_row(event)])
+        clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, [event_row(event)])
     result = adhoc_funnel(clickhouse, "p1", steps, 1, FIRST_DAY, FIRST_DAY)
     assert [step["users"] for step in result] == [50, 50, 50]
 

@@ -41,16 +41,11 @@ CONTENTS = [f"c-{index}" for index in range(6)]
 BITRATES = [800, 1500, 3000, 6000, 12000]
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("server_clickhouse", marks=pytest.mark.clickhouse, id="clickhouse-server"),
-        pytest.param("embedded_clickhouse", marks=pytest.mark.chdb, id="chdb"),
-    ]
-)
-def clickhouse(request: pytest.FixtureRequest) -> ClickHouse:
-    engine: ClickHouse = request.getfixturevalue(request.param)
-    migrate(engine)
-    return engine
+@pytest.fixture
+def clickhouse(clickhouse: ClickHouse) -> ClickHouse:
+    """Both engines (tests/conftest.py), with the schema."""
+    migrate(clickhouse)
+    return clickhouse
 
 
 # ---------------------------------------------------------------- generator

@@ -189,15 +189,6 @@ async def test_publisher_round_trips_keys_and_values_on_every_topic(unique_name:
 
 
 # ---------------------------------------------------------------------- (b) ClickHouse
-@pytest.fixture(
-    params=[
-        pytest.param("server_clickhouse", marks=pytest.mark.clickhouse, id="clickhouse-server"),
-        pytest.param("embedded_clickhouse", marks=pytest.mark.chdb, id="chdb"),
-    ]
-)
-def clickhouse(request: pytest.FixtureRequest) -> ClickHouse:
-    engine: ClickHouse = request.getfixturevalue(request.param)
-    return engine
 
 
 def utc_day(ts_ms: int) -> str:
