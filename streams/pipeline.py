@@ -124,9 +124,13 @@ class EventPipeline:
         if self.observe is not None:
             self.observe(output)
         if self.state_table is not None:
-            self._persist_state()
+            await self._persist_state()
 
-    def _persist_state(self) -> None:
+    async def _persist_state(self) -> None:
+        """Changelog the state, and wait until Kafka has it: the batch's offsets are
+        committed after this returns, and a committed offset whose state change was lost
+        would drop those records' effect for good."""
+        changed = False
         for partition, processor in self.processors.items():
             assert isinstance(processor, StatefulProcessor)
             for key, value in processor.take_state_changes().items():
@@ -137,6 +141,9 @@ class EventPipeline:
                 else:
                     self.state_table.data.pop(table_key, None)
                 self.state_table.send_changelog(partition, table_key, stored)
+                changed = True
+        if changed:
+            await self.state_table.app.producer.flush()
 
     async def _undecodable(self, message: Any, exc: Exception) -> None:
         UNDECODABLE_RECORDS.labels(self.name).inc()

@@ -19,7 +19,7 @@ from sinks.queries.playback import playback_summary
 from streams.processors.activity import utc_day
 from tests.gateway_process import GatewayProcess
 from tests.pipeline_checks import post_all
-from tests.worker_process import running_worker
+from tests.worker_process import WorkerProcess, running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -176,3 +176,41 @@ def test_plays_and_funnels_exact(
     assert float(hours.split()[-1]) == pytest.approx(watch_ms / 3_600_000)
     assert 'video_playback_quality_count{measure="startup_seconds"} 2.0' in metrics
     assert 'analytics_events_processed_total{agent="plays"}' in metrics
+
+
+def processed(worker: WorkerProcess, agent: str) -> float:
+    prefix = f'analytics_events_processed_total{{agent="{agent}"}}'
+    for line in httpx.get(f"{worker.url}/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_open_play_survives_a_killed_worker(
+    gateway: GatewayProcess,
+    worker_env: dict[str, str],
+    server_clickhouse: ServerClickHouse,
+    project: str,
+) -> None:
+    play_a = plays()[:7]
+    worker = WorkerProcess(worker_env)
+    worker.start()
+    try:
+        post_all(gateway, [play_a[:4]])  # request, start, heartbeat, rebuffer: still open
+        assert wait_until(lambda: processed(worker, "plays") >= 4)
+        worker.kill()
+        worker.start(ready_timeout_s=90)
+        post_all(gateway, [play_a[4:]])  # quality change, heartbeat, end
+        day = utc_day(START)
+        rows = wait_until(
+            lambda: (lambda r: r if r[0]["plays"] == 1 else [])(
+                playback_summary(server_clickhouse, project, day, day)
+            )
+        )
+    finally:
+        worker.stop()
+    watch_ms = 800 + 10_000 + 5_000 + 500
+    assert rows
+    assert (rows[0]["started"], rows[0]["startup_ms_p50"], rows[0]["rebuffer_count"]) == (1, 800, 1)
+    assert rows[0]["bitrate_switches"] == 1
+    assert rows[0]["watch_hours"] == watch_ms / 3_600_000
