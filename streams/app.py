@@ -193,12 +193,13 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
 
 class PlayMetrics:
-    """Feeds `video_playback_quality` and `video_hours_watched` from closed-play rows. A
-    play re-emitted with a late event is observed once (bounded memory of play ids, so a
-    restart may observe a play again: these are live indicators; the API is exact)."""
+    """Feeds `video_playback_quality` and `video_hours_watched` from closed-play rows. A play
+    re-emitted after a late event adds only its extra watch time, and its startup is
+    observed once (bounded memory of plays: after a restart a play may be observed again;
+    these are live indicators, the API is exact)."""
 
     def __init__(self, remember_at_most: int = 200_000) -> None:
-        self._seen: set[int] = set()
+        self._counted_watch_ms: dict[int, int] = {}
         self._remember_at_most = remember_at_most
         self._index = {name: n for n, name in enumerate(PLAY_COLUMNS)}
 
@@ -208,14 +209,19 @@ class PlayMetrics:
             if table.table != PLAYS_TABLE:
                 continue
             for row in table.rows:
-                key = hash((row[col["project"]], row[col["play_id"]]))
-                if row[col["deleted"]] or key in self._seen:
+                if row[col["deleted"]]:
                     continue
-                if len(self._seen) >= self._remember_at_most:
-                    self._seen.clear()
-                self._seen.add(key)
+                key = hash((row[col["project"]], row[col["play_id"]]))
+                seen_before = key in self._counted_watch_ms
+                if not seen_before and len(self._counted_watch_ms) >= self._remember_at_most:
+                    self._counted_watch_ms.clear()
                 watch_ms = row[col["watch_ms"]]
-                VIDEO_HOURS_WATCHED.inc(watch_ms / 3_600_000)
+                counted = self._counted_watch_ms.get(key, 0)
+                if watch_ms > counted:
+                    VIDEO_HOURS_WATCHED.inc((watch_ms - counted) / 3_600_000)
+                self._counted_watch_ms[key] = max(watch_ms, counted)
+                if seen_before:
+                    continue
                 if row[col["started"]]:
                     VIDEO_PLAYBACK_QUALITY.labels("startup_seconds").observe(
                         row[col["startup_ms"]] / 1000
