@@ -1,0 +1,787 @@
+"""The Grafana dashboards and the Prometheus alert rules checked against the code, without
+Grafana or promtool (neither runs here or in CI).
+
+A dashboard or a rule that names a metric no process exports, a label the metric does not
+carry, or an InfluxDB field no processor writes does not fail anywhere: the panel stays
+empty and the alert never fires. So the metric names and labels are read from the modules
+that define them (`METRIC_MODULES`), and the InfluxDB measurements, tags and fields from the
+points the stream processors actually emit, and every expression is checked against them.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+PROVISIONING_DIR = GRAFANA_DIR / "provisioning"
+DATASOURCES_FILE = PROVISIONING_DIR / "datasources" / "datasources.yml"
+DASHBOARD_PROVIDERS_FILE = PROVISIONING_DIR / "dashboards" / "dashboards.yml"
+DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
+DASHBOARD_FILES = sorted(DASHBOARDS_DIR.glob("*.json"))
+
+# The modules that create every Prometheus metric object of the quip processes.
+METRIC_MODULES = ("quip/ops.py", "ingest/metrics.py", "streams/metrics.py", "sinks/writer.py")
+# prometheus_client's default process collector (on Linux; absent when /metrics aggregates
+# multiprocess files), and the series Prometheus adds for every target.
+PROCESS_METRICS = frozenset(
+    {
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_virtual_memory_bytes",
+    }
+)
+TARGET_LABELS = frozenset({"job", "instance"})
+
+SEVERITIES = frozenset({"critical", "warning"})
+RUNBOOK = "docs/runbooks.md"
+
+# Variables Grafana defines itself.
+BUILTIN_VARIABLES = frozenset(
+    {
+        "__interval",
+        "__interval_ms",
+        "__rate_interval",
+        "__range",
+        "__range_s",
+        "__range_ms",
+        "__from",
+        "__to",
+        "__dashboard",
+        "__org",
+        "__user",
+    }
+)
+
+# ------------------------------------------------------------------ PromQL vocabulary
+
+PROMQL_FUNCTIONS = frozenset(
+    {
+        "abs",
+        "absent",
+        "absent_over_time",
+        "avg_over_time",
+        "ceil",
+        "changes",
+        "clamp",
+        "clamp_max",
+        "clamp_min",
+        "count_over_time",
+        "day_of_month",
+        "day_of_week",
+        "delta",
+        "deriv",
+        "exp",
+        "floor",
+        "histogram_quantile",
+        "hour",
+        "idelta",
+        "increase",
+        "irate",
+        "label_join",
+        "label_replace",
+        "last_over_time",
+        "ln",
+        "log10",
+        "log2",
+        "max_over_time",
+        "min_over_time",
+        "minute",
+        "month",
+        "predict_linear",
+        "quantile_over_time",
+        "rate",
+        "resets",
+        "round",
+        "scalar",
+        "sgn",
+        "sort",
+        "sort_desc",
+        "sqrt",
+        "stddev_over_time",
+        "stdvar_over_time",
+        "sum_over_time",
+        "time",
+        "timestamp",
+        "vector",
+        "year",
+    }
+)
+AGGREGATIONS = frozenset(
+    {
+        "avg",
+        "bottomk",
+        "count",
+        "count_values",
+        "group",
+        "max",
+        "min",
+        "quantile",
+        "stddev",
+        "stdvar",
+        "sum",
+        "topk",
+    }
+)
+KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan"})
+
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)?\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
+RANGE = re.compile(r"\[[^\]]*\]")
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+IDENTIFIER = re.compile(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?")
+# $name, ${name}, ${name:format}, [[name]]
+VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)(?::[^\]]*)?\]\]")
+LABEL_VALUES = re.compile(
+    r"\s*label_values\(\s*(?:(?P<selector>.*),)?\s*(?P<label>\w+)\s*\)\s*", re.S
+)
+# `label="value"` (not =~, !=, !~) without Grafana variables.
+EQUALITY_MATCHER = re.compile(r'\b(\w+)\s*=\s*"([^"$]*)"')
+JOB_MATCHER = re.compile(r'\bjob\s*(?:=~|=)\s*"([^"]*)"')
+
+
+@dataclass
+class PromQLUse:
+    """What one expression reads: metric names, functions called, the label names of each
+    selector's matchers, and the labels of its by/on/... clauses."""
+
+    metrics: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    selectors: list[tuple[str | None, set[str]]] = field(default_factory=list)
+    grouping: set[str] = field(default_factory=set)
+
+
+def promql_use(expr: str) -> PromQLUse:
+    use = PromQLUse()
+    text = STRING.sub('""', expr)
+    for match in SELECTOR.finditer(text):
+        use.selectors.append((match[1], set(MATCHER.findall(match[2]))))
+    text = SELECTOR.sub(lambda match: f" {match[1] or ''} ", text)
+    text = RANGE.sub(" ", text)
+    for match in GROUPING.finditer(text):
+        use.grouping.update(label.strip() for label in match[1].split(",") if label.strip())
+    text = VARIABLE.sub(" ", GROUPING.sub(" ", text))
+    for match in IDENTIFIER.finditer(text):
+        name, call = match[1], match[2]
+        if call:
+            use.functions.add(name)
+        elif name not in KEYWORDS:
+            use.metrics.add(name)
+    return use
+
+
+def balanced(text: str) -> bool:
+    closing = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for char in text:
+        if char in "([{":
+            stack.append(char)
+        elif char in closing and (not stack or stack.pop() != closing[char]):
+            return False
+    return not stack
+
+
+def promql_problems(expr: str, known: dict[str, frozenset[str]]) -> list[str]:
+    """Why `expr` would read nothing: unknown functions or metrics, selector labels the
+    metric does not carry, grouping labels no metric of the expression carries."""
+    use = promql_use(expr)
+    problems = [
+        f"unknown function {name}()" for name in use.functions - PROMQL_FUNCTIONS - AGGREGATIONS
+    ]
+    problems += [f"unknown metric {name}" for name in sorted(use.metrics - known.keys())]
+    if not balanced(STRING.sub('""', expr)):
+        problems.append("unbalanced brackets")
+    if not use.metrics:
+        problems.append("reads no metric")
+    for metric, labels in use.selectors:
+        if metric is None:
+            problems.append("selector without a metric name")
+            continue
+        allowed = known.get(metric, frozenset()) | TARGET_LABELS
+        problems += [f"{metric} has no label {label}" for label in sorted(labels - allowed)]
+    carried = TARGET_LABELS.union(*(known.get(metric, frozenset()) for metric in use.metrics))
+    problems += [f"no metric here has label {label}" for label in sorted(use.grouping - carried)]
+    return problems
+
+
+def variable_query_problems(query: str, known: dict[str, frozenset[str]]) -> list[str]:
+    """A Prometheus variable query: `label_values(selector, label)` or an expression."""
+    match = LABEL_VALUES.fullmatch(query)
+    if match is None:
+        return promql_problems(query, known)
+    if match["selector"] is None:
+        return [f"label_values({match['label']}) reads every metric"]
+    problems = promql_problems(match["selector"], known)
+    carried = TARGET_LABELS.union(
+        *(known.get(metric, frozenset()) for metric in promql_use(match["selector"]).metrics)
+    )
+    if match["label"] not in carried:
+        problems.append(f"label_values of missing label {match['label']}")
+    return problems
+
+
+# ------------------------------------------------------------------ what the code defines
+
+
+def _labelnames(call: ast.Call) -> frozenset[str]:
+    node = call.args[2] if len(call.args) > 2 else None
+    for keyword in call.keywords:
+        if keyword.arg == "labelnames":
+            node = keyword.value
+    return frozenset(ast.literal_eval(node)) if node is not None else frozenset()
+
+
+@cache
+def exported_series() -> dict[str, frozenset[str]]:
+    """Sample name → label names of every series the quip processes can export: the metric
+    objects created in METRIC_MODULES (as prometheus_client names their samples), the
+    process collector's and `up`."""
+    series: dict[str, frozenset[str]] = {name: frozenset() for name in PROCESS_METRICS}
+    series["up"] = frozenset()
+    for module in METRIC_MODULES:
+        for node in ast.walk(ast.parse((ROOT / module).read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            kind = node.func.id if isinstance(node.func, ast.Name) else None
+            if isinstance(node.func, ast.Attribute):
+                kind = node.func.attr
+            if kind not in ("Counter", "Gauge", "Histogram", "Summary"):
+                continue
+            name = ast.literal_eval(node.args[0])
+            labels = _labelnames(node)
+            if kind == "Counter":
+                base = name.removesuffix("_total")
+                samples = {f"{base}_total": labels, f"{base}_created": labels}
+            elif kind == "Gauge":
+                samples = {name: labels}
+            else:
+                samples = {f"{name}{suffix}": labels for suffix in ("_sum", "_count", "_created")}
+                if kind == "Histogram":
+                    samples[f"{name}_bucket"] = labels | {"le"}
+                else:
+                    samples[name] = labels | {"quantile"}
+            series.update(samples)
+    return series
+
+
+@dataclass(frozen=True)
+class Measurement:
+    tags: frozenset[str]
+    fields: frozenset[str]
+
+
+@cache
+def written_measurements() -> dict[str, Measurement]:
+    """Measurement → tags and fields of the InfluxDB points the stream processors emit, for
+    inputs that fill every optional field (a started play with rebuffering; a succeeded
+    encoding job with its time)."""
+    from schemas.events import Event, EventRecord
+    from schemas.services import EncodingJob, encode_message, topic_for
+    from streams.processors.base import Position
+    from streams.processors.plays import PlaysProcessor
+    from streams.processors.services import ServiceMetricsProcessor
+
+    t0 = 1_764_100_800_000
+    plays = PlaysProcessor()
+    kinds_and_props: list[tuple[str, dict[str, Any]]] = [
+        ("playback_start", {"startup_ms": 900, "content_id": "c-1"}),
+        ("playback_heartbeat", {"played_ms": 10_000, "bitrate_kbps": 8000}),
+        ("playback_rebuffer", {"duration_ms": 400}),
+        ("playback_end", {"played_ms": 2000}),
+    ]
+    events = [
+        Event(
+            event_id=f"e{n}",
+            type=kind,
+            user_id="u-1",
+            ts=t0 + n * 1000,
+            device_model="quest3",
+            props={"play_id": "pl-1", **props},
+        )
+        for n, (kind, props) in enumerate(kinds_and_props)
+    ]
+    plays.process(EventRecord(project="p", received_at=t0 + 5000, events=events), Position(0, 0))
+
+    services = ServiceMetricsProcessor()
+    job = EncodingJob(
+        message_id="m-1", job_id="j-1", content_id="c-1", status="succeeded", ts=t0, encode_ms=1.0
+    )
+    services.process(topic_for(job).name, encode_message(job), Position(0, 0))
+
+    found: dict[str, Measurement] = {}
+    for processor_output in (plays.flush(t0 + 6000), services.flush(t0 + 60_000)):
+        for point in processor_output.points:
+            seen = found.get(point.measurement, Measurement(frozenset(), frozenset()))
+            found[point.measurement] = Measurement(
+                seen.tags | set(point.tags), seen.fields | set(point.fields)
+            )
+    return found
+
+
+# ------------------------------------------------------------------ deployment files
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def compose_mounts(service: str) -> dict[str, Path]:
+    """Container path → host path of a compose service's bind mounts."""
+    volumes = load_yaml(COMPOSE_FILE)["services"][service].get("volumes") or []
+    mounts = {}
+    for volume in volumes:
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[target] = (ROOT / source).resolve()
+    return mounts
+
+
+def container_path_of(service: str, host: Path) -> PurePosixPath:
+    """Where a host file or directory appears in a service's container."""
+    for target, source in compose_mounts(service).items():
+        if host.resolve() == source or source in host.resolve().parents:
+            return PurePosixPath(target) / host.resolve().relative_to(source).as_posix()
+    raise AssertionError(f"{service} does not mount {host.relative_to(ROOT)}")
+
+
+def datasources() -> dict[str, dict[str, Any]]:
+    return {source["uid"]: source for source in load_yaml(DATASOURCES_FILE)["datasources"]}
+
+
+def scrape_jobs() -> list[str]:
+    return [job["job_name"] for job in load_yaml(PROMETHEUS_FILE)["scrape_configs"]]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(ALERTS_FILE)["groups"] for rule in group["rules"]]
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    board: dict[str, Any] = json.loads(path.read_text())
+    return board
+
+
+def all_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in board.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows hold their panels
+
+
+@dataclass(frozen=True)
+class Query:
+    where: str
+    datasource: dict[str, Any]
+    text: str
+
+
+def queries(board: dict[str, Any]) -> list[Query]:
+    """Every panel target and every variable query, with its datasource (a target without
+    one uses its panel's)."""
+    found = []
+    for panel in all_panels(board):
+        for target in panel.get("targets", []):
+            datasource = target.get("datasource") or panel.get("datasource") or {}
+            text = target.get("expr") or target.get("query") or ""
+            found.append(Query(f"{panel['title']!r} {target.get('refId')}", datasource, text))
+    for variable in board.get("templating", {}).get("list", []):
+        if variable.get("type") == "query":
+            query = variable["query"]
+            text = query.get("query", "") if isinstance(query, dict) else query
+            found.append(Query(f"variable {variable['name']}", variable["datasource"], text))
+    return found
+
+
+def of_type(board: dict[str, Any], source_type: str) -> list[Query]:
+    uids = {uid for uid, source in datasources().items() if source["type"] == source_type}
+    return [query for query in queries(board) if query.datasource.get("uid") in uids]
+
+
+dashboard_files = pytest.mark.parametrize(
+    "path", [pytest.param(path, id=path.stem) for path in DASHBOARD_FILES]
+)
+
+
+# ================================================================== self-checks
+
+
+def test_metric_definitions_are_found() -> None:
+    series = exported_series()
+    assert series["http_requests_total"] == {"method", "route", "status"}
+    assert series["http_request_duration_seconds_bucket"] == {"method", "route", "le"}
+    assert series["ingest_events_rejected_total"] == {"source", "reason"}
+    assert series["consumer_lag"] == {"topic", "partition"}
+    assert series["sink_write_seconds_count"] == {"sink", "target"}
+    assert "video_playback_quality_bucket" in series
+    assert "daily_active_users" in series
+
+
+def test_written_measurements_are_found() -> None:
+    written = written_measurements()
+    assert set(written) == {"playback_qoe", "service_metrics"}
+    assert {"startup_ms_p95", "rebuffer_ratio", "video_start_failures"} <= written[
+        "playback_qoe"
+    ].fields
+    assert {"content_id", "device_model", "project"} <= written["playback_qoe"].tags
+    assert written["service_metrics"].fields == {"count", "encode_ms_p95"}
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        pytest.param("rate(http_request_total[5m])", "unknown metric", id="metric typo"),
+        pytest.param("sum by (agnet) (analytics_events_processed_total)", "label", id="by typo"),
+        pytest.param('consumer_lag{topc="x"}', "has no label", id="matcher typo"),
+        pytest.param("rat(up[5m])", "unknown function", id="function typo"),
+        pytest.param("sum(rate(up[5m])", "unbalanced", id="unbalanced parenthesis"),
+        pytest.param("label_values(consumer_lag, agent)", "missing label", id="variable label"),
+    ],
+)
+def test_the_checker_catches_typos(expr: str, problem: str) -> None:
+    problems = variable_query_problems(expr, exported_series())
+    assert any(problem in found for found in problems), problems
+
+
+def test_the_checker_accepts_a_correct_expression() -> None:
+    expr = (
+        "histogram_quantile(0.95, sum by (job, le) (rate(http_request_duration_seconds_bucket"
+        '{job=~"$job", route!="other"}[$__rate_interval]))) > 2 or vector(0)'
+    )
+    assert variable_query_problems(expr, exported_series()) == []
+
+
+# ================================================================== grafana provisioning
+
+
+def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
+    # The provider file must sit under the mounted provisioning directory, and its path must
+    # be where compose mounts deploy/grafana/dashboards.
+    assert str(container_path_of("grafana", DASHBOARD_PROVIDERS_FILE)).startswith(
+        "/etc/grafana/provisioning/dashboards/"
+    )
+    providers = load_yaml(DASHBOARD_PROVIDERS_FILE)["providers"]
+    assert [provider["type"] for provider in providers] == ["file"]
+    assert providers[0]["options"]["path"] == str(container_path_of("grafana", DASHBOARDS_DIR))
+
+
+def test_datasources_have_unique_explicit_uids() -> None:
+    sources = load_yaml(DATASOURCES_FILE)["datasources"]
+    uids = [source.get("uid") for source in sources]
+    assert all(uids)
+    assert len(set(uids)) == len(uids)
+
+
+@pytest.mark.parametrize(
+    ("filename", "title"),
+    [
+        pytest.param("infrastructure.json", "Infrastructure", id="infrastructure"),
+        pytest.param("application.json", "Application", id="application"),
+        pytest.param("business.json", "Business", id="business"),
+        pytest.param("analytics.json", "Analytics", id="analytics"),
+        pytest.param("video-quality.json", "Video Quality", id="video-quality"),
+    ],
+)
+def test_guide_dashboard_exists(filename: str, title: str) -> None:
+    board = load_dashboard(DASHBOARDS_DIR / filename)
+    assert board["title"] == title
+    assert board["uid"] == f"quip-{filename.removesuffix('.json')}"
+    assert "quip" in board["tags"]
+
+
+def test_dashboard_uids_and_titles_are_unique() -> None:
+    boards = [load_dashboard(path) for path in DASHBOARD_FILES]
+    for key in ("uid", "title"):
+        values = [board[key] for board in boards]
+        assert len(set(values)) == len(values), key
+    assert all(len(board["uid"]) <= 40 for board in boards)  # Grafana's limit
+
+
+@dashboard_files
+def test_dashboard_structure(path: Path) -> None:
+    board = load_dashboard(path)
+    assert 36 <= board["schemaVersion"] <= 41
+    panels = list(all_panels(board))
+    ids = [panel["id"] for panel in panels]
+    assert len(set(ids)) == len(ids), "duplicate panel ids"
+    taken: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert all(isinstance(grid[key], int) for key in ("h", "w", "x", "y")), panel["title"]
+        assert min(grid["w"], grid["h"]) > 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']!r} overlaps {taken[(x, y)]!r}"
+                taken[(x, y)] = panel["title"]
+        if panel["type"] == "row":
+            continue
+        targets = panel["targets"]
+        assert targets, f"{panel['title']!r} has no query"
+        refs = [target["refId"] for target in targets]
+        assert len(set(refs)) == len(refs), f"{panel['title']!r} repeats a refId"
+    for variable in board["templating"]["list"]:
+        # Grafana shows `definition` but runs `query`: they must not drift apart.
+        query = variable.get("query")
+        text = query.get("query") if isinstance(query, dict) else query
+        assert variable.get("definition", text) == text, variable["name"]
+
+
+@dashboard_files
+def test_dashboard_datasources_are_provisioned(path: Path) -> None:
+    board = load_dashboard(path)
+    sources = datasources()
+    named = [panel["datasource"] for panel in all_panels(board) if panel["type"] != "row"]
+    named += [query.datasource for query in queries(board)]
+    for datasource in named:
+        assert datasource["uid"] in sources, datasource
+        assert datasource["type"] == sources[datasource["uid"]]["type"], datasource
+
+
+@dashboard_files
+def test_dashboard_variables_are_defined_and_used(path: Path) -> None:
+    board = load_dashboard(path)
+    defined = {variable["name"] for variable in board["templating"]["list"]}
+    used = set()
+    for query in queries(board):
+        for match in VARIABLE.finditer(query.text):
+            name = next(group for group in match.groups() if group)
+            assert name in defined | BUILTIN_VARIABLES, f"{query.where} uses undefined ${name}"
+            used.add(name)
+    assert defined <= used, f"variables that filter nothing: {sorted(defined - used)}"
+
+
+@dashboard_files
+def test_dashboard_prometheus_queries_read_exported_metrics(path: Path) -> None:
+    board = load_dashboard(path)
+    problems = {
+        query.where: found
+        for query in of_type(board, "prometheus")
+        if (found := variable_query_problems(query.text, exported_series()))
+    }
+    assert not problems
+
+
+@dashboard_files
+def test_dashboard_flux_queries_read_written_series(path: Path) -> None:
+    board = load_dashboard(path)
+    bucket = next(
+        source["jsonData"]["defaultBucket"]
+        for source in datasources().values()
+        if source["type"] == "influxdb"
+    )
+    for query in of_type(board, "influxdb"):
+        problems = flux_problems(query.text, bucket)
+        assert not problems, f"{query.where}: {problems}"
+
+
+FLUX_COLUMNS = frozenset({"_time", "_value", "_field", "_measurement", "_start", "_stop"})
+
+
+def flux_problems(query: str, bucket: str) -> list[str]:
+    """Names a Flux query uses that the processors do not write: its measurement, the
+    fields and tags it filters, groups or pivots on. Columns the query creates itself
+    (record keys of map/reduce) are allowed."""
+    written = written_measurements()
+    query = VARIABLE.sub("[]", query)  # `${name:json}` would read as a record key
+    measurements = set(re.findall(r'(?:r\._measurement\s*==\s*|measurement:\s*)"([^"]+)"', query))
+    if len(measurements) != 1:
+        return [f"reads measurements {sorted(measurements)}, expected exactly one"]
+    (measurement,) = measurements
+    if measurement not in written:
+        return [f"no processor writes {measurement}"]
+    tags, fields = written[measurement].tags, written[measurement].fields
+    problems = []
+    buckets = set(re.findall(r'\bbucket:\s*"([^"]+)"', query))
+    if buckets != {bucket}:
+        problems.append(f"reads buckets {sorted(buckets)}, not {bucket}")
+    problems += [
+        f"{measurement} has no field {name}"
+        for name in re.findall(r'r\._field\s*==\s*"([^"]+)"', query)
+        if name not in fields
+    ]
+    problems += [
+        f"{measurement} has no tag {name}"
+        for name in re.findall(r'\btag:\s*"([^"]+)"', query)
+        if name not in tags
+    ]
+    created = set(re.findall(r"(\w+)\s*:", STRING.sub('""', query)))
+    columns = set(re.findall(r"\br\.(\w+)", query))
+    for listed in re.findall(r"(?:columns|rowKey|columnKey):\s*\[([^\]]*)\]", query):
+        columns.update(re.findall(r'"([^"]+)"', listed))
+    problems += [
+        f"{measurement} has no column {name}"
+        for name in sorted(columns - tags - fields - FLUX_COLUMNS - created)
+    ]
+    return problems
+
+
+# ================================================================== prometheus rules
+
+
+def test_prometheus_loads_the_alert_rules() -> None:
+    config = load_yaml(PROMETHEUS_FILE)
+    config_in_container = container_path_of("prometheus", PROMETHEUS_FILE)
+    mounts = compose_mounts("prometheus")
+    loaded = []
+    for rule_file in config["rule_files"]:
+        # Prometheus resolves a relative path against the directory of its config file.
+        in_container = config_in_container.parent / rule_file
+        assert str(in_container) in mounts, f"compose does not mount {in_container}"
+        host = mounts[str(in_container)]
+        assert host.is_file()
+        assert (PROMETHEUS_FILE.parent / rule_file).resolve() == host  # promtool from the repo
+        loaded.append(host)
+    assert ALERTS_FILE.resolve() in loaded
+
+
+def test_alert_rules_are_complete() -> None:
+    groups = load_yaml(ALERTS_FILE)["groups"]
+    assert len({group["name"] for group in groups}) == len(groups)
+    rules = alert_rules()
+    names = [rule.get("alert") for rule in rules]
+    assert len(set(names)) == len(names), "duplicate alert names"
+    for rule in rules:
+        name = str(rule.get("alert"))
+        assert re.fullmatch(r"Quip[A-Z]\w+", name), rule
+        assert str(rule.get("expr") or "").strip(), name
+        assert re.fullmatch(r"\d+[smhd]", str(rule.get("for"))), name
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip(), name
+        assert annotations["description"].strip(), name
+        assert annotations["runbook_url"] == f"{RUNBOOK}#{name.lower()}", name
+
+
+def test_alert_expressions_read_exported_metrics() -> None:
+    problems = {
+        rule["alert"]: found
+        for rule in alert_rules()
+        if (found := promql_problems(rule["expr"], exported_series()))
+    }
+    assert not problems
+
+
+def test_alert_annotations_name_labels_the_result_keeps() -> None:
+    # An aggregation keeps only its `by` labels (histogram_quantile drops `le`); without
+    # one, the result has the metric's labels and the target's.
+    for rule in alert_rules():
+        use = promql_use(rule["expr"])
+        kept: set[str] | frozenset[str]
+        if use.functions & AGGREGATIONS:
+            kept = use.grouping - {"le"}
+        else:
+            kept = TARGET_LABELS.union(*(exported_series()[metric] for metric in use.metrics))
+        text = " ".join(rule["annotations"].values())
+        referenced = set(re.findall(r"\$labels\.(\w+)", text))
+        assert referenced <= kept, f"{rule['alert']} names labels it drops: {referenced - kept}"
+
+
+def test_job_matchers_match_a_scrape_job() -> None:
+    # A job regex that matches no scrape job silences an alert or empties a panel.
+    jobs = scrape_jobs()
+    texts = [rule["expr"] for rule in alert_rules()]
+    texts += [query.text for path in DASHBOARD_FILES for query in queries(load_dashboard(path))]
+    patterns = {value for text in texts for value in JOB_MATCHER.findall(text) if "$" not in value}
+    assert patterns
+    for pattern in patterns:
+        assert any(re.fullmatch(pattern, job) for job in jobs), f"job=~{pattern!r} matches no job"
+
+
+def code_strings() -> set[str]:
+    strings = set()
+    for package in ("quip", "ingest", "streams", "sinks", "api", "schemas"):
+        for module in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(module.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    strings.add(node.value)
+    return strings
+
+
+def test_equality_matchers_name_label_values_the_code_sets() -> None:
+    # `measure="startup_second"` or `agent="event"` would select nothing.
+    texts = [rule["expr"] for rule in alert_rules()]
+    texts += [
+        query.text
+        for path in DASHBOARD_FILES
+        for query in of_type(load_dashboard(path), "prometheus")
+    ]
+    pairs = {pair for text in texts for pair in EQUALITY_MATCHER.findall(text)}
+    pairs = {(label, value) for label, value in pairs if label not in TARGET_LABELS}
+    assert pairs
+    strings = code_strings()
+    unknown = sorted(pair for pair in pairs if pair[1] not in strings)
+    assert not unknown, f"label values no quip code sets: {unknown}"
+
+
+@pytest.mark.parametrize(
+    ("alert", "condition", "duration", "metric"),
+    [
+        pytest.param(
+            "QuipHighErrorRate", "> 0.01", "1m", "http_requests_total", id="5xx share > 1% for 1m"
+        ),
+        pytest.param(
+            "QuipHighLatencyP95",
+            "> 2",
+            "2m",
+            "http_request_duration_seconds_bucket",
+            id="p95 latency > 2s for 2m",
+        ),
+        pytest.param(
+            "QuipHighMemory",
+            "> 1.5 * 1024^3",
+            "5m",
+            "process_resident_memory_bytes",
+            id="memory > 1.5GiB for 5m",
+        ),
+        pytest.param(
+            "QuipFrequentRestarts",
+            "> 2",
+            "0m",
+            "process_start_time_seconds",
+            id="more than 2 restarts in 15m",
+        ),
+        pytest.param(
+            "QuipConsumerLagHigh", "> 100000", "5m", "consumer_lag", id="lag > 100k for 5m"
+        ),
+        pytest.param(
+            "QuipIngestRejectionsHigh",
+            "> 0.05",
+            "10m",
+            "ingest_events_rejected_total",
+            id="DLQ share > 5% for 10m",
+        ),
+        pytest.param(
+            "QuipUndecodableRecords",
+            "> 0",
+            "0m",
+            "analytics_records_undecodable_total",
+            id="any undecodable record",
+        ),
+        pytest.param("QuipTargetDown", "== 0", "1m", "up", id="target down for 1m"),
+    ],
+)
+def test_guide_threshold_has_an_alert(
+    alert: str, condition: str, duration: str, metric: str
+) -> None:
+    rule = next((rule for rule in alert_rules() if rule["alert"] == alert), None)
+    assert rule is not None, f"no alert {alert}"
+    expr = " ".join(rule["expr"].split())
+    assert expr.endswith(f" {condition}"), expr
+    assert rule["for"] == duration
+    assert metric in promql_use(expr).metrics
