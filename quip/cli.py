@@ -109,9 +109,37 @@ def worker(host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--host", default=None, help="listen address [QUIP_HOST, 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="listen port [QUIP_PORT, 8000]")
-def api(host: str | None, port: int | None) -> None:
-    """Query API and dashboard."""
-    not_built("api", 5)
+@click.option("--workers", type=int, default=1, show_default=True, help="uvicorn workers")
+def api(host: str | None, port: int | None, workers: int) -> None:
+    """Query API and dashboard (ClickHouse server in cluster mode, chDB when embedded).
+
+    Cluster mode requires QUIP_READ_KEYS and QUIP_ADMIN_KEYS. Embedded mode generates
+    and prints dev keys for the ones not set, and runs one worker (chDB binds its data
+    directory to one process)."""
+    import os
+
+    from quip.settings import generate_dev_keys
+    from schemas.funnels import FunnelConfigError, load_funnels
+
+    settings = load_settings(host=host, port=port)
+    try:
+        settings.require_keys("read_keys", "admin_keys")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if settings.mode is Mode.EMBEDDED:
+        if workers != 1:
+            raise click.UsageError("embedded mode (chDB) runs one worker; use --workers 1")
+        for field in ("read_keys", "admin_keys"):
+            if not getattr(settings, field).get_secret_value():
+                keys = generate_dev_keys()
+                os.environ[f"QUIP_{field.upper()}"] = keys  # read again by the app factory
+                click.echo(f"QUIP_{field.upper()}={keys}  (generated for this run)", err=True)
+    if settings.funnels_file:
+        try:
+            load_funnels(settings.funnels_file)
+        except FunnelConfigError as exc:
+            raise click.UsageError(f"QUIP_FUNNELS_FILE: {exc}") from exc
+    serve("api.app:create_app", settings, settings.listen_port(8000), workers)
 
 
 @main.command()

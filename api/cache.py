@@ -1,0 +1,174 @@
+"""In-process TTL + LRU cache of serialized query results.
+
+Keys are (endpoint, project, canonical parameters); values are the JSON bytes sent to the
+client, so a hit costs a dictionary lookup and no serialization.
+
+Freshness follows the last UTC day the answer depends on (`last_day`, chosen per endpoint:
+usually `to`; see api/routes/):
+- `last_day` before today: the days are closed, the entry lives `closed_ttl_s` (300 s);
+- today or later: new events still change the answer, the entry lives `open_ttl_s` (5 s).
+"Closed" is a cost trade-off, not a guarantee: the gateway accepts events up to
+QUIP_MAX_EVENT_AGE_DAYS old, so a closed day can still change, and is then at most
+`closed_ttl_s` stale.
+
+Bounds: at most `max_entries` entries and `max_bytes` of values; the least recently used
+entries go first, expired ones are dropped when met. A value larger than `max_bytes` is
+not stored.
+
+Invalidation: `invalidate_project` drops a project's entries and bumps its generation;
+`put` with the generation read before the query started refuses to store a result
+computed before the invalidation (an erasure racing a slow query).
+
+`cache_hit_ratio` (hits / lookups since this cache was built) is set on every lookup.
+
+Thread-safe: one lock around every operation, never held while a query runs; safe to call
+from the event loop and from worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Final
+
+from prometheus_client import Gauge
+
+from api.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS
+
+CLOSED_TTL_S: Final = 300.0
+OPEN_TTL_S: Final = 5.0
+MAX_ENTRIES: Final = 512
+MAX_BYTES: Final = 64 * 1024 * 1024
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    endpoint: str
+    project: str
+    params: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: bytes
+    expires_at: float
+
+
+class QueryCache:
+    def __init__(
+        self,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
+        closed_ttl_s: float = CLOSED_TTL_S,
+        open_ttl_s: float = OPEN_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        today: Callable[[], date] = utc_today,
+        hit_ratio_gauge: Gauge | None = CACHE_HIT_RATIO,
+    ) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("cache bounds must be positive")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.closed_ttl_s = closed_ttl_s
+        self.open_ttl_s = open_ttl_s
+        self._clock = clock
+        self._today = today
+        self._gauge = hit_ratio_gauge
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._generations: dict[str, int] = {}
+        self._hits = 0
+        self._lookups = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ reads
+    def ttl_for(self, last_day: date) -> float:
+        """closed_ttl_s when `last_day` is before today (UTC), else open_ttl_s."""
+        return self.closed_ttl_s if last_day < self._today() else self.open_ttl_s
+
+    def get(self, key: CacheKey) -> bytes | None:
+        """The stored value, or None when absent or expired. Counts a lookup."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires_at <= now:
+                self._drop(key)
+                entry = None
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self._hits += 1
+            self._lookups += 1
+            ratio = self._hits / self._lookups
+        CACHE_LOOKUPS.labels("hit" if entry is not None else "miss").inc()
+        if self._gauge is not None:
+            self._gauge.set(ratio)
+        return entry.value if entry is not None else None
+
+    def generation(self, project: str) -> int:
+        with self._lock:
+            return self._generations.get(project, 0)
+
+    # ------------------------------------------------------------------ writes
+    def put(
+        self, key: CacheKey, value: bytes, last_day: date, *, generation: int | None = None
+    ) -> bool:
+        """Store `value` for ttl_for(last_day). Returns False, storing nothing, when the
+        value is larger than max_bytes or `generation` is older than the project's."""
+        if len(value) > self.max_bytes:
+            return False
+        expires_at = self._clock() + self.ttl_for(last_day)
+        with self._lock:
+            if generation is not None and generation != self._generations.get(key.project, 0):
+                return False
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = _Entry(value, expires_at)
+            self._bytes += len(value)
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                oldest = next(iter(self._entries))
+                self._drop(oldest)
+        return True
+
+    def invalidate_project(self, project: str) -> int:
+        """Drop every entry of `project` and refuse results computed before now; returns
+        how many entries were dropped."""
+        with self._lock:
+            self._generations[project] = self._generations.get(project, 0) + 1
+            doomed = [key for key in self._entries if key.project == project]
+            for key in doomed:
+                self._drop(key)
+        return len(doomed)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _drop(self, key: CacheKey) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= len(entry.value)
+
+    # ------------------------------------------------------------------ numbers
+    @property
+    def hit_ratio(self) -> float:
+        with self._lock:
+            return self._hits / self._lookups if self._lookups else 0.0
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return self._bytes

@@ -1,0 +1,66 @@
+"""`GET /v1/metrics/playback` and `/v1/metrics/playback/timeseries` (SPEC §4 "Playback
+quality", §5). Plays count on the UTC day/minute of their first event."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import TypeAdapter
+from starlette.responses import Response
+
+from api.deps import Context, Days, ReadProject
+from api.errors import ERROR_RESPONSES
+from api.models import PlaybackPoint, PlaybackSummaryRow
+from api.params import MAX_MINUTE_RANGE_DAYS, limit_range
+from sinks.queries.playback import GroupBy, Interval, playback_summary, playback_timeseries
+
+router = APIRouter(tags=["playback"], responses=ERROR_RESPONSES)
+
+SUMMARY = TypeAdapter(list[PlaybackSummaryRow])
+SERIES = TypeAdapter(list[PlaybackPoint])
+
+
+@router.get("/v1/metrics/playback", response_model=list[PlaybackSummaryRow])
+async def get_playback(
+    project: ReadProject,
+    days: Days,
+    context: Context,
+    group_by: Annotated[GroupBy, Query(description="one row per value, or one row 'all'")] = (
+        "none"
+    ),
+) -> Response:
+    """Playback quality of the plays that started in [from, to]: one row with group "all"
+    for group_by=none (zeros without plays), else one row per value, most plays first."""
+    return await context.results.respond(
+        endpoint="playback",
+        project=project,
+        params=(*days.key(), ("group_by", group_by)),
+        last_day=days.day_to,
+        adapter=SUMMARY,
+        query=lambda ch: playback_summary(ch, project, days.day_from, days.day_to, group_by),
+    )
+
+
+@router.get("/v1/metrics/playback/timeseries", response_model=list[PlaybackPoint])
+async def get_playback_timeseries(
+    project: ReadProject,
+    days: Days,
+    context: Context,
+    interval: Annotated[
+        Interval,
+        Query(description=f"bucket size (UTC); minute covers ≤ {MAX_MINUTE_RANGE_DAYS} days"),
+    ] = "hour",
+) -> Response:
+    """The playback metrics per bucket of the plays' first events, for buckets that have
+    plays, in time order."""
+    if interval == "minute":
+        days = limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
+    return await context.results.respond(
+        endpoint="playback-timeseries",
+        project=project,
+        params=(*days.key(), ("interval", interval)),
+        last_day=days.day_to,
+        adapter=SERIES,
+        query=lambda ch: playback_timeseries(ch, project, days.day_from, days.day_to, interval),
+    )

@@ -1,0 +1,1103 @@
+/* Qui Pipeline dashboard: plain JavaScript, no build step.
+ *
+ * Reads the SPEC §5 query API of the same origin with `Authorization: Bearer <read key>`;
+ * the key is asked for once and kept in localStorage. Charts use plotly.js, which the API
+ * serves from the installed `plotly` Python package (/static/plotly.min.js).
+ *
+ * Every number a test checks is written into the DOM as text under a stable
+ * `data-testid`; raw values are also kept in `data-value`. Sections load independently:
+ * one failing endpoint shows its error (section note + the banner at the top) and the
+ * others still render. `body[data-state]` is `loading`, `ready` or `error` for the last
+ * full load; each section card has its own `data-state`.
+ */
+(() => {
+  'use strict';
+
+  const KEY_STORAGE = 'quip.readKey';
+  const PROJECT_STORAGE = 'quip.project';
+  const DAY_MS = 86400000;
+  const EVENT_TYPE_RE = /^[a-z][a-z0-9_.]{0,63}$/;
+  const PROP_KEY_RE = /^[A-Za-z0-9_.$-]{1,64}$/;
+  const MAX_WINDOW_SECONDS = 14 * 86400;
+  const KNOWN_TYPES = [
+    'page_view', 'session_start', 'session_end', 'gesture',
+    'playback_request', 'playback_start', 'playback_heartbeat', 'playback_rebuffer',
+    'playback_quality_change', 'playback_error', 'playback_end',
+  ];
+  const PALETTE = [
+    '#2563eb', '#16a34a', '#f59e0b', '#db2777', '#7c3aed',
+    '#0891b2', '#dc2626', '#65a30d', '#ea580c', '#475569',
+  ];
+  const SECTION_TITLES = {
+    key: 'Read key',
+    controls: 'Selection',
+    charts: 'Charts',
+    active: 'Active users',
+    retention: 'Retention',
+    funnel: 'Funnel',
+    predefined: 'Predefined funnels',
+    playback: 'Playback quality',
+    events: 'Events by type',
+    services: 'Service metrics',
+  };
+  // Which card shows a section's busy/error state.
+  const SECTION_CARDS = {
+    active: 'active', retention: 'retention', funnel: 'funnels', predefined: 'funnels',
+    playback: 'playback', events: 'events', services: 'services',
+  };
+  const SERVICE_LABELS = {
+    social_delivered: 'Social delivered',
+    content_published: 'Content published',
+    encoding_queued: 'Encodes queued',
+    encoding_succeeded: 'Encodes succeeded',
+    encoding_failed: 'Encodes failed',
+    encode_ms_p95: 'Encode p95',
+    emails_sent: 'Emails sent',
+    emails_failed: 'Emails failed',
+  };
+
+  // ------------------------------------------------------------------ small helpers
+  const $ = (selector, root = document) => root.querySelector(selector);
+  const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (name === 'class') node.className = value;
+      else if (name === 'text') node.textContent = value;
+      else if (name === 'testid') node.dataset.testid = value;
+      else if (name.startsWith('on') && typeof value === 'function') {
+        node.addEventListener(name.slice(2), value);
+      } else node.setAttribute(name, value === true ? '' : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  const intFormat = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+  const fmt = {
+    // Integers with thousands separators: 12,345.
+    int: (v) => (v === null || v === undefined ? '—' : intFormat.format(v)),
+    // Ratios 0..1 as a percentage with fixed decimals (Number.toFixed rounding).
+    pct: (v, digits = 1) => (v === null || v === undefined ? '—' : `${(v * 100).toFixed(digits)}%`),
+    ms: (v) => (v === null || v === undefined ? '—' : `${intFormat.format(Math.round(v))} ms`),
+    fixed: (v, digits) => (v === null || v === undefined ? '—' : v.toFixed(digits)),
+    kbps: (v) => (v === null || v === undefined ? '—' : `${intFormat.format(Math.round(v))} kbps`),
+  };
+
+  function setValue(node, value, text) {
+    if (!node) return;
+    node.textContent = text;
+    if (value === null || value === undefined) node.removeAttribute('data-value');
+    else node.dataset.value = String(value);
+  }
+
+  function byTestId(id) {
+    return document.querySelector(`[data-testid="${CSS.escape(id)}"]`);
+  }
+
+  function storageGet(name) {
+    try { return window.localStorage.getItem(name); } catch { return null; }
+  }
+  function storageSet(name, value) {
+    try {
+      if (value === null) window.localStorage.removeItem(name);
+      else window.localStorage.setItem(name, value);
+    } catch { /* private mode: the key lives for this page only */ }
+  }
+
+  function todayUtc() {
+    return new Date(Math.floor(Date.now() / DAY_MS) * DAY_MS);
+  }
+  function isoDay(date) {
+    return date.toISOString().slice(0, 10);
+  }
+  function addDays(date, days) {
+    return new Date(date.getTime() + days * DAY_MS);
+  }
+  function parseDay(text) {
+    return /^\d{4}-\d{2}-\d{2}$/.test(text) ? new Date(`${text}T00:00:00Z`) : null;
+  }
+  // "2026-10-01T13:00:00Z" -> "2026-10-01 13:00:00": plotly takes wall-clock strings, and
+  // every time here is UTC.
+  function plotTime(t) {
+    return String(t).replace('T', ' ').replace(/Z$/, '');
+  }
+
+  function humanSeconds(total) {
+    if (!Number.isFinite(total) || total <= 0) return '';
+    const parts = [];
+    const units = [['day', 86400], ['h', 3600], ['min', 60], ['s', 1]];
+    let rest = Math.floor(total);
+    for (const [name, size] of units) {
+      const n = Math.floor(rest / size);
+      if (n) parts.push(name === 'day' ? `${n} day${n === 1 ? '' : 's'}` : `${n} ${name}`);
+      rest -= n * size;
+    }
+    return `= ${parts.join(' ')}`;
+  }
+
+  // ------------------------------------------------------------------ state
+  const state = {
+    key: storageGet(KEY_STORAGE) || '',
+    project: 'default',
+    from: '',
+    to: '',
+    funnel: null, // what the funnel card shows: {kind: 'builder'} | {kind: 'predefined', name}
+    tokens: {},
+    busy: new Set(), // sections loading now
+    errors: new Map(), // section -> message
+    loads: 0,
+  };
+
+  // ------------------------------------------------------------------ API client
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  function query(params) {
+    const search = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== undefined && value !== null && value !== '') search.set(name, value);
+    }
+    return search.toString();
+  }
+
+  function describeError(status, data, fallback) {
+    let detail = data && typeof data === 'object' ? (data.detail ?? data.error ?? data.message) : null;
+    if (Array.isArray(detail)) {
+      detail = detail.map((item) => {
+        if (!item || typeof item !== 'object') return String(item);
+        const where = Array.isArray(item.loc)
+          ? item.loc.filter((part) => part !== 'body' && part !== 'query').join('.')
+          : '';
+        return where ? `${where}: ${item.msg}` : String(item.msg ?? JSON.stringify(item));
+      }).join('; ');
+    } else if (detail && typeof detail === 'object') {
+      detail = JSON.stringify(detail);
+    }
+    detail = detail ? String(detail) : fallback;
+    if (status === 401) {
+      return `401: the read key was rejected${detail ? ` (${detail})` : ''}. Enter a valid read key for this project.`;
+    }
+    if (status === 403) return `403: this key may not read project "${state.project}"${detail ? ` (${detail})` : ''}.`;
+    return `${status}: ${detail || 'request failed'}`;
+  }
+
+  async function api(path, { method = 'GET', body } = {}) {
+    const headers = { Accept: 'application/json' };
+    if (state.key) headers.Authorization = `Bearer ${state.key}`;
+    const init = { method, headers, cache: 'no-store' };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      throw new ApiError(0, `the API is not reachable (${error.message})`);
+    }
+    const text = await response.text();
+    let data = null;
+    if (text) {
+      try { data = JSON.parse(text); } catch { data = null; }
+    }
+    if (!response.ok) {
+      const fallback = text && data === null ? text.slice(0, 200) : response.statusText;
+      throw new ApiError(response.status, describeError(response.status, data, fallback));
+    }
+    if (data === null) throw new ApiError(response.status, `${path.split('?')[0]} did not answer JSON`);
+    return data;
+  }
+
+  const rangeParams = () => ({ project: state.project, from: state.from, to: state.to });
+
+  // ------------------------------------------------------------------ errors and status
+  function renderBanner() {
+    const banner = $('#banner');
+    const list = $('#banner-list');
+    list.replaceChildren();
+    if (!state.errors.size) {
+      banner.hidden = true;
+      return;
+    }
+    // One line per distinct message (a bad key fails every section the same way).
+    const byMessage = new Map();
+    const order = Object.keys(SECTION_TITLES);
+    const entries = [...state.errors].sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0]));
+    for (const [section, message] of entries) {
+      if (!byMessage.has(message)) byMessage.set(message, []);
+      byMessage.get(message).push(SECTION_TITLES[section] || section);
+    }
+    for (const [message, sections] of byMessage) {
+      list.append(el('li', {}, el('span', { class: 'banner-where', text: `${sections.join(', ')}: ` }), message));
+    }
+    const unauthorized = [...state.errors.values()].some((m) => m.startsWith('401'));
+    const inputOnly = [...state.errors.keys()].every((name) => name === 'key' || name === 'controls');
+    $('#banner-title').textContent = unauthorized ? 'The read key was not accepted'
+      : (inputOnly ? 'Check the selection' : 'Some data could not be loaded');
+    banner.hidden = false;
+  }
+
+  function sectionError(section, message) {
+    if (message) state.errors.set(section, message);
+    else state.errors.delete(section);
+    const note = $(`[data-section-error="${section === 'predefined' ? 'funnel' : section}"]`);
+    if (note && section !== 'predefined') {
+      note.textContent = message || '';
+      note.hidden = !message;
+    }
+    renderBanner();
+  }
+
+  // Forget the errors of earlier loads (a missing chart library stays reported).
+  function clearErrors() {
+    for (const section of [...state.errors.keys()]) {
+      if (section !== 'charts') state.errors.delete(section);
+    }
+  }
+
+  function setStatus(text) {
+    $('#status').textContent = text;
+  }
+
+  // A card's state covers all of its sections (the funnels card has two): `loading` while
+  // any loads, else `error` if any failed, else `ready`.
+  function updateCard(cardId) {
+    const card = document.getElementById(cardId);
+    const sections = Object.keys(SECTION_CARDS).filter((name) => SECTION_CARDS[name] === cardId);
+    const busy = sections.some((name) => state.busy.has(name));
+    if (busy) card.setAttribute('aria-busy', 'true');
+    else card.removeAttribute('aria-busy');
+    card.dataset.state = busy ? 'loading' : (sections.some((name) => state.errors.has(name)) ? 'error' : 'ready');
+  }
+
+  // Runs one section's load; a newer load of the same section makes an older one moot.
+  // Resolves to false when the section failed (its error is shown), never rejects.
+  async function runSection(section, work) {
+    const token = (state.tokens[section] || 0) + 1;
+    state.tokens[section] = token;
+    const cardId = SECTION_CARDS[section];
+    const current = () => state.tokens[section] === token;
+    state.busy.add(section);
+    updateCard(cardId);
+    try {
+      await work(current);
+      if (current()) sectionError(section, null);
+      return true;
+    } catch (error) {
+      if (!current()) return true;
+      const message = error instanceof ApiError ? error.message : `unexpected error: ${error.message}`;
+      if (!(error instanceof ApiError)) console.error(error); // eslint-disable-line no-console
+      sectionError(section, message);
+      $$('.chart', document.getElementById(cardId)).forEach((chart) => {
+        if (!chart.querySelector('.plot-container') && !chart.querySelector('.chart-note')) {
+          chart.append(el('p', { class: 'chart-note', text: 'Not loaded: see the message below.' }));
+        }
+      });
+      if (error instanceof ApiError && error.status === 401 && $('#key-entry').hidden) showKeyEntry(true);
+      return false;
+    } finally {
+      if (current()) {
+        state.busy.delete(section);
+        updateCard(cardId);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ charts
+  const BASE_LAYOUT = {
+    autosize: true,
+    margin: { l: 56, r: 24, t: 12, b: 40 },
+    paper_bgcolor: 'rgba(0,0,0,0)',
+    plot_bgcolor: 'rgba(0,0,0,0)',
+    font: { family: 'Inter, system-ui, -apple-system, "Segoe UI", Roboto, sans-serif', size: 12, color: '#334155' },
+    colorway: PALETTE,
+    legend: { orientation: 'h', x: 0, y: 1.02, yanchor: 'bottom', bgcolor: 'rgba(0,0,0,0)' },
+    hovermode: 'x unified',
+    hoverlabel: { bgcolor: '#ffffff', bordercolor: '#cbd5e1', font: { color: '#0f172a' } },
+    xaxis: { gridcolor: '#eef2f7', linecolor: '#cbd5e1', automargin: true },
+    yaxis: { gridcolor: '#eef2f7', zeroline: false, rangemode: 'tozero', automargin: true },
+  };
+  const PLOT_CONFIG = {
+    displaylogo: false,
+    responsive: true,
+    modeBarButtonsToRemove: ['lasso2d', 'select2d', 'autoScale2d', 'toggleSpikelines'],
+    toImageButtonOptions: { format: 'png', scale: 2 },
+  };
+
+  function merge(base, extra) {
+    const out = { ...base };
+    for (const [name, value] of Object.entries(extra || {})) {
+      out[name] = value && typeof value === 'object' && !Array.isArray(value)
+        && base[name] && typeof base[name] === 'object' ? merge(base[name], value) : value;
+    }
+    return out;
+  }
+
+  function plot(container, traces, layout, emptyText = 'No data in this range.') {
+    const hasData = traces.some((trace) => (trace.x || trace.y || []).length > 0);
+    $$('.chart-note', container).forEach((node) => node.remove());
+    if (!window.Plotly) {
+      container.append(el('p', { class: 'chart-note', text: 'Chart library unavailable: numbers are still shown in the tables.' }));
+      return;
+    }
+    if (!hasData) {
+      window.Plotly.purge(container);
+      container.append(el('p', { class: 'chart-note', text: emptyText }));
+      return;
+    }
+    window.Plotly.react(container, traces, merge(BASE_LAYOUT, layout), PLOT_CONFIG);
+  }
+
+  // ------------------------------------------------------------------ active users
+  function loadActive() {
+    return runSection('active', async (current) => {
+      const rows = await api(`/v1/metrics/active-users?${query(rangeParams())}`);
+      if (!current()) return;
+      const last = rows.length ? rows[rows.length - 1] : null;
+      setValue(byTestId('active-latest-day'), last && last.day, last ? last.day : '—');
+      setValue(byTestId('dau-latest'), last && last.dau, fmt.int(last && last.dau));
+      setValue(byTestId('wau-latest'), last && last.wau, fmt.int(last && last.wau));
+      setValue(byTestId('mau-latest'), last && last.mau, fmt.int(last && last.mau));
+      setValue(byTestId('stickiness-latest'), last && last.stickiness, fmt.pct(last && last.stickiness));
+      const days = rows.map((r) => r.day);
+      const line = (name, key, color, extra = {}) => ({
+        type: 'scatter', mode: 'lines', name, x: days, y: rows.map((r) => r[key]),
+        line: { color, width: 2, shape: 'linear' }, hovertemplate: '%{y:,}', ...extra,
+      });
+      plot($('#active-chart'), [
+        line('DAU', 'dau', PALETTE[0], { fill: 'tozeroy', fillcolor: 'rgba(37,99,235,0.08)' }),
+        line('WAU', 'wau', PALETTE[1]),
+        line('MAU', 'mau', PALETTE[4]),
+        line('Stickiness', 'stickiness', PALETTE[2], {
+          yaxis: 'y2', line: { color: PALETTE[2], width: 2, dash: 'dot' }, hovertemplate: '%{y:.1%}',
+        }),
+      ], {
+        xaxis: { type: 'date', tickformat: '%b %d' },
+        yaxis: { title: { text: 'users' } },
+        yaxis2: {
+          overlaying: 'y', side: 'right', tickformat: '.1~%', rangemode: 'tozero',
+          showgrid: false, zeroline: false, title: { text: 'stickiness' },
+        },
+        margin: { r: 64 },
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------ retention
+  function retentionPeriod() {
+    const checked = $('input[name="retention-period"]:checked');
+    return checked ? checked.value : 'day';
+  }
+
+  function heatColor(share) {
+    const alpha = 0.06 + 0.84 * Math.max(0, Math.min(1, share));
+    return `rgba(37, 99, 235, ${alpha.toFixed(3)})`;
+  }
+
+  function loadRetention() {
+    const period = retentionPeriod();
+    return runSection('retention', async (current) => {
+      const cohorts = await api(`/v1/metrics/retention?${query({ ...rangeParams(), period })}`);
+      if (!current()) return;
+      renderRetention(cohorts, period);
+    });
+  }
+
+  function renderRetention(cohorts, period) {
+    const table = $('#retention-table');
+    table.dataset.period = period;
+    const head = $('thead', table);
+    const body = $('tbody', table);
+    const foot = $('tfoot', table);
+    const width = cohorts.reduce((n, c) => Math.max(n, c.retained.length), 0);
+    const unit = period === 'week' ? 'Week' : 'Day';
+    $('#retention-empty').hidden = cohorts.length > 0;
+    table.hidden = cohorts.length === 0;
+
+    table.style.minWidth = `${132 + width * 43}px`;
+    $$('colgroup', table).forEach((node) => node.remove());
+    $('caption', table).after(el('colgroup', {},
+      el('col', { class: 'col-cohort' }), el('col', { class: 'col-size' }),
+      Array.from({ length: width }, () => el('col', {}))));
+    head.replaceChildren(
+      el('tr', { class: 'group-row' },
+        el('td', { colspan: 2, class: 'sticky-col' }),
+        width ? el('th', { scope: 'colgroup', colspan: width, text: `${unit}s since the cohort's first event` }) : null),
+      el('tr', {},
+        el('th', { scope: 'col', class: 'sticky-col', text: period === 'week' ? 'Week of' : 'Cohort' }),
+        el('th', { scope: 'col', class: 'num', text: 'Users' }),
+        Array.from({ length: width }, (_, k) => el('th', { scope: 'col', 'aria-label': `${unit} ${k}`, text: String(k) }))));
+
+    body.replaceChildren(...cohorts.map((cohort) => {
+      const cells = Array.from({ length: width }, (_, k) => {
+        if (k >= cohort.retained.length) return el('td', { class: 'future', 'aria-label': 'not started yet' });
+        const users = cohort.retained[k];
+        const share = cohort.size ? users / cohort.size : 0;
+        const id = `${cohort.cohort}-${k}`;
+        const cell = el('td', {
+          class: `cell${share > 0.55 ? ' dark' : ''}`,
+          testid: `retention-cell-${id}`,
+          title: `${cohort.cohort}, ${unit.toLowerCase()} ${k}: ${fmt.int(users)} of ${fmt.int(cohort.size)} users (${fmt.pct(share)})`,
+          style: `background-color: ${heatColor(share)}`,
+        },
+        el('span', { class: 'pct', testid: `retention-pct-${id}`, 'data-value': share, text: fmt.pct(share) }),
+        el('span', { class: 'n', testid: `retention-users-${id}`, 'data-value': users, text: fmt.int(users) }));
+        return cell;
+      });
+      return el('tr', { testid: `retention-row-${cohort.cohort}` },
+        el('th', { scope: 'row', class: 'sticky-col', testid: `retention-cohort-${cohort.cohort}`, text: cohort.cohort }),
+        el('td', { class: 'num size', testid: `retention-size-${cohort.cohort}`, 'data-value': cohort.size, text: fmt.int(cohort.size) }),
+        cells);
+    }));
+
+    // Weighted mean over the cohorts that have reached period k.
+    const averages = Array.from({ length: width }, (_, k) => {
+      let users = 0;
+      let size = 0;
+      for (const cohort of cohorts) {
+        if (k < cohort.retained.length) {
+          users += cohort.retained[k];
+          size += cohort.size;
+        }
+      }
+      return size ? users / size : null;
+    });
+    const total = cohorts.reduce((n, c) => n + c.size, 0);
+    foot.replaceChildren(cohorts.length ? el('tr', {},
+      el('th', { scope: 'row', class: 'sticky-col', text: 'All cohorts' }),
+      el('td', { class: 'num size', text: fmt.int(total) }),
+      averages.map((share, k) => el('td', {
+        class: `cell${share > 0.55 ? ' dark' : ''}`,
+        testid: `retention-avg-${k}`,
+        style: share === null ? undefined : `background-color: ${heatColor(share)}`,
+      }, el('span', { class: 'pct', text: fmt.pct(share) })))) : '');
+  }
+
+  // ------------------------------------------------------------------ funnels
+  function windowSeconds() {
+    return Number($('#funnel-window').value);
+  }
+
+  function filterRow(filter = { key: '', value: '', type: 'text' }) {
+    const type = el('select', { class: 'filter-type', 'aria-label': 'Value type' },
+      el('option', { value: 'text', text: 'text' }),
+      el('option', { value: 'number', text: 'number' }),
+      el('option', { value: 'bool', text: 'true/false' }));
+    type.value = filter.type;
+    return el('li', { class: 'filter' },
+      el('span', { class: 'filter-where', text: 'where' }),
+      el('input', { class: 'filter-key', type: 'text', placeholder: 'prop', value: filter.key, spellcheck: 'false', autocomplete: 'off' }),
+      el('span', { class: 'filter-eq', 'aria-hidden': 'true', text: '=' }),
+      el('input', { class: 'filter-value', type: 'text', placeholder: 'value', value: filter.value, spellcheck: 'false', autocomplete: 'off' }),
+      type,
+      el('button', { type: 'button', class: 'btn btn-icon filter-remove', text: '×' }));
+  }
+
+  function stepRow(step = { event: '', filters: [] }) {
+    return el('li', { class: 'funnel-step' },
+      el('div', { class: 'step-main' },
+        el('span', { class: 'step-num', 'aria-hidden': 'true' }),
+        el('label', { class: 'sr-only step-label' }),
+        el('input', {
+          class: 'step-event', type: 'text', list: 'event-types', value: step.event,
+          placeholder: 'event type', required: true, spellcheck: 'false', autocomplete: 'off',
+        }),
+        el('button', { type: 'button', class: 'btn btn-small step-add-filter', text: '+ filter' }),
+        el('button', { type: 'button', class: 'btn btn-icon step-remove', text: '×' })),
+      el('ul', { class: 'filters' }, step.filters.map(filterRow)));
+  }
+
+  // Ids, labels and test ids follow the step's position (1-based, like the result rows).
+  function renumberSteps() {
+    const steps = $$('#funnel-steps > li');
+    steps.forEach((li, index) => {
+      const n = index + 1;
+      li.dataset.testid = `funnel-step-${n}`;
+      $('.step-num', li).textContent = String(n);
+      const input = $('.step-event', li);
+      input.id = `funnel-step-event-${n}`;
+      input.dataset.testid = `funnel-step-event-${n}`;
+      const label = $('.step-label', li);
+      label.htmlFor = input.id;
+      label.textContent = `Step ${n} event type`;
+      const add = $('.step-add-filter', li);
+      add.dataset.testid = `funnel-step-add-filter-${n}`;
+      add.setAttribute('aria-label', `Add a prop filter to step ${n}`);
+      const remove = $('.step-remove', li);
+      remove.dataset.testid = `funnel-step-remove-${n}`;
+      remove.setAttribute('aria-label', `Remove step ${n}`);
+      remove.disabled = steps.length <= 2;
+      $$('.filter', li).forEach((filter, j) => {
+        const m = j + 1;
+        const key = $('.filter-key', filter);
+        const value = $('.filter-value', filter);
+        const type = $('.filter-type', filter);
+        key.dataset.testid = `funnel-filter-key-${n}-${m}`;
+        key.setAttribute('aria-label', `Step ${n} filter ${m} prop name`);
+        value.dataset.testid = `funnel-filter-value-${n}-${m}`;
+        value.setAttribute('aria-label', `Step ${n} filter ${m} value`);
+        type.dataset.testid = `funnel-filter-type-${n}-${m}`;
+        type.setAttribute('aria-label', `Step ${n} filter ${m} value type`);
+        const drop = $('.filter-remove', filter);
+        drop.dataset.testid = `funnel-filter-remove-${n}-${m}`;
+        drop.setAttribute('aria-label', `Remove filter ${m} of step ${n}`);
+      });
+    });
+    $('#funnel-add-step').disabled = steps.length >= 10;
+  }
+
+  function setBuilder(steps, seconds) {
+    $('#funnel-steps').replaceChildren(...steps.map(stepRow));
+    if (seconds) $('#funnel-window').value = String(seconds);
+    updateWindowHint();
+    renumberSteps();
+  }
+
+  function updateWindowHint() {
+    $('#funnel-window-human').textContent = humanSeconds(windowSeconds());
+  }
+
+  // The builder's funnel as the API body, or throws an ApiError-like message naming the field.
+  function readBuilder() {
+    const problems = [];
+    $$('#funnel-steps [aria-invalid]').forEach((node) => node.removeAttribute('aria-invalid'));
+    const invalid = (node, message) => {
+      node.setAttribute('aria-invalid', 'true');
+      problems.push(message);
+    };
+    const steps = $$('#funnel-steps > li').map((li, index) => {
+      const n = index + 1;
+      const eventInput = $('.step-event', li);
+      const event = eventInput.value.trim();
+      if (!EVENT_TYPE_RE.test(event)) invalid(eventInput, `step ${n}: "${event}" is not an event type ([a-z][a-z0-9_.]*)`);
+      const where = {};
+      $$('.filter', li).forEach((filter) => {
+        const keyInput = $('.filter-key', filter);
+        const valueInput = $('.filter-value', filter);
+        const key = keyInput.value.trim();
+        const type = $('.filter-type', filter).value;
+        const raw = valueInput.value.trim();
+        if (!PROP_KEY_RE.test(key)) {
+          invalid(keyInput, `step ${n}: "${key}" is not a prop name`);
+          return;
+        }
+        if (type === 'number') {
+          const number = Number(raw);
+          if (raw === '' || !Number.isFinite(number)) invalid(valueInput, `step ${n}: ${key} must be a number`);
+          else where[key] = number;
+        } else if (type === 'bool') {
+          if (!['true', 'false'].includes(raw.toLowerCase())) invalid(valueInput, `step ${n}: ${key} must be true or false`);
+          else where[key] = raw.toLowerCase() === 'true';
+        } else {
+          where[key] = valueInput.value; // text is matched exactly, spaces included
+        }
+      });
+      return Object.keys(where).length ? { event, where } : { event };
+    });
+    const seconds = windowSeconds();
+    if (!Number.isInteger(seconds) || seconds < 1 || seconds > MAX_WINDOW_SECONDS) {
+      // Sent anyway: the API's own 400 explains the limit.
+      $('#funnel-window').setAttribute('aria-invalid', 'true');
+    } else {
+      $('#funnel-window').removeAttribute('aria-invalid');
+    }
+    if (problems.length) throw new ApiError(400, `check the funnel: ${problems.join('; ')}`);
+    return { steps, window_seconds: seconds, from: state.from, to: state.to };
+  }
+
+  function runBuilderFunnel() {
+    return runSection('funnel', async (current) => {
+      const body = readBuilder();
+      state.funnel = { kind: 'builder' };
+      const result = await api(`/v1/funnels/query?${query({ project: state.project })}`, { method: 'POST', body });
+      if (!current()) return;
+      renderFunnel(result, `Builder: ${body.steps.map((s) => s.event).join(' → ')}`, body.window_seconds);
+      markPredefined(null);
+    });
+  }
+
+  function runPredefinedFunnel(name) {
+    return runSection('funnel', async (current) => {
+      state.funnel = { kind: 'predefined', name };
+      const result = await api(`/v1/funnels/${encodeURIComponent(name)}?${query(rangeParams())}`);
+      if (!current()) return;
+      const definition = predefinedByName.get(name);
+      renderFunnel(result, `Predefined: ${name}`, definition && definition.window_seconds);
+      markPredefined(name);
+    });
+  }
+
+  function rerunFunnel() {
+    if (state.funnel && state.funnel.kind === 'predefined') return runPredefinedFunnel(state.funnel.name);
+    return runBuilderFunnel();
+  }
+
+  function renderFunnel(result, title, seconds) {
+    const steps = Array.isArray(result) ? result : (result.steps || []);
+    $('#funnel-result-title').textContent = seconds ? `${title} · window ${humanSeconds(seconds).slice(2)}` : title;
+    const tbody = $('#funnel-table tbody');
+    tbody.replaceChildren(...steps.map((step, index) => {
+      const n = index + 1;
+      return el('tr', { testid: `funnel-step-row-${n}` },
+        el('td', { class: 'muted', text: String(n) }),
+        el('td', { testid: `funnel-step-name-${n}`, text: step.event }),
+        el('td', { class: 'num strong', testid: `funnel-step-users-${n}`, 'data-value': step.users, text: fmt.int(step.users) }),
+        el('td', { class: 'num', testid: `funnel-step-conv-start-${n}`, 'data-value': step.conversion_from_start, text: fmt.pct(step.conversion_from_start) }),
+        el('td', { class: 'num', testid: `funnel-step-conv-prev-${n}`, 'data-value': step.conversion_from_previous, text: fmt.pct(step.conversion_from_previous) }));
+    }));
+    const labels = steps.map((step, index) => `${index + 1}. ${step.event}`);
+    const users = steps.map((step) => step.users);
+    const previous = steps.map((step, index) => (index === 0 ? step.users : steps[index - 1].users));
+    const top = Math.max(1, ...previous);
+    plot($('#funnel-chart'), [
+      {
+        type: 'bar', name: 'Previous step', x: labels, y: previous,
+        marker: { color: 'rgba(148,163,184,0.28)' }, hoverinfo: 'skip',
+      },
+      {
+        type: 'bar', name: 'Reached', x: labels, y: users, marker: { color: PALETTE[0] },
+        customdata: steps.map((step) => [fmt.pct(step.conversion_from_start), fmt.pct(step.conversion_from_previous)]),
+        hovertemplate: '%{y:,} users<br>%{customdata[0]} of step 1 · %{customdata[1]} of previous<extra></extra>',
+      },
+    ], {
+      barmode: 'overlay', hovermode: 'closest', bargap: 0.35, margin: { t: 28 },
+      legend: { traceorder: 'reversed' },
+      yaxis: { title: { text: 'users' }, range: [0, top * 1.18] },
+      annotations: steps.map((step, index) => ({
+        x: labels[index], y: step.users, yanchor: 'bottom', yshift: 3, showarrow: false,
+        text: `<b>${fmt.pct(step.conversion_from_start)}</b>`, font: { size: 12, color: '#1e3a8a' },
+      })),
+    }, 'Run a funnel to see its steps.');
+  }
+
+  const predefinedByName = new Map();
+
+  function markPredefined(name) {
+    $$('#funnel-predefined button.predefined-run').forEach((button) => {
+      button.setAttribute('aria-pressed', String(button.dataset.name === name));
+    });
+  }
+
+  function loadPredefined() {
+    return runSection('predefined', async (current) => {
+      const data = await api(`/v1/funnels?${query({ project: state.project })}`);
+      if (!current()) return;
+      const list = Array.isArray(data) ? data : (data.funnels || []);
+      const items = list.map((item) => (typeof item === 'string' ? { name: item } : item));
+      predefinedByName.clear();
+      items.forEach((item) => predefinedByName.set(item.name, item));
+      const ul = $('#funnel-predefined');
+      if (!items.length) {
+        ul.replaceChildren(el('li', { class: 'muted', text: 'None configured (QUIP_FUNNELS_FILE).' }));
+        return;
+      }
+      ul.replaceChildren(...items.map((item) => {
+        const steps = Array.isArray(item.steps) ? item.steps : [];
+        const summary = steps.map((step) => (typeof step === 'string' ? step : step.event)).join(' → ');
+        const run = el('button', {
+          type: 'button', class: 'predefined-run', 'data-name': item.name, 'aria-pressed': 'false',
+          testid: `funnel-predefined-${item.name}`,
+          onclick: () => runPredefinedFunnel(item.name),
+        }, el('span', { class: 'predefined-name', text: item.name }),
+        summary ? el('span', { class: 'predefined-steps', text: summary }) : null);
+        const copy = steps.length ? el('button', {
+          type: 'button', class: 'btn btn-link btn-small', text: 'Edit a copy',
+          'aria-label': `Copy ${item.name} into the builder`,
+          onclick: () => {
+            setBuilder(steps.map((step) => ({
+              event: typeof step === 'string' ? step : step.event,
+              filters: Object.entries((step && step.where) || {}).map(([key, value]) => ({
+                key,
+                value: String(value),
+                type: typeof value === 'boolean' ? 'bool' : (typeof value === 'number' ? 'number' : 'text'),
+              })),
+            })), item.window_seconds);
+            $('#funnel-step-event-1').focus();
+          },
+        }) : null;
+        return el('li', {}, run, copy);
+      }));
+      if (state.funnel && state.funnel.kind === 'predefined') markPredefined(state.funnel.name);
+    });
+  }
+
+  // ------------------------------------------------------------------ playback
+  const PLAYBACK_TILES = [
+    ['plays', 'playback-plays', fmt.int],
+    ['started', 'playback-started', fmt.int],
+    ['video_start_failures', 'playback-video-start-failures', fmt.int],
+    ['exits_before_start', 'playback-exits-before-start', fmt.int],
+    ['playback_failures', 'playback-playback-failures', fmt.int],
+    ['startup_ms_p50', 'playback-startup-p50', fmt.ms],
+    ['startup_ms_p95', 'playback-startup-p95', fmt.ms],
+    ['rebuffer_ratio', 'playback-rebuffer-ratio', (v) => fmt.pct(v, 2)],
+    ['avg_bitrate_kbps', 'playback-avg-bitrate', fmt.kbps],
+    ['watch_hours', 'playback-watch-hours', (v) => fmt.fixed(v, 2)],
+  ];
+
+  function loadPlayback() {
+    const interval = $('#playback-interval').value;
+    const groupBy = $('#playback-group').value;
+    return runSection('playback', async (current) => {
+      const [summary, series, groups] = await Promise.all([
+        api(`/v1/metrics/playback?${query({ ...rangeParams(), group_by: 'none' })}`),
+        api(`/v1/metrics/playback/timeseries?${query({ ...rangeParams(), interval })}`),
+        api(`/v1/metrics/playback?${query({ ...rangeParams(), group_by: groupBy })}`),
+      ]);
+      if (!current()) return;
+      const all = summary[0] || {};
+      for (const [field, testid, format] of PLAYBACK_TILES) {
+        setValue(byTestId(testid), all[field], format(all[field]));
+      }
+      const rate = all.plays ? all.started / all.plays : null;
+      setValue(byTestId('playback-start-rate'), rate, rate === null ? '' : `${fmt.pct(rate)} of plays`);
+      renderPlaybackSeries(series, interval);
+      renderPlaybackGroups(groups, groupBy);
+    });
+  }
+
+  // Every bucket of the range (the API lists only buckets with plays), so lines break
+  // where there were no plays instead of bridging them.
+  function allBuckets(interval) {
+    const first = parseDay(state.from);
+    const last = parseDay(state.to);
+    if (!first || !last || first > last) return [];
+    const step = interval === 'hour' ? 3600000 : DAY_MS;
+    const out = [];
+    for (let t = first.getTime(); t < last.getTime() + DAY_MS && out.length < 20000; t += step) {
+      const iso = new Date(t).toISOString();
+      out.push(interval === 'hour' ? `${iso.slice(0, 19)}Z` : iso.slice(0, 10));
+    }
+    return out;
+  }
+
+  function renderPlaybackSeries(sparse, interval) {
+    const byTime = new Map(sparse.map((p) => [p.t, p]));
+    const times = [...new Set([...allBuckets(interval), ...byTime.keys()])].sort();
+    const none = { startup_ms_p50: null, startup_ms_p95: null, rebuffer_ratio: null, video_start_failures: 0, playback_failures: 0, exits_before_start: 0 };
+    const points = times.map((t) => byTime.get(t) || { ...none, t });
+    const x = points.map((p) => plotTime(p.t));
+    const common = { x, xaxis: 'x' };
+    plot($('#playback-chart'), [
+      { ...common, type: 'scatter', mode: 'lines+markers', name: 'Startup p50', y: points.map((p) => p.startup_ms_p50), yaxis: 'y', line: { color: PALETTE[0], width: 2 }, marker: { size: 4 }, hovertemplate: '%{y:,} ms' },
+      { ...common, type: 'scatter', mode: 'lines+markers', name: 'Startup p95', y: points.map((p) => p.startup_ms_p95), yaxis: 'y', line: { color: PALETTE[4], width: 2, dash: 'dash' }, marker: { size: 4 }, hovertemplate: '%{y:,} ms' },
+      { ...common, type: 'scatter', mode: 'lines+markers', name: 'Rebuffer ratio', y: points.map((p) => p.rebuffer_ratio), yaxis: 'y2', line: { color: PALETTE[2], width: 2 }, marker: { size: 4 }, hovertemplate: '%{y:.2%}' },
+      { ...common, type: 'bar', name: 'Start failures', y: points.map((p) => p.video_start_failures), yaxis: 'y3', marker: { color: PALETTE[6] } },
+      { ...common, type: 'bar', name: 'Playback failures', y: points.map((p) => p.playback_failures), yaxis: 'y3', marker: { color: PALETTE[3] } },
+      { ...common, type: 'bar', name: 'Exits before start', y: points.map((p) => p.exits_before_start), yaxis: 'y3', marker: { color: '#94a3b8' } },
+    ], {
+      barmode: 'stack',
+      margin: { t: 36 },
+      xaxis: { type: 'date', anchor: 'y3', tickformat: interval === 'day' ? '%b %d' : '%b %d %H:%M' },
+      yaxis: { domain: [0.7, 1], title: { text: 'startup ms' } },
+      yaxis2: { domain: [0.38, 0.64], tickformat: '.1%', title: { text: 'rebuffer' } },
+      yaxis3: { domain: [0, 0.32], title: { text: 'failed plays' }, rangemode: 'tozero', gridcolor: '#eef2f7', zeroline: false },
+      legend: { y: 1.04, traceorder: 'normal' },
+    });
+  }
+
+  const GROUP_LABELS = { content_id: 'Content', device_model: 'Device model', app_version: 'App version' };
+
+  function renderPlaybackGroups(rows, groupBy) {
+    $('#playback-group-col').textContent = GROUP_LABELS[groupBy] || groupBy;
+    const table = $('#playback-group-table');
+    table.dataset.groupBy = groupBy;
+    const label = (group) => (group === '' ? '(not set)' : group);
+    const id = (group) => (group === '' ? '_' : group);
+    $('tbody', table).replaceChildren(...rows.map((row) => {
+      const g = id(row.group);
+      const cell = (field, text, extra = '') => el('td', {
+        class: `num${extra}`, testid: `playback-group-${g}-${field}`, 'data-value': row[field], text,
+      });
+      return el('tr', { testid: `playback-group-row-${g}` },
+        el('th', { scope: 'row', class: row.group === '' ? 'muted' : '', text: label(row.group) }),
+        cell('plays', fmt.int(row.plays), ' strong'),
+        cell('started', fmt.int(row.started)),
+        cell('video_start_failures', fmt.int(row.video_start_failures)),
+        cell('playback_failures', fmt.int(row.playback_failures)),
+        cell('startup_ms_p50', fmt.int(row.startup_ms_p50)),
+        cell('startup_ms_p95', fmt.int(row.startup_ms_p95)),
+        cell('rebuffer_ratio', fmt.pct(row.rebuffer_ratio, 2)),
+        cell('watch_hours', fmt.fixed(row.watch_hours, 2)));
+    }));
+    const top = rows.slice(0, 12).reverse(); // largest at the top of a horizontal bar chart
+    const y = top.map((row) => label(row.group));
+    const other = top.map((row) => Math.max(0, row.plays - row.started - row.video_start_failures - row.exits_before_start));
+    const traces = [
+      { type: 'bar', orientation: 'h', name: 'Started', y, x: top.map((r) => r.started), marker: { color: PALETTE[1] } },
+      { type: 'bar', orientation: 'h', name: 'Start failure', y, x: top.map((r) => r.video_start_failures), marker: { color: PALETTE[6] } },
+      { type: 'bar', orientation: 'h', name: 'Exit before start', y, x: top.map((r) => r.exits_before_start), marker: { color: '#94a3b8' } },
+    ];
+    if (other.some((n) => n > 0)) {
+      traces.push({ type: 'bar', orientation: 'h', name: 'Other', y, x: other, marker: { color: '#e2e8f0' } });
+    }
+    plot($('#playback-group-chart'), traces, {
+      barmode: 'stack', hovermode: 'y unified',
+      yaxis: { type: 'category', automargin: true, rangemode: undefined, gridcolor: 'rgba(0,0,0,0)' },
+      xaxis: { type: 'linear', title: { text: 'plays' }, rangemode: 'tozero' },
+      margin: { l: 16, t: 28 },
+      legend: { traceorder: 'normal' },
+    });
+  }
+
+  // ------------------------------------------------------------------ events by type
+  function loadEvents() {
+    const interval = $('#events-interval').value;
+    return runSection('events', async (current) => {
+      const rows = await api(`/v1/metrics/events?${query({ ...rangeParams(), interval })}`);
+      if (!current()) return;
+      const buckets = [...new Set(rows.map((r) => r.t))].sort();
+      const totals = new Map();
+      for (const row of rows) totals.set(row.type, (totals.get(row.type) || 0) + row.count);
+      const types = [...totals.keys()].sort((a, b) => totals.get(b) - totals.get(a) || a.localeCompare(b));
+      const color = new Map(types.map((type, i) => [type, PALETTE[i % PALETTE.length]]));
+      const index = new Map(buckets.map((t, i) => [t, i]));
+      const traces = types.map((type) => {
+        const y = new Array(buckets.length).fill(0);
+        for (const row of rows) if (row.type === type) y[index.get(row.t)] += row.count;
+        return {
+          type: 'bar', name: type, x: buckets.map(plotTime), y,
+          marker: { color: color.get(type) }, hovertemplate: `${type}: %{y:,}<extra></extra>`,
+        };
+      });
+      plot($('#events-chart'), traces, {
+        barmode: 'stack', bargap: 0.15,
+        xaxis: { type: 'date', tickformat: interval === 'day' ? '%b %d' : '%b %d %H:%M' },
+        yaxis: { title: { text: 'events' } },
+        showlegend: false,
+      });
+      $('#events-totals').replaceChildren(...types.map((type) => el('li', {},
+        el('span', { class: 'swatch', style: `background:${color.get(type)}`, 'aria-hidden': 'true' }),
+        el('span', { class: 'legend-name', text: type }),
+        el('span', { class: 'legend-value', testid: `events-total-${type}`, 'data-value': totals.get(type), text: fmt.int(totals.get(type)) }))));
+      updateEventTypes(types);
+    });
+  }
+
+  function updateEventTypes(seen) {
+    const all = [...new Set([...seen, ...KNOWN_TYPES])].sort();
+    $('#event-types').replaceChildren(...all.map((type) => el('option', { value: type })));
+  }
+
+  // ------------------------------------------------------------------ services
+  function serviceText(field, value) {
+    return field.endsWith('_ms_p95') || field.endsWith('_ms') ? fmt.ms(value) : fmt.int(value);
+  }
+
+  function loadServices() {
+    return runSection('services', async (current) => {
+      const data = await api(`/v1/metrics/services?${query(rangeParams())}`);
+      if (!current()) return;
+      const days = Array.isArray(data.days) ? data.days : [];
+      const totals = data.totals || {};
+      const fields = Object.keys(totals).length
+        ? Object.keys(totals)
+        : Object.keys(days[0] || {}).filter((name) => name !== 'day');
+      const label = (field) => SERVICE_LABELS[field] || field.replace(/_/g, ' ');
+      $('#services-tiles').replaceChildren(...fields.map((field) => el('div', { class: 'tile' },
+        el('span', { class: 'tile-label', text: label(field) }),
+        el('span', { class: 'tile-value', testid: `services-total-${field}`, 'data-value': totals[field], text: serviceText(field, totals[field]) }))));
+      const table = $('#services-table');
+      $('thead', table).replaceChildren(el('tr', {},
+        el('th', { scope: 'col', text: 'Day' }),
+        fields.map((field) => el('th', { scope: 'col', class: 'num', text: label(field) }))));
+      $('tbody', table).replaceChildren(...days.slice().reverse().map((day) => el('tr', { testid: `services-row-${day.day}` },
+        el('th', { scope: 'row', text: day.day }),
+        fields.map((field) => el('td', {
+          class: `num${day[field] ? '' : ' zero'}`, testid: `services-${day.day}-${field}`, 'data-value': day[field], text: serviceText(field, day[field]),
+        })))));
+      $('tfoot', table).replaceChildren(el('tr', {},
+        el('th', { scope: 'row', text: 'Total' }),
+        fields.map((field) => el('td', { class: 'num', testid: `services-table-total-${field}`, 'data-value': totals[field], text: serviceText(field, totals[field]) }))));
+    });
+  }
+
+  // ------------------------------------------------------------------ controls
+  function showKeyEntry(show) {
+    $('#key-entry').hidden = !show;
+    $('#key-saved').hidden = show || !state.key;
+    if (show) {
+      const input = $('#read-key');
+      input.value = '';
+      input.focus();
+    }
+  }
+
+  function saveKey() {
+    const value = $('#read-key').value.trim();
+    if (!value) {
+      $('#read-key').focus();
+      return false;
+    }
+    state.key = value;
+    storageSet(KEY_STORAGE, value);
+    $('#read-key').value = '';
+    showKeyEntry(false);
+    return true;
+  }
+
+  function setRange(days) {
+    const to = todayUtc();
+    $('#date-to').value = isoDay(to);
+    $('#date-from').value = isoDay(addDays(to, -(days - 1)));
+  }
+
+  function readControls() {
+    const project = $('#project').value.trim();
+    const from = $('#date-from').value;
+    const to = $('#date-to').value;
+    const problems = [];
+    if (!project) problems.push('enter a project');
+    if (!parseDay(from) || !parseDay(to)) problems.push('pick both dates');
+    else if (from > to) problems.push(`"From" (${from}) is after "To" (${to})`);
+    $('#project').toggleAttribute('aria-invalid', !project);
+    $('#date-from').toggleAttribute('aria-invalid', Boolean(from && to && from > to));
+    if (problems.length) {
+      state.errors.set('controls', `Fix the selection: ${problems.join('; ')}.`);
+      renderBanner();
+      return false;
+    }
+    state.errors.delete('controls');
+    state.project = project;
+    state.from = from;
+    state.to = to;
+    return true;
+  }
+
+  function syncUrl() {
+    const url = new URL(window.location.href);
+    url.search = query({ project: state.project, from: state.from, to: state.to });
+    window.history.replaceState(null, '', url);
+  }
+
+  async function loadAll() {
+    if (!state.key) {
+      state.errors.set('key', 'Enter the read key (from QUIP_READ_KEYS) and press Save key.');
+      renderBanner();
+      showKeyEntry(true);
+      document.body.dataset.state = 'error';
+      return;
+    }
+    if (!readControls()) {
+      document.body.dataset.state = 'error';
+      return;
+    }
+    clearErrors();
+    renderBanner();
+    storageSet(PROJECT_STORAGE, state.project);
+    syncUrl();
+    const load = ++state.loads;
+    document.body.dataset.state = 'loading';
+    setStatus(`Loading ${state.project} · ${state.from} → ${state.to} …`);
+    const results = await Promise.all([
+      loadActive(), loadRetention(), loadPredefined(), rerunFunnel(),
+      loadPlayback(), loadEvents(), loadServices(),
+    ]);
+    if (load !== state.loads) return;
+    const time = new Date().toISOString().slice(11, 19);
+    const failed = results.filter((ok) => !ok).length;
+    setStatus(failed
+      ? `Loaded with ${failed} error${failed === 1 ? '' : 's'} at ${time} UTC · ${state.project} · ${state.from} → ${state.to}`
+      : `Updated ${time} UTC · ${state.project} · ${state.from} → ${state.to}`);
+    $('#last-updated').textContent = `Last loaded ${time} UTC`;
+    document.body.dataset.state = failed ? 'error' : 'ready';
+  }
+
+  function init() {
+    // Selection: URL first (shareable links), then what this browser used last.
+    const params = new URLSearchParams(window.location.search);
+    $('#project').value = params.get('project') || storageGet(PROJECT_STORAGE) || 'default';
+    setRange(30);
+    if (parseDay(params.get('from') || '')) $('#date-from').value = params.get('from');
+    if (parseDay(params.get('to') || '')) $('#date-to').value = params.get('to');
+
+    setBuilder([{ event: 'session_start', filters: [] }, { event: 'page_view', filters: [] }], 86400);
+    updateEventTypes([]);
+    if (!window.Plotly) {
+      state.errors.set('charts', 'plotly.min.js did not load (is the plotly package installed?); numbers are still shown.');
+      renderBanner();
+    }
+
+    $('#controls').addEventListener('submit', (event) => {
+      event.preventDefault();
+      if ($('#read-key').value.trim()) saveKey();
+      loadAll();
+    });
+    $('#key-save').addEventListener('click', () => {
+      if (saveKey()) loadAll();
+    });
+    $('#read-key').addEventListener('keydown', (event) => {
+      if (event.key === 'Enter') {
+        event.preventDefault();
+        if (saveKey()) loadAll();
+      }
+    });
+    $('#key-forget').addEventListener('click', () => showKeyEntry(true));
+    $$('.segmented [data-days]').forEach((button) => button.addEventListener('click', () => {
+      setRange(Number(button.dataset.days));
+      loadAll();
+    }));
+    $('#banner-close').addEventListener('click', () => { $('#banner').hidden = true; });
+
+    $$('input[name="retention-period"]').forEach((input) => input.addEventListener('change', () => {
+      if (state.key && state.from) loadRetention();
+    }));
+    $('#playback-interval').addEventListener('change', () => state.key && state.from && loadPlayback());
+    $('#playback-group').addEventListener('change', () => state.key && state.from && loadPlayback());
+    $('#events-interval').addEventListener('change', () => state.key && state.from && loadEvents());
+
+    const builder = $('#funnel-builder');
+    builder.addEventListener('submit', (event) => {
+      event.preventDefault();
+      if (!state.key) {
+        loadAll();
+        return;
+      }
+      if (!state.from && !readControls()) return;
+      runBuilderFunnel();
+    });
+    builder.addEventListener('click', (event) => {
+      const target = event.target.closest('button');
+      if (!target) return;
+      const step = target.closest('.funnel-step');
+      if (target.classList.contains('step-add-filter')) {
+        $('.filters', step).append(filterRow());
+        renumberSteps();
+        $('.filter:last-child .filter-key', step).focus();
+      } else if (target.classList.contains('step-remove')) {
+        step.remove();
+        renumberSteps();
+      } else if (target.classList.contains('filter-remove')) {
+        target.closest('.filter').remove();
+        renumberSteps();
+      }
+    });
+    $('#funnel-add-step').addEventListener('click', () => {
+      $('#funnel-steps').append(stepRow());
+      renumberSteps();
+      $('#funnel-steps > li:last-child .step-event').focus();
+    });
+    $('#funnel-window').addEventListener('input', updateWindowHint);
+
+    if (state.key) {
+      showKeyEntry(false);
+      loadAll();
+    } else {
+      showKeyEntry(true);
+      setStatus('Enter the read key to load the dashboard.');
+    }
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+})();

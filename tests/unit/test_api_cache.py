@@ -1,0 +1,162 @@
+"""The query API's result cache: TTL by closed/open range (injected clock and day), LRU
+bounds, hit ratio and its gauge, project invalidation, and concurrent use."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import date, timedelta
+
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+
+from api.cache import CLOSED_TTL_S, OPEN_TTL_S, CacheKey, QueryCache
+
+TODAY = date(2026, 10, 10)
+YESTERDAY = TODAY - timedelta(days=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def key(endpoint: str = "active-users", project: str = "p", **params: str) -> CacheKey:
+    return CacheKey(endpoint, project, tuple(sorted(params.items())))
+
+
+def make_cache(clock: Clock, **options: object) -> QueryCache:
+    gauge = Gauge("cache_hit_ratio_under_test", "test", registry=CollectorRegistry())
+    return QueryCache(clock=clock, today=lambda: TODAY, hit_ratio_gauge=gauge, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("last_day", "ttl"),
+    [
+        pytest.param(YESTERDAY, CLOSED_TTL_S, id="range ended yesterday: closed, 300 s"),
+        pytest.param(TODAY - timedelta(days=40), CLOSED_TTL_S, id="long past: closed"),
+        pytest.param(TODAY, OPEN_TTL_S, id="range includes today: open, 5 s"),
+        pytest.param(TODAY + timedelta(days=3), OPEN_TTL_S, id="range ends in the future: open"),
+    ],
+)
+def test_entry_lives_for_the_ttl_of_its_range(last_day: date, ttl: float) -> None:
+    clock = Clock()
+    cache = make_cache(clock)
+    assert cache.ttl_for(last_day) == ttl
+    assert cache.put(key(), b"[1]", last_day)
+    clock.now += ttl - 0.01
+    assert cache.get(key()) == b"[1]"
+    clock.now += 0.01
+    assert cache.get(key()) is None
+    assert cache.size == 0, "an expired entry is dropped when met"
+
+
+def test_closed_and_open_follow_the_injected_day() -> None:
+    days = iter([TODAY, TODAY + timedelta(days=1)])
+    current = {"today": next(days)}
+    cache = QueryCache(today=lambda: current["today"], hit_ratio_gauge=None)
+    assert cache.ttl_for(TODAY) == OPEN_TTL_S
+    current["today"] = next(days)  # midnight passed: today's range is now closed
+    assert cache.ttl_for(TODAY) == CLOSED_TTL_S
+
+
+def test_least_recently_used_entry_goes_first() -> None:
+    cache = make_cache(Clock(), max_entries=3)
+    for name in "abc":
+        cache.put(key(x=name), name.encode(), YESTERDAY)
+    assert cache.get(key(x="a")) == b"a"  # a is now the most recent
+    cache.put(key(x="d"), b"d", YESTERDAY)
+    assert cache.size == 3
+    assert cache.get(key(x="b")) is None
+    assert [cache.get(key(x=name)) for name in "acd"] == [b"a", b"c", b"d"]
+
+
+def test_size_in_bytes_is_bounded_too() -> None:
+    cache = make_cache(Clock(), max_bytes=10)
+    cache.put(key(x="a"), b"aaaa", YESTERDAY)
+    cache.put(key(x="b"), b"bbbb", YESTERDAY)
+    cache.put(key(x="c"), b"cccc", YESTERDAY)  # 12 bytes > 10: a goes
+    assert cache.size_bytes == 8
+    assert cache.get(key(x="a")) is None
+    assert not cache.put(key(x="big"), b"x" * 11, YESTERDAY), "larger than the whole cache"
+    assert cache.get(key(x="big")) is None
+    cache.put(key(x="b"), b"bb", YESTERDAY)  # replacing an entry adjusts the byte count
+    assert cache.size_bytes == 6
+
+
+def test_hit_ratio_is_kept_and_exported_on_every_lookup() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("ratio_for_test", "test", registry=registry)
+    cache = QueryCache(clock=Clock(), today=lambda: TODAY, hit_ratio_gauge=gauge)
+    assert cache.hit_ratio == 0.0
+    cache.get(key())  # miss
+    cache.put(key(), b"[]", YESTERDAY)
+    cache.get(key())  # hit
+    cache.get(key())  # hit
+    cache.get(key(x="other"))  # miss
+    assert cache.hit_ratio == 0.5
+    assert registry.get_sample_value("ratio_for_test") == 0.5
+    cache.get(key())
+    assert registry.get_sample_value("ratio_for_test") == pytest.approx(3 / 5)
+
+
+def test_default_gauge_is_the_spec_metric() -> None:
+    cache = QueryCache(clock=Clock(), today=lambda: TODAY)
+    cache.put(key(), b"[]", YESTERDAY)
+    cache.get(key())
+    assert REGISTRY.get_sample_value("cache_hit_ratio") == cache.hit_ratio == 1.0
+
+
+def test_invalidating_a_project_drops_its_entries_and_refuses_older_results() -> None:
+    cache = make_cache(Clock())
+    cache.put(key(project="p"), b"p1", YESTERDAY)
+    cache.put(key(endpoint="events", project="p"), b"p2", YESTERDAY)
+    cache.put(key(project="q"), b"q", YESTERDAY)
+    started = cache.generation("p")  # a query of project p starts here ...
+    assert cache.invalidate_project("p") == 2  # ... a user of p is erased meanwhile
+    assert cache.get(key(project="p")) is None
+    assert cache.get(key(project="q")) == b"q"
+    assert not cache.put(key(project="p"), b"stale", YESTERDAY, generation=started)
+    assert cache.get(key(project="p")) is None
+    assert cache.put(key(project="p"), b"fresh", YESTERDAY, generation=cache.generation("p"))
+    assert cache.get(key(project="p")) == b"fresh"
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        QueryCache(max_entries=0, hit_ratio_gauge=None)
+
+
+def test_concurrent_use_keeps_the_books_straight() -> None:
+    cache = make_cache(Clock(), max_entries=50, max_bytes=4000)
+    errors: list[BaseException] = []
+
+    def hammer(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(3000):
+                k = key(project=rng.choice("pq"), x=str(rng.randrange(200)))
+                roll = rng.random()
+                if roll < 0.5:
+                    cache.get(k)
+                elif roll < 0.98:
+                    cache.put(k, b"v" * rng.randrange(1, 200), YESTERDAY)
+                else:
+                    cache.invalidate_project(k.project)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert cache.size <= 50
+    assert 0 <= cache.size_bytes <= 4000
+    stored = sum(len(entry.value) for entry in cache._entries.values())
+    assert stored == cache.size_bytes
+    assert 0.0 <= cache.hit_ratio <= 1.0
