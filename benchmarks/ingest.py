@@ -583,9 +583,7 @@ class LoadProcess:
             stats.sample(f"{status}: {body[:300]!r}")
 
 
-def load_process_main(
-    plan: LoadPlan, templates: Sequence[Template], results: Connection
-) -> None:
+def load_process_main(plan: LoadPlan, templates: Sequence[Template], results: Connection) -> None:
     """Entry point of one forked load-generator process."""
     try:
         stats = asyncio.run(LoadProcess(plan, templates).run())
@@ -748,8 +746,11 @@ def measure_kafka_ceiling(
         "note": "null keys (sticky partitioner) where the gateway keys by project:user_id",
         "runs": [],
     }
-    print(f"kafka ceiling: topic {topic} ({BENCH_TOPIC_PARTITIONS} partitions), "
-          f"{args.kafka_runs} x {args.kafka_records:,} records of {record_size} B ...", flush=True)
+    print(
+        f"kafka ceiling: topic {topic} ({BENCH_TOPIC_PARTITIONS} partitions), "
+        f"{args.kafka_runs} x {args.kafka_records:,} records of {record_size} B ...",
+        flush=True,
+    )
     time.sleep(2.0)  # let the broker settle after the HTTP phase
     with tempfile.TemporaryDirectory(prefix="quip-bench-kafka-") as logs:
         command = [
@@ -905,19 +906,23 @@ class CpuWatch:
                 before, after = self.start.get(pid), process_cpu_s(pid)
                 if before is None or after is None:
                     continue
-                members.append({
-                    "pid": pid,
-                    "command": process_command(pid),
-                    "cpu_percent_of_one_core": round(100 * (after - before) / wall, 1),
-                })
-            report.append({
-                "pid": root,
-                "name": self.roots[root],
-                "cpu_percent_of_one_core": round(
-                    sum(m["cpu_percent_of_one_core"] for m in members), 1
-                ),
-                "processes": members,
-            })
+                members.append(
+                    {
+                        "pid": pid,
+                        "command": process_command(pid),
+                        "cpu_percent_of_one_core": round(100 * (after - before) / wall, 1),
+                    }
+                )
+            report.append(
+                {
+                    "pid": root,
+                    "name": self.roots[root],
+                    "cpu_percent_of_one_core": round(
+                        sum(m["cpu_percent_of_one_core"] for m in members), 1
+                    ),
+                    "processes": members,
+                }
+            )
         return report
 
 
@@ -945,8 +950,12 @@ def latency_summary(values: Sequence[float]) -> dict[str, float]:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            timeout=10, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -1169,21 +1178,30 @@ def print_summary(results: dict[str, Any]) -> None:
         lines.append(
             f"generator  process {p['process']}: {p['cpu_percent_of_one_core']}% of a core, "
             f"{p['cpu_us_per_request']} us CPU/request"
-            + (f" (~{1e6 / p['cpu_us_per_request']:,.0f} requests/s/core)"
-               if p["cpu_us_per_request"] else "")
+            + (
+                f" (~{1e6 / p['cpu_us_per_request']:,.0f} requests/s/core)"
+                if p["cpu_us_per_request"]
+                else ""
+            )
         )
     if gen["possible_bottleneck"] and not results["self_test"]:
-        lines.append("           WARNING: a generator process is near a full core; "
-                     "add --processes or compare with --self-test")
+        lines.append(
+            "           WARNING: a generator process is near a full core; "
+            "add --processes or compare with --self-test"
+        )
     if "busy_percent_of_all_cores" in results["machine"]:
-        lines.append(f"machine    {results['machine']['busy_percent_of_all_cores']}% of "
-                     f"{results['machine']['cpu_count']} cores busy during the window")
+        lines.append(
+            f"machine    {results['machine']['busy_percent_of_all_cores']}% of "
+            f"{results['machine']['cpu_count']} cores busy during the window"
+        )
     for watched in results["machine"].get("watched_cpu", []):
         parts = ", ".join(
             f"{m['pid']}: {m['cpu_percent_of_one_core']}%" for m in watched["processes"]
         )
-        lines.append(f"cpu        {watched['name']}: {watched['cpu_percent_of_one_core']}% of a "
-                     f"core ({parts})")
+        lines.append(
+            f"cpu        {watched['name']}: {watched['cpu_percent_of_one_core']}% of a "
+            f"core ({parts})"
+        )
     kafka = results.get("kafka_ceiling")
     if kafka:
         if "summary" in kafka:
@@ -1196,15 +1214,18 @@ def print_summary(results: dict[str, Any]) -> None:
             runs = [
                 f"{r['summary']['records_per_s']:,.0f}" for r in kafka["runs"] if "summary" in r
             ]
-            lines.append(f"           best of {len(kafka['runs'])} runs (records/s: "
-                         f"{', '.join(runs)})")
+            lines.append(
+                f"           best of {len(kafka['runs'])} runs (records/s: {', '.join(runs)})"
+            )
             ratio = results["ratio_gateway_to_kafka"]
             lines.append(f"ratio      gateway / Kafka ceiling = {ratio:.1%}")
         else:
             lines.append(f"kafka      {kafka.get('skipped') or kafka.get('error')}")
     for name, target in results["targets"].items():
-        lines.append(f"target     {name}: {target['value']} (want {target['target']}) "
-                     f"-> {'MET' if target['met'] else 'NOT MET'}")
+        lines.append(
+            f"target     {name}: {target['value']} (want {target['target']}) "
+            f"-> {'MET' if target['met'] else 'NOT MET'}"
+        )
     for sample in load["samples"][:3]:
         lines.append(f"sample     {sample}")
     lines.append(f"saved      {results['output']}")
@@ -1216,46 +1237,81 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Drive a running ingest gateway and compare with Kafka's producer ceiling.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8080",
-                        help="gateway base URL (or full URL of the native endpoint)")
-    parser.add_argument("--key", default=os.environ.get("QUIP_BENCH_KEY", "wk_bench"),
-                        help="write key (Bearer)")
-    parser.add_argument("--project", default="bench",
-                        help="the key's project, only used to size Kafka records")
+    parser.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="gateway base URL (or full URL of the native endpoint)",
+    )
+    parser.add_argument(
+        "--key", default=os.environ.get("QUIP_BENCH_KEY", "wk_bench"), help="write key (Bearer)"
+    )
+    parser.add_argument(
+        "--project", default="bench", help="the key's project, only used to size Kafka records"
+    )
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--batch", type=int, default=100, help="events per request (B)")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds (T)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="target events/s, paced open loop (0 = as fast as possible)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="target events/s, paced open loop (0 = as fast as possible)",
+    )
     parser.add_argument("--users", type=int, default=10_000, help="distinct user ids")
-    parser.add_argument("--users-per-request", type=int, default=0,
-                        help="users per request (0 = each event picks any of --users; "
-                             "1 = one device per batch, like a headset SDK)")
+    parser.add_argument(
+        "--users-per-request",
+        type=int,
+        default=0,
+        help="users per request (0 = each event picks any of --users; "
+        "1 = one device per batch, like a headset SDK)",
+    )
     parser.add_argument("--gzip", action="store_true", help="gzip bodies (per request)")
     parser.add_argument("--gzip-level", type=int, default=1)
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
-    parser.add_argument("--watch-pid", type=int, action="append",
-                        help="also report the CPU%% of this process and its children (e.g. the "
-                             "`quip gateway` pid: its uvicorn workers); repeatable. The local "
-                             "Kafka broker (.services/run/kafka.pid) is watched when present")
-    parser.add_argument("--self-test", action="store_true",
-                        help="drive a trivial in-script HTTP server to measure the generator")
-    parser.add_argument("--no-kafka-ceiling", action="store_true",
-                        help="skip the ProducerPerformance run")
-    parser.add_argument("--bootstrap", default=os.environ.get("QUIP_KAFKA_BOOTSTRAP",
-                                                              "127.0.0.1:9092"))
-    parser.add_argument("--kafka-records", type=int, default=1_000_000,
-                        help="records per ProducerPerformance run")
-    parser.add_argument("--kafka-runs", type=int, default=2,
-                        help="ProducerPerformance runs; the best is the ceiling")
-    parser.add_argument("--kafka-transaction-ms", type=int, default=0,
-                        help="run the ceiling transactionally (commit every N ms), like the "
-                             "gateway's group commits; 0 = plain idempotent producer")
+    parser.add_argument(
+        "--watch-pid",
+        type=int,
+        action="append",
+        help="also report the CPU%% of this process and its children (e.g. the "
+        "`quip gateway` pid: its uvicorn workers); repeatable. The local "
+        "Kafka broker (.services/run/kafka.pid) is watched when present",
+    )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="drive a trivial in-script HTTP server to measure the generator",
+    )
+    parser.add_argument(
+        "--no-kafka-ceiling", action="store_true", help="skip the ProducerPerformance run"
+    )
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("QUIP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    parser.add_argument(
+        "--kafka-records", type=int, default=1_000_000, help="records per ProducerPerformance run"
+    )
+    parser.add_argument(
+        "--kafka-runs",
+        type=int,
+        default=2,
+        help="ProducerPerformance runs; the best is the ceiling",
+    )
+    parser.add_argument(
+        "--kafka-transaction-ms",
+        type=int,
+        default=0,
+        help="run the ceiling transactionally (commit every N ms), like the "
+        "gateway's group commits; 0 = plain idempotent producer",
+    )
     parser.add_argument("--kafka-timeout", type=float, default=300.0)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON path (default benchmarks/results/ingest-<timestamp>.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/ingest-<timestamp>.json)",
+    )
     parser.add_argument("--label", default="", help="free text stored with the results")
     args = parser.parse_args(argv)
     if not 1 <= args.batch <= 1000:
@@ -1274,8 +1330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sep_len = len(separator(int(time.time() * 1000), id_prefix_for(run_nonce, 0), 0))
     built0 = time.perf_counter()
     templates = build_templates(
-        seed=int(run_nonce, 16), batch=args.batch, users=args.users,
-        users_per_request=args.users_per_request, count=template_count(args.batch),
+        seed=int(run_nonce, 16),
+        batch=args.batch,
+        users=args.users,
+        users_per_request=args.users_per_request,
+        count=template_count(args.batch),
         sep_len=sep_len,
     )
     build_s = time.perf_counter() - built0
@@ -1308,10 +1367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     answer = json.loads(text)
     if answer.get("rejected"):
-        print(f"warning: the gateway rejected {answer['rejected']} of {args.batch} preflight "
-              f"events: {text[:600]}", file=sys.stderr)
-    print(f"load: {args.connections} connections x B={args.batch} for {args.warmup:g}+"
-          f"{args.duration:g} s against {url} ...", flush=True)
+        print(
+            f"warning: the gateway rejected {answer['rejected']} of {args.batch} preflight "
+            f"events: {text[:600]}",
+            file=sys.stderr,
+        )
+    print(
+        f"load: {args.connections} connections x B={args.batch} for {args.warmup:g}+"
+        f"{args.duration:g} s against {url} ...",
+        flush=True,
+    )
 
     stats, machine = run_load(args, url, key, templates, run_nonce)
     sink_cpu = None
