@@ -224,6 +224,17 @@ class Gateway:
         )
 
 
+def add_ingest_routes(app: FastAPI, gateway: Gateway) -> list[str]:
+    """The native and compatibility endpoints, on the gateway's own app or on `quip up`'s
+    single app; returns their paths (for the HTTP metrics' route labels)."""
+    app.add_route(NATIVE_PATH, gateway.endpoint("native", gateway.parse_native), methods=["POST"])
+    for path in SEGMENT_PATHS:
+        app.add_route(path, gateway.endpoint("segment", gateway.parse_segment), methods=["POST"])
+    for path in POSTHOG_PATHS:
+        app.add_route(path, gateway.endpoint("posthog", gateway.parse_posthog), methods=["POST"])
+    return [NATIVE_PATH, *SEGMENT_PATHS, *POSTHOG_PATHS]
+
+
 def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> FastAPI:
     """The gateway ASGI app. `quip gateway` runs it under uvicorn (a factory, so each
     worker process builds its own producer)."""
@@ -247,15 +258,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app = FastAPI(
         title="Qui Pipeline ingest gateway", lifespan=lifespan, docs_url=None, redoc_url=None
     )
-    routes: list[str] = []
-    app.add_route(NATIVE_PATH, gateway.endpoint("native", gateway.parse_native), methods=["POST"])
-    routes.append(NATIVE_PATH)
-    for path in SEGMENT_PATHS:
-        app.add_route(path, gateway.endpoint("segment", gateway.parse_segment), methods=["POST"])
-        routes.append(path)
-    for path in POSTHOG_PATHS:
-        app.add_route(path, gateway.endpoint("posthog", gateway.parse_posthog), methods=["POST"])
-        routes.append(path)
+    routes = add_ingest_routes(app, gateway)
     app.add_route("/health", health_response, methods=["GET"])
     app.add_route("/ready", readiness_endpoint(readiness), methods=["GET"])
     app.add_route("/metrics", metrics_response, methods=["GET"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,15 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[QUIP_DATA_DIR]")
 def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run the whole pipeline in one process (embedded: chDB, in-process bus)."""
-    not_built("up", 6)
+    from quip.embedded.app import announce
+
+    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    if settings.mode is Mode.CLUSTER:
+        raise click.UsageError("quip up is the embedded mode; unset QUIP_MODE=cluster")
+    listen_port = settings.listen_port(8000)
+    os.environ["QUIP_DATA_DIR"] = str(settings.data_dir)
+    click.echo(announce(settings, listen_port))
+    serve("quip.embedded.app:embedded_factory", settings, listen_port, workers=1)
 
 
 @main.command()
