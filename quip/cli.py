@@ -210,11 +210,196 @@ def topics_create(bootstrap: str | None, replication_factor: int) -> None:
 
 
 @main.command()
-@click.option("--users", type=int, default=1000, show_default=True)
-@click.option("--days", type=int, default=1, show_default=True)
-@click.option("--url", default=None)
-@click.option("--rate", type=float, default=None)
-@click.option("--seed", type=int, default=None)
-def simulate(users: int, days: int, url: str | None, rate: float | None, seed: int | None) -> None:
-    """Send realistic VR traffic to a gateway."""
-    not_built("simulate", 6)
+@click.option(
+    "--users", type=click.IntRange(min=1), default=1000, show_default=True, help="simulated users"
+)
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="historical mode: backfill this many days ending now (at most QUIP_MAX_EVENT_AGE_DAYS)",
+)
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="gateway base URL; events go to <url>/v1/events",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="live mode: this many events per second with ts = now [default: historical mode]",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="live mode: stop after this many seconds [until Ctrl-C]",
+)
+@click.option("--seed", type=int, default=None, help="same seed, same traffic [random, printed]")
+@click.option("--key", default=None, help="write key [the first key of QUIP_WRITE_KEYS]")
+@click.option(
+    "--kafka-bootstrap",
+    default=None,
+    help="publish the service messages (social, CMS, video, e-mail) there [not sent]",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=64,
+    show_default=True,
+    help="concurrent keep-alive connections (a user's requests are always sent in order)",
+)
+@click.option(
+    "--end",
+    default=None,
+    help="historical mode: end of the window, ISO-8601 (UTC if no offset) or epoch ms; "
+    "with --seed, the same events on every run [now]",
+)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="headset SDK flush interval, seconds [historical: 120 of event time; live: 2]",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="seconds to keep retrying a batch (429, 5xx, network errors); then the run is "
+    "aborted and what was not sent is counted as failed",
+)
+@click.option("--gzip/--no-gzip", "use_gzip", default=False, help="gzip request bodies")
+@click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
+@click.option(
+    "--json-summary",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="also write the summary there as JSON",
+)
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="write every accepted event there (JSON lines, native events with their context)",
+)
+def simulate(
+    users: int,
+    days: int,
+    url: str,
+    rate: float | None,
+    duration: float | None,
+    seed: int | None,
+    key: str | None,
+    kafka_bootstrap: str | None,
+    concurrency: int,
+    end: str | None,
+    flush_interval: float | None,
+    retry_for: float,
+    use_gzip: bool,
+    progress: bool,
+    json_summary: Path | None,
+    record: Path | None,
+) -> None:
+    """Send realistic VR traffic to a gateway.
+
+    Historical mode (default) backfills --days days ending now as fast as the gateway
+    takes it; live mode (--rate) sends events with ts = now at that rate. The same --seed
+    and --end send the same events (same event_ids: the pipeline counts a re-run once).
+    Exits 1 if a batch failed or the run was aborted (bad key, gateway refusing batches for
+    --retry-for seconds), 130 if a historical run was interrupted (Ctrl-C)."""
+    import secrets
+    import time
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from quip import simulate as sim
+
+    settings = load_settings()
+    keys = settings.write_key_projects
+    if key is None:
+        if not keys:
+            raise click.UsageError("no write key: pass --key or set QUIP_WRITE_KEYS=project:key")
+        key = next(iter(keys))
+    project = keys.get(key, "default")
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if rate is None and duration is not None:
+        raise click.UsageError("--duration is for live mode (--rate)")
+    if rate is not None and end is not None:
+        raise click.UsageError("--end is for historical mode (without --rate)")
+    now = int(time.time() * 1000)
+    end_ms = now
+    if end is not None:
+        try:
+            end_ms = int(end)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(end)
+            except ValueError:
+                raise click.BadParameter(
+                    "expected ISO-8601 or epoch milliseconds", param_hint="--end"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            end_ms = int(parsed.timestamp() * 1000)
+    options = sim.SendOptions(
+        url=url,
+        key=key,
+        project=project,
+        concurrency=concurrency,
+        retry_for_s=retry_for,
+        gzip=use_gzip,
+        record=record,
+        kafka_bootstrap=kafka_bootstrap,
+        progress=progress,
+    )
+    stderr = Console(stderr=True)
+    try:
+        if rate is None:
+            plan = sim.Historical(
+                seed=seed,
+                users=users,
+                days=days,
+                end_ms=end_ms,
+                now_ms=now,
+                max_age_days=settings.max_event_age_days,
+                flush_ms=int((flush_interval or sim.HISTORICAL_FLUSH_MS / 1000) * 1000),
+                project=project,
+            )
+            summary = asyncio.run(sim.run_historical(plan, options, console=stderr))
+        else:
+            live = sim.Live(
+                seed=seed,
+                users=users,
+                rate=rate,
+                start_ms=now,
+                project=project,
+            )
+            summary = asyncio.run(
+                sim.run_live(
+                    live,
+                    options,
+                    duration_s=duration,
+                    flush_s=flush_interval or sim.LIVE_FLUSH_S,
+                    console=stderr,
+                )
+            )
+    except sim.SimulationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    Console().print(summary.table())
+    if json_summary is not None:
+        sim.write_json_summary(summary, json_summary)
+    if summary.aborted:
+        raise click.ClickException(summary.aborted)
+    if not summary.ok:
+        raise click.ClickException(
+            f"{summary.batches_failed} batches ({summary.events_failed} events) and "
+            f"{summary.services_failed} service messages failed; see the summary"
+        )
+    if summary.interrupted and rate is None:
+        sys.exit(130)

@@ -110,4 +110,3 @@ def announce(settings: Settings, port: int) -> str:
         lines.append(f"  QUIP_{kind.upper()}={value}")
     lines.append(f"  data: {Path(os.path.abspath(settings.data_dir))}")
     return "\n".join(lines)
-

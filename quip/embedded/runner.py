@@ -65,9 +65,7 @@ class StateStore:
                         self._db.execute(
                             "INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (processor, key, value)
                         )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('bus_position', ?)", (position,)
-            )
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('bus_position', ?)", (position,))
 
     def close(self) -> None:
         self._db.close()
