@@ -1357,7 +1357,12 @@ async def freshness_load(run: Run, rate: float, project: str, key: str) -> dict[
                 return
             body, last_id = fresh_body(rng, nonce, request, batch, args.fresh_users)
             try:
-                status = await connection.post("/v1/events", headers, body)
+                async with asyncio.timeout(args.request_timeout):
+                    status = await connection.post("/v1/events", headers, body)
+            except TimeoutError:  # before OSError, its base class
+                connection.close()
+                state.statuses["error:timeout"] += 1
+                continue
             except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
                 state.statuses[f"error:{type(exc).__name__}"] += 1
                 continue
@@ -1713,6 +1718,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="wait this long after the load for sampled events to appear",
     )
+    group.add_argument(
+        "--request-timeout", type=float, default=30.0, help="per request, s (then reconnect)"
+    )
     group.add_argument("--gateway-workers", type=int, default=1, help="quip gateway --workers")
     group = parser.add_argument_group("setup")
     parser.add_argument(
@@ -1806,6 +1814,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "funnels": not args.no_funnels,
         },
     }
+    output: Path = args.output or (
+        REPO / "benchmarks" / "results" / f"streams-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    )
+    results["output"] = str(output)
+
+    def save(complete: bool) -> None:
+        """Written after each phase too, so a run killed later keeps what it measured."""
+        results["complete"] = complete
+        results["machine"]["loadavg_end"] = os.getloadavg()
+        if POLL_ERRORS:  # ClickHouse did not answer some polls: figures around them are coarser
+            results["clickhouse_poll_errors"] = dict(POLL_ERRORS)
+        results["targets"] = evaluate_targets(results)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(
+            orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        )
+
+    # SIGTERM (e.g. a timeout) unwinds through the cleanup below like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     failed = True
     try:
         print(f"setup: database {database}, group {run.group}, workdir {run.workdir}", flush=True)
@@ -1820,9 +1847,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["setup"]["group_partitions_committed"] = partitions
         if args.phase in ("throughput", "both"):
             results["throughput"] = measure_throughput(run)
+            save(complete=False)
         if args.phase in ("freshness", "both"):
             results["freshness"] = measure_freshness(run)
         failed = False
+    except BaseException as exc:
+        results["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        raise
     finally:
         if run.sampler is not None:
             run.sampler.stop()
@@ -1848,16 +1879,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 influx_query(args.influx_url, f'DROP DATABASE "{database}"')
             if not failed:
                 shutil.rmtree(run.workdir, ignore_errors=True)
-    results["machine"]["loadavg_end"] = os.getloadavg()
-    if POLL_ERRORS:  # ClickHouse did not answer some polls: figures around them are coarser
-        results["clickhouse_poll_errors"] = dict(POLL_ERRORS)
-    results["targets"] = evaluate_targets(results)
-    output: Path = args.output or (
-        REPO / "benchmarks" / "results" / f"streams-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    results["output"] = str(output)
-    output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        save(complete=not failed)
+        if failed:
+            print(f"partial results saved to {output}", file=sys.stderr)
     print_summary(results)
     return 0
 
