@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every cluster process: `quip gateway`, `quip worker`, `quip api`,
-# `quip migrate`, `quip topics create` (see docker-compose.yml).
+# `quip migrate`, `quip topics create`, in docker-compose.yml and in the Kubernetes
+# manifests (deploy/k8s), which both name it `quip-pipeline`.
 #
 #   docker build -t quip-pipeline .
 #   docker run --rm quip-pipeline --help
@@ -52,8 +53,9 @@ RUN groupadd --system --gid 10001 quip \
 
 COPY --from=builder /opt/venv /opt/venv
 
-# /app is the working directory because embedded data (./.quip) and Faust's table state
-# are written relative to it.
+# /app is the working directory: `quip up` keeps its embedded data in ./.quip. The cluster
+# processes write only temporary files (Faust's data directory included) under /tmp, so
+# Kubernetes runs them with a read-only root filesystem and an emptyDir on /tmp.
 WORKDIR /app
 USER 10001:10001
 

@@ -154,7 +154,7 @@ def test_infrastructure_has_a_healthcheck(
     ("service_name", "expected"),
     [
         pytest.param("gateway", [["gateway", "--host", "0.0.0.0"]], id="gateway"),  # noqa: S104
-        pytest.param("worker", [["worker"]], id="worker"),
+        pytest.param("worker", [["worker", "--host", "0.0.0.0"]], id="worker"),  # noqa: S104
         pytest.param("api", [["api", "--host", "0.0.0.0"]], id="api"),  # noqa: S104
         pytest.param("migrate", [["migrate"], ["topics", "create"]], id="migrate"),
     ],
