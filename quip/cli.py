@@ -54,6 +54,9 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
         raise click.UsageError("quip up is the embedded mode; unset QUIP_MODE=cluster")
     listen_port = settings.listen_port(8000)
     os.environ["QUIP_DATA_DIR"] = str(settings.data_dir)
+    # Laptop default: no per-IP limit unless one is set. SPEC §7's 1000 requests/min would
+    # hold `quip simulate` (one request per headset session) to ~17 requests/s here.
+    os.environ.setdefault("QUIP_RATE_LIMIT_IP_PER_MIN", "0")
     click.echo(announce(settings, listen_port))
     serve("quip.embedded.app:embedded_factory", settings, listen_port, workers=1)
 
@@ -273,6 +276,13 @@ def topics_create(bootstrap: str | None, replication_factor: int) -> None:
     "aborted and what was not sent is counted as failed",
 )
 @click.option("--gzip/--no-gzip", "use_gzip", default=False, help="gzip request bodies")
+@click.option(
+    "--sent-at/--no-sent-at",
+    default=True,
+    show_default=True,
+    help="stamp requests with sent_at (the gateway corrects clock skew with it, which also "
+    "shifts each ts by the request's latency); --no-sent-at stores ts exactly as --record has it",
+)
 @click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
 @click.option(
     "--json-summary",
@@ -300,6 +310,7 @@ def simulate(
     flush_interval: float | None,
     retry_for: float,
     use_gzip: bool,
+    sent_at: bool,
     progress: bool,
     json_summary: Path | None,
     record: Path | None,
@@ -354,6 +365,7 @@ def simulate(
         concurrency=concurrency,
         retry_for_s=retry_for,
         gzip=use_gzip,
+        sent_at=sent_at,
         record=record,
         kafka_bootstrap=kafka_bootstrap,
         progress=progress,

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # Faust app id = Kafka consumer group of `quip worker` (one group per deployment).
     worker_group: str = "quip-worker"
     play_idle_timeout_s: int = Field(default=300, ge=1)
+    # `quip up`: the bus log rolls to a new segment past this size; processed ones are deleted.
+    bus_segment_mb: int = Field(default=64, ge=1)
     cors_origins: str = ""
 
     @model_validator(mode="after")

@@ -1255,6 +1255,9 @@ class SendOptions:
     record: Path | None = None
     kafka_bootstrap: str | None = None
     progress: bool = True
+    # False: no `sent_at`, so the gateway stores each ts as recorded (no skew correction
+    # by the request's latency); tests that recompute metrics from --record need that.
+    sent_at: bool = True
 
     @property
     def endpoint(self) -> str:
@@ -1503,7 +1506,13 @@ class _Runner:
                     del self._last[request.batch.user_id]
 
     def _body(self, batch: Batch) -> bytes:
-        body = orjson.dumps({"sent_at": now_ms(), "context": batch.context, "events": batch.events})
+        body = orjson.dumps(
+            {
+                **({"sent_at": now_ms()} if self.options.sent_at else {}),
+                "context": batch.context,
+                "events": batch.events,
+            }
+        )
         return gzip.compress(body, compresslevel=1) if self.options.gzip else body
 
     async def _deliver(self, batch: Batch) -> None:

@@ -3,8 +3,10 @@ compare the pipeline's answers with."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from schemas.events import EventRecord
 from streams.processors.activity import utc_day
@@ -89,3 +91,217 @@ def expected_event_counts(
     for key in seen.values():
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+# ------------------------------------------------ from plain event dicts (simulator --record)
+
+
+def expected_event_counts_hourly(events: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """(UTC hour "YYYY-MM-DDTHH:00:00Z", type) → distinct events (by event_id)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for event in events:
+        hour = datetime.fromtimestamp(event["ts"] // 3_600_000 * 3600, UTC)
+        seen.setdefault(event["event_id"], (hour.strftime("%Y-%m-%dT%H:00:00Z"), event["type"]))
+    return dict(Counter(seen.values()))
+
+
+FunnelStep = str | dict[str, Any]
+
+
+def _matches(step: FunnelStep, event: dict[str, Any]) -> bool:
+    if isinstance(step, str):
+        return bool(event["type"] == step)
+    if event["type"] != step["event"]:
+        return False
+    props = event.get("props") or {}
+    for key, wanted in (step.get("where") or {}).items():
+        value = props.get(key)
+        # JSON equality: true is not 1, 1 is 1.0.
+        if isinstance(value, bool) != isinstance(wanted, bool) or value != wanted:
+            return False
+    return True
+
+
+def expected_funnel(
+    events: Iterable[dict[str, Any]],
+    steps: list[FunnelStep],
+    window_seconds: int,
+    day_from: date,
+    day_to: date,
+) -> list[dict[str, Any]]:
+    """SPEC §4 funnel: a user reaches step k if events match s1..sk at t1 ≤ … ≤ tk with
+    tk - t1 ≤ W and t1 on a day of [from, to]. For a fixed first event the earliest match
+    of each next step is the best choice, so each start is followed greedily; one event
+    may serve consecutive steps (windowFunnel; SPEC §4 only orders the times)."""
+    window_ms = window_seconds * 1000
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_user.setdefault(event["user_id"], []).append(event)
+    furthest: list[int] = []
+    for user_events in by_user.values():
+        user_events.sort(key=lambda e: e["ts"])
+        best = 0
+        for start in user_events:
+            if not _matches(steps[0], start) or not day_from <= utc_day(start["ts"]) <= day_to:
+                continue
+            reached, t = 1, start["ts"]
+            for step in steps[1:]:
+                nxt = next(
+                    (
+                        e["ts"]
+                        for e in user_events
+                        if t <= e["ts"] <= start["ts"] + window_ms and _matches(step, e)
+                    ),
+                    None,
+                )
+                if nxt is None:
+                    break
+                reached, t = reached + 1, nxt
+            best = max(best, reached)
+        if best:
+            furthest.append(best)
+    out: list[dict[str, Any]] = []
+    first = previous = 0
+    for k, step in enumerate(steps, start=1):
+        users = sum(1 for f in furthest if f >= k)
+        if k == 1:
+            first = previous = users
+        out.append(
+            {
+                "event": step if isinstance(step, str) else step["event"],
+                "users": users,
+                "conversion_from_start": users / first if first else 0.0,
+                "conversion_from_previous": users / previous if previous else 0.0,
+            }
+        )
+        previous = users
+    return out
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return 0
+    return round(value)
+
+
+def expected_plays(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per play (all `playback_*` events with one play_id), SPEC §4 fields, from
+    the play's distinct events. Attributes (first_ts, device_model, app_version) come from
+    the first event by (ts, event_id), content_id from the first event that has one."""
+    by_play: dict[str, dict[str, dict[str, Any]]] = {}
+    for event in events:
+        play_id = (event.get("props") or {}).get("play_id")
+        if event["type"].startswith("playback_") and isinstance(play_id, str) and play_id:
+            by_play.setdefault(play_id, {})[event["event_id"]] = event
+    plays = []
+    for distinct in by_play.values():
+        ordered = sorted(distinct.values(), key=lambda e: (e["ts"], e["event_id"]))
+        first = ordered[0]
+        starts = [e for e in ordered if e["type"] == "playback_start"]
+        fatal = [
+            e for e in ordered if e["type"] == "playback_error" and e["props"].get("fatal") is True
+        ]
+        heartbeats = [e for e in ordered if e["type"] == "playback_heartbeat"]
+        rebuffers = [e for e in ordered if e["type"] == "playback_rebuffer"]
+        start_ts = starts[0]["ts"] if starts else None
+        startup_ms = _whole(starts[0]["props"].get("startup_ms")) if starts else 0
+        played = sum(
+            _whole(e["props"].get("played_ms"))
+            for e in ordered
+            if e["type"] in ("playback_heartbeat", "playback_end")
+        )
+        rebuffer_ms = sum(_whole(e["props"].get("duration_ms")) for e in rebuffers)
+        fatal_ts = fatal[0]["ts"] if fatal else None
+        content = next(
+            (e["props"]["content_id"] for e in ordered if e["props"].get("content_id")), ""
+        )
+        plays.append(
+            {
+                "first_ts": first["ts"],
+                "content_id": content,
+                "device_model": first.get("device_model", ""),
+                "app_version": first.get("app_version", ""),
+                "started": start_ts is not None,
+                "video_start_failure": fatal_ts is not None
+                and (start_ts is None or fatal_ts < start_ts),
+                "playback_failure": fatal_ts is not None
+                and start_ts is not None
+                and fatal_ts >= start_ts,
+                "exit_before_start": start_ts is None and fatal_ts is None,
+                "startup_ms": startup_ms,
+                "rebuffer_ms": rebuffer_ms,
+                "rebuffer_count": len(rebuffers),
+                "bitrate_switches": sum(e["type"] == "playback_quality_change" for e in ordered),
+                "bitrate_weighted": sum(
+                    _whole(e["props"].get("bitrate_kbps")) * _whole(e["props"].get("played_ms"))
+                    for e in heartbeats
+                ),
+                "bitrate_ms": sum(_whole(e["props"].get("played_ms")) for e in heartbeats),
+                "watch_ms": startup_ms + played + rebuffer_ms,
+            }
+        )
+    return plays
+
+
+def _exact_quantile(values: list[int], level: float) -> int:
+    """ClickHouse quantileExact: the element at index floor(level·n) of the sorted values."""
+    ordered = sorted(values)
+    return ordered[min(int(level * len(ordered)), len(ordered) - 1)]
+
+
+def playback_metrics(plays: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SPEC §5 playback fields over a group of plays."""
+    startups = [p["startup_ms"] for p in plays if p["started"]]
+    watch_ms = sum(p["watch_ms"] for p in plays)
+    rebuffer_ms = sum(p["rebuffer_ms"] for p in plays)
+    bitrate_ms = sum(p["bitrate_ms"] for p in plays)
+    return {
+        "plays": len(plays),
+        "started": sum(p["started"] for p in plays),
+        "video_start_failures": sum(p["video_start_failure"] for p in plays),
+        "exits_before_start": sum(p["exit_before_start"] for p in plays),
+        "playback_failures": sum(p["playback_failure"] for p in plays),
+        "startup_ms_p50": _exact_quantile(startups, 0.5) if startups else None,
+        "startup_ms_p95": _exact_quantile(startups, 0.95) if startups else None,
+        "rebuffer_ratio": rebuffer_ms / watch_ms if watch_ms else None,
+        "rebuffer_count": sum(p["rebuffer_count"] for p in plays),
+        "bitrate_switches": sum(p["bitrate_switches"] for p in plays),
+        "avg_bitrate_kbps": sum(p["bitrate_weighted"] for p in plays) / bitrate_ms
+        if bitrate_ms
+        else None,
+        "watch_hours": watch_ms / 3_600_000,
+    }
+
+
+def _bucket(ts: int, interval: str) -> str:
+    moment = datetime.fromtimestamp(ts // 1000, UTC)
+    if interval == "day":
+        return moment.date().isoformat()
+    if interval == "hour":
+        return moment.strftime("%Y-%m-%dT%H:00:00Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:00Z")
+
+
+def expected_playback(
+    plays: list[dict[str, Any]], day_from: date, day_to: date, group_by: str
+) -> list[dict[str, Any]]:
+    """`/v1/metrics/playback` rows: plays whose first event is on a day of [from, to];
+    group "all" for none, else one row per value, most plays first, then by value."""
+    chosen = [p for p in plays if day_from <= utc_day(p["first_ts"]) <= day_to]
+    if group_by == "none":
+        return [{"group": "all", **playback_metrics(chosen)}]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for play in chosen:
+        groups.setdefault(play[group_by], []).append(play)
+    rows = [{"group": g, **playback_metrics(members)} for g, members in groups.items()]
+    return sorted(rows, key=lambda row: (-row["plays"], row["group"]))
+
+
+def expected_playback_series(
+    plays: list[dict[str, Any]], day_from: date, day_to: date, interval: str
+) -> list[dict[str, Any]]:
+    buckets: dict[str, list[dict[str, Any]]] = {}
+    for play in plays:
+        if day_from <= utc_day(play["first_ts"]) <= day_to:
+            buckets.setdefault(_bucket(play["first_ts"], interval), []).append(play)
+    return [{"t": t, **playback_metrics(buckets[t])} for t in sorted(buckets)]

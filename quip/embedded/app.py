@@ -49,12 +49,21 @@ def settings_with_dev_keys(settings: Settings) -> Settings:
     return settings.model_copy(update={kind: SecretStr(stored[kind]) for kind in missing})
 
 
+# How long a closed play stays in memory for late events and client retries; it is forgotten
+# once both event time and arrival time are this far past it. The cluster default (2 x the
+# idle timeout) kept every play of a `quip simulate` backfill in memory, since arrival time
+# moves only minutes during one (~5.5 KB a play: 1.4 GB after 10M events). One minute covers
+# client retries; an event arriving later for a forgotten play starts a new state whose row
+# has fewer events and loses to the full one (see the plays processor), so it is not counted.
+PLAY_GRACE_MS = 60_000
+
+
 def processor_factories(settings: Settings) -> dict[str, Any]:
     idle_timeout_ms = settings.play_idle_timeout_s * 1000
     factories: dict[str, Any] = {
         "events": EventsProcessor,
         "activity": ActivityProcessor,
-        "plays": lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
+        "plays": lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms, grace_ms=PLAY_GRACE_MS),
     }
     funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
     if funnels:
@@ -68,7 +77,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     settings = settings_with_dev_keys(settings)
     clickhouse = EmbeddedClickHouse(chdb_path(settings))
     migrate(clickhouse)
-    bus = LocalBus(settings.data_dir / "bus")
+    bus = LocalBus(settings.data_dir / "bus", segment_bytes=settings.bus_segment_mb * 1024 * 1024)
     store = StateStore(settings.data_dir / "state.sqlite")
     factories: dict[str, Any] = processor_factories(settings)
     runner = EmbeddedRunner(bus, clickhouse, store, factories)

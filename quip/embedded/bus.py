@@ -11,14 +11,25 @@ the frame's first record), then the payload: msgpack of `[[topic, key, value], .
 Readers address the log by byte position (where the next frame starts) and give every
 record a global sequence number, used as its bus position by the processors.
 
-The log is not compacted: it grows with what is ingested (see the README's limits).
+Segments and compaction: the log is a run of files `events-<base position>-<base
+sequence>.log`; positions are global, so a segment holds the frames of [its base, the next
+segment's base). Once the active segment passes `segment_bytes`, the writer creates the
+next one (and fsyncs the directory) before writing to it. `compact(position)`, called by
+the runner after it committed `position`, deletes the segments that end at or before it,
+oldest first. Crash-safe at every step: a crash after a rotation's create leaves an empty
+last segment whose name still carries the log's end and next sequence number; a crash in
+the middle of a compaction leaves a shorter run that is still contiguous, and everything
+it lost was committed. A log from before segments (`events.log`) becomes the first
+segment (base 0, sequence 0) by a rename on start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -32,6 +43,9 @@ from ingest.producer import BusUnavailable, OutgoingRecord
 _HEADER = struct.Struct("<IIQ")
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes, bytes]])
+_SEGMENT_NAME = re.compile(r"events-(\d{20})-(\d{20})\.log")
+LEGACY_LOG = "events.log"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +56,30 @@ class Frame:
     records: list[tuple[str, bytes, bytes]]
 
 
-def _read_frames(path: Path, position: int, max_frames: int) -> list[Frame]:
+@dataclass(frozen=True, slots=True)
+class Segment:
+    base: int  # global byte position of its first frame
+    base_seq: int  # sequence number of its first record
+    path: Path
+
+
+def segment_path(directory: Path, base: int, base_seq: int) -> Path:
+    return directory / f"events-{base:020d}-{base_seq:020d}.log"
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    segments = []
+    for path in directory.iterdir():
+        if match := _SEGMENT_NAME.fullmatch(path.name):
+            segments.append(Segment(int(match[1]), int(match[2]), path))
+    return sorted(segments, key=lambda segment: segment.base)
+
+
+def _read_frames(segment: Segment, position: int, max_frames: int) -> list[Frame]:
+    """Whole frames of one segment from global `position`."""
     frames: list[Frame] = []
-    with path.open("rb") as log:
-        log.seek(position)
+    with segment.path.open("rb") as log:
+        log.seek(position - segment.base)
         while len(frames) < max_frames:
             header = log.read(_HEADER.size)
             if len(header) < _HEADER.size:
@@ -60,12 +94,22 @@ def _read_frames(path: Path, position: int, max_frames: int) -> list[Frame]:
     return frames
 
 
-class LocalBus:
-    """Implements the gateway's `Publisher` protocol, and `read` for the runner."""
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "events.log"
+
+class LocalBus:
+    """Implements the gateway's `Publisher` protocol, and `read`/`compact` for the runner."""
+
+    def __init__(self, directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
         self.last_error: str | None = "not started"
+        self._segments: list[Segment] = []
         self._file: int | None = None
         self._next_seq = 0
         self._end = 0
@@ -82,22 +126,39 @@ class LocalBus:
     def end(self) -> int:
         return self._end
 
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
         self._end, self._next_seq = await asyncio.to_thread(self._recover)
-        self._file = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._file = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
         self._writer = asyncio.create_task(self._write_loop(), name="local-bus-writer")
         self.last_error = None
 
     def _recover(self) -> tuple[int, int]:
-        """Scan the log; cut a torn tail; return (end position, next sequence number)."""
-        position, next_seq = 0, 0
-        while frames := _read_frames(self.path, position, 10_000):
+        """Find the segments; cut a torn tail off the last; return (end, next sequence)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        legacy = self.directory / LEGACY_LOG
+        if legacy.exists() and not list_segments(self.directory):
+            legacy.rename(segment_path(self.directory, 0, 0))
+            _fsync_directory(self.directory)
+        self._segments = list_segments(self.directory)
+        if not self._segments:
+            segment_path(self.directory, 0, 0).touch()
+            _fsync_directory(self.directory)
+            self._segments = list_segments(self.directory)
+        for before, after in itertools.pairwise(self._segments):
+            size = before.path.stat().st_size
+            if before.base + size != after.base:
+                raise RuntimeError(f"bus segments are not contiguous: {before.path} {after.path}")
+        last = self._segments[-1]
+        position, next_seq = last.base, last.base_seq
+        while frames := _read_frames(last, position, 10_000):
             position = frames[-1].end
             next_seq = frames[-1].first_seq + len(frames[-1].records)
-        if self.path.stat().st_size > position:
-            os.truncate(self.path, position)
+        if last.path.stat().st_size > position - last.base:
+            os.truncate(last.path, position - last.base)
         return position, next_seq
 
     async def stop(self) -> None:
@@ -135,11 +196,13 @@ class LocalBus:
                 seq += count
             data = b"".join(chunks)
             try:
+                if self._end - self._segments[-1].base >= self.segment_bytes:
+                    await asyncio.to_thread(self._rotate)
                 await asyncio.to_thread(self._append, data)
             except OSError as exc:
                 # A partial write must not sit in front of the next frames.
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._file or -1, self._end)
+                    os.ftruncate(self._file or -1, self._end - self._segments[-1].base)
                 self.last_error = f"local bus write failed: {exc}"
                 for _, _, done in group:
                     done.set_exception(BusUnavailable(self.last_error, 5))
@@ -150,19 +213,47 @@ class LocalBus:
                 done.set_result(None)
             self._appended.set()
 
+    def _rotate(self) -> None:
+        path = segment_path(self.directory, self._end, self._next_seq)
+        new_file = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _fsync_directory(self.directory)
+        assert self._file is not None
+        os.close(self._file)
+        self._file = new_file
+        self._segments.append(Segment(self._end, self._next_seq, path))
+
     def _append(self, data: bytes) -> None:
         assert self._file is not None
         os.write(self._file, data)
         os.fsync(self._file)
 
+    def _segment_at(self, position: int) -> Segment:
+        for segment in reversed(self._segments):
+            if segment.base <= position:
+                return segment
+        raise ValueError(f"bus position {position} was compacted away")
+
     async def read(self, position: int, max_frames: int = 256) -> list[Frame]:
-        """Whole frames from `position`; empty when the reader has caught up."""
+        """Whole frames from `position` (of one segment); empty when the reader has caught
+        up."""
         if position >= self._end:
             return []
-        return await asyncio.to_thread(_read_frames, self.path, position, max_frames)
+        return await asyncio.to_thread(
+            _read_frames, self._segment_at(position), position, max_frames
+        )
 
     async def wait_for_frames(self, timeout_s: float) -> None:
         self._appended.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._appended.wait()
+
+    async def compact(self, committed: int) -> int:
+        """Delete the segments that end at or before the committed position (never the
+        active one), oldest first; returns how many were deleted."""
+        deleted = 0
+        while len(self._segments) > 1 and self._segments[1].base <= committed:
+            await asyncio.to_thread(self._segments[0].path.unlink, missing_ok=True)
+            self._segments.pop(0)
+            deleted += 1
+        return deleted

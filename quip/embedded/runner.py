@@ -4,9 +4,10 @@ agents → chDB, with processor state and the bus position committed together.
 Per batch of frames: feed every record to the processors (bus position = the record's
 global sequence number, one partition) → flush → insert each table (idempotent sinks) →
 one SQLite transaction storing the stateful processors' state changes *and* the new bus
-position. A crash anywhere before that commit replays the batch from the old position onto
-the old state, so nothing is lost and the idempotent tables count nothing twice; open plays
-and funnel progress survive restarts (first-seen days live in ClickHouse itself).
+position; then the bus segments wholly before that position are deleted. A crash anywhere
+before that commit replays the batch from the old position onto the old state, so nothing
+is lost and the idempotent tables count nothing twice; open plays and funnel progress
+survive restarts (first-seen days live in ClickHouse itself).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False)
+        # synchronous stays FULL: a committed position must be durable before the bus
+        # segments before it are deleted (one fsync per batch of frames).
         self._db.executescript(
             "PRAGMA journal_mode=WAL;"
             "CREATE TABLE IF NOT EXISTS state (processor TEXT, key TEXT, value BLOB,"
@@ -56,15 +59,18 @@ class StateStore:
     def commit(self, changes: dict[str, dict[str, bytes | None]], position: int) -> None:
         with self._db:
             for processor, entries in changes.items():
-                for key, value in entries.items():
-                    if value is None:
-                        self._db.execute(
-                            "DELETE FROM state WHERE processor = ? AND key = ?", (processor, key)
-                        )
-                    else:
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (processor, key, value)
-                        )
+                self._db.executemany(
+                    "DELETE FROM state WHERE processor = ? AND key = ?",
+                    [(processor, key) for key, value in entries.items() if value is None],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
+                    [
+                        (processor, key, value)
+                        for key, value in entries.items()
+                        if value is not None
+                    ],
+                )
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('bus_position', ?)", (position,))
 
     def close(self) -> None:
@@ -93,6 +99,7 @@ class EmbeddedRunner:
     async def run(self) -> None:
         """Until cancelled. A store that fails is retried with backoff; the position only
         moves once the batch is stored."""
+        await self.bus.compact(self.position)  # what a crash kept from the last compaction
         while True:
             frames = await self.bus.read(self.position, BATCH_FRAMES)
             if not frames:
@@ -129,6 +136,7 @@ class EmbeddedRunner:
         if position != self.position or any(changes.values()):
             await asyncio.to_thread(self.store.commit, changes, position)
             self.position = position
+            await self.bus.compact(position)
 
     async def _store(self, output: ProcessorOutput) -> None:
         delay = 0.5

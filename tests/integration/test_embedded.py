@@ -26,14 +26,15 @@ pytestmark = pytest.mark.chdb
 
 
 class Embedded:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUIP_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUIP_")} | self.env
         with (self.workdir / "up.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "quip", "up", "--port", str(self.port)],

@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import decode_record
 from schemas.services import SERVICE_TOPICS, decode_message
 from schemas.topics import ANALYTICS_EVENTS
 from tests.conftest import KAFKA_BOOTSTRAP
-from tests.gateway_process import GatewayProcess, end_offsets, read_since
+from tests.gateway_process import GatewayProcess, end_offsets, stop_consumer
 from tests.pipeline_checks import WRITE_KEY
 
 pytestmark = pytest.mark.kafka
@@ -44,6 +44,38 @@ def simulate(gateway: GatewayProcess, project: str, *args: str) -> subprocess.Co
 
 async def snapshot() -> dict[str, dict[TopicPartition, int]]:
     return {topic: await end_offsets(topic) for topic in [ANALYTICS_EVENTS.name, *SERVICE_TOPICS]}
+
+
+async def read_range(
+    since: dict[TopicPartition, int], until: dict[TopicPartition, int], timeout_s: float = 120
+) -> list[tuple[bytes, bytes]]:
+    """The committed records of [since, until) in every partition: the run's, and whatever
+    other jobs wrote meanwhile (callers keep their project's). Bounded by offsets taken
+    after the run, not by waiting for the shared topic to go quiet, which it never does
+    while another job produces to it."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA_BOOTSTRAP,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[tuple[bytes, bytes]] = []
+    try:
+        consumer.assign(list(since))
+        for partition, offset in since.items():
+            consumer.seek(partition, offset)
+        pending = {p for p in since if until[p] > since[p]}
+        async with asyncio.timeout(timeout_s):
+            while pending:
+                batch = await consumer.getmany(*pending, timeout_ms=500)
+                for partition, rows in batch.items():
+                    records += [(r.key, r.value) for r in rows if r.offset < until[partition]]
+                for partition in list(pending):
+                    if await consumer.position(partition) >= until[partition]:
+                        pending.discard(partition)
+    finally:
+        await stop_consumer(consumer)
+    return records
 
 
 def landed_events(records: list[tuple[bytes, bytes]], project: str) -> list[Any]:
@@ -89,6 +121,7 @@ def test_historical_backfill_lands_exactly_what_was_recorded(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     assert "historical" in result.stdout
+    until = asyncio.run(snapshot())
 
     summary = orjson.loads(summary_path.read_bytes())
     recorded = read_json_lines(record)
@@ -101,7 +134,10 @@ def test_historical_backfill_lands_exactly_what_was_recorded(
     oldest = min(r["ts"] for r in recorded)
     assert time.time() * 1000 - oldest < 3 * 86_400_000
 
-    landed = landed_events(asyncio.run(read_since(since[ANALYTICS_EVENTS.name])), project)
+    landed = landed_events(
+        asyncio.run(read_range(since[ANALYTICS_EVENTS.name], until[ANALYTICS_EVENTS.name])),
+        project,
+    )
     if summary["retries"] == 0:
         assert len(landed) == len(recorded)
     check_landed_as_recorded(landed, recorded)
@@ -109,7 +145,8 @@ def test_historical_backfill_lands_exactly_what_was_recorded(
     published: dict[str, set[str]] = {}
     for topic in SERVICE_TOPICS:
         messages = [
-            decode_message(topic, value) for _, value in asyncio.run(read_since(since[topic]))
+            decode_message(topic, value)
+            for _, value in asyncio.run(read_range(since[topic], until[topic]))
         ]
         published[topic] = {m.message_id for m in messages if m.project == project}
     assert summary["services_published"] == summary["services_generated"] > 0
@@ -131,10 +168,14 @@ def test_live_mode_sends_rate_times_duration_with_ts_now(
     )  # fmt: skip
     finished = int(time.time() * 1000)
     assert result.returncode == 0, result.stderr + result.stdout
+    until = asyncio.run(snapshot())
     summary = orjson.loads(summary_path.read_bytes())
     recorded = read_json_lines(record)
     assert summary["events_accepted"] == len(recorded) == 600
     assert summary["services_note"].startswith("not sent")
     assert all(started <= r["ts"] <= finished for r in recorded)
-    landed = landed_events(asyncio.run(read_since(since[ANALYTICS_EVENTS.name])), project)
+    landed = landed_events(
+        asyncio.run(read_range(since[ANALYTICS_EVENTS.name], until[ANALYTICS_EVENTS.name])),
+        project,
+    )
     check_landed_as_recorded(landed, recorded)

@@ -472,6 +472,22 @@ async def test_historical_run_sends_everything_once_in_user_order(
     }  # fmt: skip
 
 
+async def test_without_sent_at_requests_carry_the_recorded_ts_only(
+    fake_gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """--no-sent-at: no clock-skew correction at the gateway, so the stored ts is the
+    recorded one (tests recompute metrics from --record to the millisecond)."""
+    record = tmp_path / "accepted.jsonl"
+    plan = sim.Historical(seed=3, users=3, days=1, end_ms=sim.now_ms())
+    summary = await sim.run_historical(plan, options(fake_gateway, sent_at=False, record=record))
+    assert summary.ok
+    assert fake_gateway.requests
+    assert all("sent_at" not in request for request in fake_gateway.requests)
+    sent = {e["event_id"]: e["ts"] for r in fake_gateway.requests for e in r["events"]}
+    recorded = [orjson.loads(line) for line in record.read_bytes().splitlines()]
+    assert {r["event_id"]: r["ts"] for r in recorded} == sent
+
+
 async def test_rejections_are_counted_and_not_recorded(
     fake_gateway: FakeGateway, tmp_path: Path
 ) -> None:
