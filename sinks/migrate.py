@@ -2,7 +2,9 @@
 
 Applied versions are recorded in `schema_migrations`. Migrations are forward-only and every
 statement is idempotent (`IF NOT EXISTS`), so a run interrupted between a statement and its
-record is safe to repeat. Two processes migrating at once is not guarded against: run
+record is safe to repeat. A migration whose steps depend on what the database holds (moving
+a table's rows) also exposes `apply(clickhouse, caps)`, run after its statements; it must
+be just as safe to repeat. Two processes migrating at once is not guarded against: run
 `quip migrate` once per deploy (compose and k8s run it as a one-shot job).
 """
 
@@ -26,6 +28,7 @@ class Migration:
     version: int
     name: str
     statements: Callable[[Capabilities], list[str]]
+    apply: Callable[[ClickHouse, Capabilities], None] | None = None
 
 
 def discover() -> list[Migration]:
@@ -35,7 +38,9 @@ def discover() -> list[Migration]:
         if not match:
             continue
         loaded = importlib.import_module(f"sinks.migrations.{module.name}")
-        found.append(Migration(int(match[1]), match[2], loaded.statements))
+        found.append(
+            Migration(int(match[1]), match[2], loaded.statements, getattr(loaded, "apply", None))
+        )
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
     if len(set(versions)) != len(versions):
@@ -62,6 +67,8 @@ def migrate(clickhouse: ClickHouse) -> list[Migration]:
             continue
         for statement in migration.statements(caps):
             clickhouse.execute(statement)
+        if migration.apply is not None:
+            migration.apply(clickhouse, caps)
         clickhouse.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) "
             "SELECT %(version)s, %(name)s, now()",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
@@ -19,6 +20,7 @@ router = APIRouter(tags=["playback"], responses=ERROR_RESPONSES)
 
 SUMMARY = TypeAdapter(list[PlaybackSummaryRow])
 SERIES = TypeAdapter(list[PlaybackPoint])
+MAX_LIMIT = 100_000
 
 
 @router.get("/v1/metrics/playback", response_model=list[PlaybackSummaryRow])
@@ -29,16 +31,24 @@ async def get_playback(
     group_by: Annotated[GroupBy, Query(description="one row per value, or one row 'all'")] = (
         "none"
     ),
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_LIMIT, description="only the N groups with most plays; all if absent"),
+    ] = None,
 ) -> Response:
     """Playback quality of the plays that started in [from, to]: one row with group "all"
-    for group_by=none (zeros without plays), else one row per value, most plays first."""
+    for group_by=none (zeros without plays), else one row per value, most plays first
+    (only the first `limit` when given)."""
+    # playback_summary builds exactly the model's fields and types: orjson writes the
+    # bytes pydantic would, without validating ~20k content rows again.
     return await context.results.respond(
         endpoint="playback",
         project=project,
-        params=(*days.key(), ("group_by", group_by)),
+        params=(*days.key(), ("group_by", group_by), ("limit", str(limit or ""))),
         last_day=days.day_to,
         adapter=SUMMARY,
-        query=lambda ch: playback_summary(ch, project, days.day_from, days.day_to, group_by),
+        query=lambda ch: playback_summary(ch, project, days.day_from, days.day_to, group_by, limit),
+        encode=orjson.dumps,
     )
 
 
@@ -63,4 +73,5 @@ async def get_playback_timeseries(
         last_day=days.day_to,
         adapter=SERIES,
         query=lambda ch: playback_timeseries(ch, project, days.day_from, days.day_to, interval),
+        encode=orjson.dumps,
     )

@@ -745,6 +745,9 @@
     ['watch_hours', 'playback-watch-hours', (v) => fmt.fixed(v, 2)],
   ];
 
+  // The table shows the groups with the most plays: content_id has thousands of values.
+  const PLAYBACK_GROUP_LIMIT = 50;
+
   function loadPlayback() {
     const interval = $('#playback-interval').value;
     const groupBy = $('#playback-group').value;
@@ -752,7 +755,7 @@
       const [summary, series, groups] = await Promise.all([
         api(`/v1/metrics/playback?${query({ ...rangeParams(), group_by: 'none' })}`),
         api(`/v1/metrics/playback/timeseries?${query({ ...rangeParams(), interval })}`),
-        api(`/v1/metrics/playback?${query({ ...rangeParams(), group_by: groupBy })}`),
+        api(`/v1/metrics/playback?${query({ ...rangeParams(), group_by: groupBy, limit: PLAYBACK_GROUP_LIMIT })}`),
       ]);
       if (!current()) return;
       const all = summary[0] || {};

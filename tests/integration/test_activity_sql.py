@@ -86,3 +86,48 @@ def test_retention_matches_brute_force(clickhouse: ClickHouse, period: str) -> N
     got = retention(clickhouse, "p", day_from, day_to, period, today)  # type: ignore[arg-type]
     assert got == expected_retention(records, day_from, day_to, period, today)
     assert got, "the generated data has cohorts"
+
+
+@pytest.mark.parametrize(
+    ("days_back", "length"),
+    [
+        pytest.param(0, 1, id="one day"),
+        pytest.param(3, 64, id="one block long"),
+        pytest.param(0, 200, id="200 days, four blocks"),
+        pytest.param(150, 366, id="366 days, most without data"),
+    ],
+)
+def test_active_users_over_long_and_short_ranges(
+    clickhouse: ClickHouse, days_back: int, length: int
+) -> None:
+    """The per-block masks hold for any range the API allows (≤ 366 days), across 64-day
+    block edges, and days without data are zeros."""
+    records = generated_events(11, users=120, days=240)
+    load(clickhouse, records)
+    day_to = utc_day(int(time.time() * 1000)) - timedelta(days=days_back)
+    day_from = day_to - timedelta(days=length - 1)
+    got = active_users(clickhouse, "p", day_from, day_to)
+    assert got == expected_active(records, day_from, day_to)
+    assert len(got) == length
+
+
+def test_active_users_and_retention_of_a_project_without_data(clickhouse: ClickHouse) -> None:
+    load(clickhouse, generated_events(5, users=20, days=10))
+    today = utc_day(int(time.time() * 1000))
+    got = active_users(clickhouse, "nobody", today - timedelta(days=40), today)
+    assert [(d["dau"], d["wau"], d["mau"], d["stickiness"]) for d in got] == [(0, 0, 0, 0.0)] * 41
+    assert retention(clickhouse, "nobody", today - timedelta(days=40), today, "week", today) == []
+
+
+@pytest.mark.parametrize("period", ["day", "week"])
+def test_retention_ranges_ending_on_every_weekday(clickhouse: ClickHouse, period: str) -> None:
+    """Cohort weeks start on Monday whatever day the range and `today` fall on."""
+    records = generated_events(2, users=120, days=40)
+    load(clickhouse, records)
+    today = utc_day(int(time.time() * 1000))
+    for weekday in range(7):
+        day_to = today - timedelta(days=(today.weekday() - weekday) % 7)
+        day_from = day_to - timedelta(days=17 + weekday)
+        got = retention(clickhouse, "p", day_from, day_to, period, day_to)  # type: ignore[arg-type]
+        assert got == expected_retention(records, day_from, day_to, period, day_to), weekday
+        assert got

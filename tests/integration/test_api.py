@@ -24,9 +24,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import TypeAdapter
 
 from api.app import create_app
 from api.pool import POOL_SIZE
+from api.routes.playback import MAX_LIMIT, SERIES, SUMMARY
 from quip.settings import Settings
 from schemas.events import Event, EventRecord
 from schemas.funnels import FunnelDefinition, FunnelStep, load_funnels
@@ -496,6 +498,36 @@ async def test_playback_summary(client: httpx.AsyncClient, seed: Seed, group_by:
     assert got == reference_summary(expected_plays(seed), DAY_FROM, DAY_TO, group_by)
 
 
+@pytest.mark.parametrize("group_by", ["content_id", "device_model"])
+async def test_playback_summary_limit_keeps_the_groups_with_most_plays(
+    client: httpx.AsyncClient, seed: Seed, group_by: str
+) -> None:
+    full = reference_summary(expected_plays(seed), DAY_FROM, DAY_TO, group_by)
+    assert len(full) >= 2
+    for limit in (1, 2, len(full), MAX_LIMIT):
+        got = await get(client, "/v1/metrics/playback", group_by=group_by, limit=str(limit))
+        assert got == full[:limit], limit
+    none = await get(client, "/v1/metrics/playback", group_by="none", limit="1")
+    assert none == reference_summary(expected_plays(seed), DAY_FROM, DAY_TO, "none")
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        pytest.param("/v1/metrics/playback", {"group_by": "content_id"}, id="summary"),
+        pytest.param("/v1/metrics/playback/timeseries", {"interval": "hour"}, id="series"),
+    ],
+)
+async def test_playback_bytes_are_what_the_response_model_would_send(
+    client: httpx.AsyncClient, seed: Seed, path: str, params: dict[str, str]
+) -> None:
+    """These endpoints skip pydantic for speed: their bytes must still be the model's."""
+    response = await client.get(path, params={**RANGE, **params}, headers=READ)
+    assert response.status_code == 200
+    adapter: TypeAdapter[Any] = SUMMARY if path.endswith("playback") else SERIES
+    assert response.content == adapter.dump_json(adapter.validate_python(response.json()))
+
+
 @pytest.mark.parametrize("interval", ["minute", "hour", "day"])
 async def test_playback_timeseries(client: httpx.AsyncClient, seed: Seed, interval: str) -> None:
     params = {"from": (TODAY - timedelta(days=6)).isoformat()} if interval == "minute" else {}
@@ -647,6 +679,8 @@ async def test_erasure_removes_the_user_everywhere(
         pytest.param(
             "GET", "/v1/metrics/playback?group_by=user_id", READ, 400, id="unknown group_by"
         ),
+        pytest.param("GET", "/v1/metrics/playback?limit=0", READ, 400, id="limit 0"),
+        pytest.param("GET", "/v1/metrics/playback?limit=ten", READ, 400, id="limit not a number"),
         pytest.param("GET", "/v1/metrics/events?interval=week", READ, 400, id="unknown interval"),
         pytest.param("GET", "/v1/metrics/retention?period=month", READ, 400, id="unknown period"),
     ],
@@ -742,7 +776,7 @@ ENDPOINTS: list[tuple[str, str, list[str]]] = [
     ("GET", "/v1/funnels", ["project"]),
     ("GET", "/v1/funnels/{}", ["name", "from", "to", "project"]),
     ("POST", "/v1/funnels/query", ["steps", "window_seconds", "from", "to", "project", "body"]),
-    ("GET", "/v1/metrics/playback", ["from", "to", "group_by", "project"]),
+    ("GET", "/v1/metrics/playback", ["from", "to", "group_by", "limit", "project"]),
     ("GET", "/v1/metrics/playback/timeseries", ["from", "to", "interval", "project"]),
     ("GET", "/v1/metrics/events", ["from", "to", "interval", "project"]),
     ("GET", "/v1/metrics/services", ["from", "to", "project"]),

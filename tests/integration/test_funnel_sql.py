@@ -262,6 +262,39 @@ def test_prop_filters_match_like_python(clickhouse: ClickHouse) -> None:
     assert wrong == []
 
 
+# (props as the writer stored them, filter value, matches): other serializers escape
+# differently, and the plain-text prefilter must never hide a match.
+RAW_PROPS: list[tuple[str, str, bool]] = [
+    ('{"g":"caf\\u00e9"}', "café", True),
+    ('{"g":"café"}', "café", True),
+    ('{"g":"a\\/b"}', "a/b", True),
+    ('{"g":"x\\"y"}', 'x"y', True),
+    ('{"g":"it\'s"}', "it's", True),
+    ('{"g":"%(project)s"}', "%(project)s", True),
+    ('{"h":"pinch","g":"swipe"}', "pinch", False),
+    ('{"g":"pinch!"}', "pinch", False),
+    ('{"g":["pinch"]}', "pinch", False),
+    ('{"g":"😀"}', "😀", True),
+    ('{"g":"\\ud83d\\ude00"}', "😀", True),
+]
+
+
+def test_prop_filters_see_through_any_string_escaping(clickhouse: ClickHouse) -> None:
+    ts = day_start_ms(FIRST_DAY) + 3_600_000
+    rows = []
+    for number, (props, _, _) in enumerate(RAW_PROPS):
+        start = RawEvent("u", f"s{number}", ts, "start", {}, f"raw{number}")
+        probe = event_row(RawEvent("u", f"p{number}", ts + 1, "probe", {}, f"raw{number}"))
+        rows += [event_row(start), (*probe[:-1], props)]
+    clickhouse.insert(EVENTS_TABLE, EVENTS_COLUMNS, rows)
+    got = []
+    for number, (props, value, _) in enumerate(RAW_PROPS):
+        steps = [FunnelStep("start"), FunnelStep("probe", {"g": value})]
+        result = adhoc_funnel(clickhouse, f"raw{number}", steps, 60, FIRST_DAY, FIRST_DAY)
+        got.append((props, value, result[1]["users"] == 1))
+    assert got == RAW_PROPS
+
+
 def test_equal_timestamps_chain_whatever_the_insert_order(clickhouse: ClickHouse) -> None:
     """18.16 orders equal timestamps by arrival; the query must not depend on it."""
     ts = day_start_ms(FIRST_DAY) + 7_200_000

@@ -28,6 +28,7 @@ from schemas.funnels import (
     load_funnels,
     parse_funnels,
 )
+from sinks.capabilities import Capabilities
 from sinks.queries.funnels import (
     MAX_RELATIVE_MS,
     adhoc_funnel_sql,
@@ -692,3 +693,32 @@ def test_adhoc_sql_refuses_bad_input(
 ) -> None:
     with pytest.raises(ValueError, match=r"steps|window|from"):
         adhoc_funnel_sql("p1", steps, window, day_from, day_to)
+
+
+@pytest.mark.parametrize(
+    ("caps", "ordered"),
+    [
+        pytest.param(None, True, id="unknown server"),
+        pytest.param(Capabilities((18, 16, 1)), True, id="18.16"),
+        pytest.param(Capabilities((26, 9, 2)), False, id="chdb 26.9"),
+    ],
+)
+def test_adhoc_sql_orders_steps_only_for_servers_that_need_it(
+    caps: Capabilities | None, ordered: bool
+) -> None:
+    steps = [FunnelStep("a"), FunnelStep("b")]
+    sql, _ = adhoc_funnel_sql("p1", steps, 60, DAY0, DAY0 + timedelta(days=40), caps=caps)
+    assert sql.count("ORDER BY step") == (2 if ordered else 0)  # one per chunk
+
+
+def test_adhoc_sql_prefilters_string_values_as_parameters() -> None:
+    """Each string value is looked for as a JSON string, and a props holding any
+    backslash (escaped text) is always left to the real test."""
+    steps = [FunnelStep("a"), FunnelStep("b", {"k": 'it\'s "x"', "n": 3}), FunnelStep("a")]
+    sql, params = adhoc_funnel_sql("p1", steps, 60, DAY0, DAY0)
+    needles = {key: value for key, value in params.items() if "needle" in key}
+    assert needles == {"s1_needle0": '"it\'s "x""'}
+    assert "position(props, %(s1_needle0)s) > 0 OR position(props, %(backslash)s) > 0" in sql
+    assert params["backslash"] == "\\"
+    assert "it's" not in sql
+    assert "LIMIT 1 BY" not in sql

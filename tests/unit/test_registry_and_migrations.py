@@ -5,6 +5,7 @@ import pytest
 from schemas.topics import DAY_MS, HOUR_MS, TOPICS, TOPICS_BY_NAME
 from sinks.capabilities import Capabilities
 from sinks.migrate import discover
+from sinks.migrations import v0006_events_by_type as resort_module
 
 
 @pytest.mark.parametrize(
@@ -30,18 +31,20 @@ def test_registry_has_exactly_the_spec_topics() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "ttl", "lightweight_delete"),
+    ("version", "ttl", "lightweight_delete", "funnel_ties"),
     [
-        pytest.param((18, 16, 1), False, False, id="debian 18.16"),
-        pytest.param((19, 6, 0), True, False, id="first with TTL"),
-        pytest.param((26, 9, 2), True, True, id="chdb 26.9"),
+        pytest.param((18, 16, 1), False, False, False, id="debian 18.16"),
+        pytest.param((19, 6, 0), True, False, False, id="first with TTL"),
+        pytest.param((21, 2, 0), True, False, True, id="windowFunnel ties by step"),
+        pytest.param((26, 9, 2), True, True, True, id="chdb 26.9"),
     ],
 )
 def test_capabilities_gate_on_version(
-    version: tuple[int, ...], ttl: bool, lightweight_delete: bool
+    version: tuple[int, ...], ttl: bool, lightweight_delete: bool, funnel_ties: bool
 ) -> None:
     caps = Capabilities(version)
     assert (caps.supports_ttl, caps.supports_lightweight_delete) == (ttl, lightweight_delete)
+    assert caps.funnel_orders_ties_by_step is funnel_ties
     assert (caps.ttl("day + INTERVAL 1 DAY") != "") is ttl
 
 
@@ -57,3 +60,18 @@ def test_events_migration_sql_differs_only_by_ttl() -> None:
     assert old[0].replace(" ", "").replace("\n", "") == (
         new[0].replace("TTL day + INTERVAL 90 DAY", "").replace(" ", "").replace("\n", "")
     )
+
+
+def test_events_resort_migration_moves_rows_in_apply_with_the_same_columns() -> None:
+    resort = discover()[5]
+    assert (resort.version, resort.name) == (6, "events_by_type")
+    assert resort.statements(Capabilities((26, 9, 2))) == []
+    assert resort.apply is not None
+    created = resort_module.create_statement(Capabilities((26, 9, 2)), "t")
+    original = discover()[0].statements(Capabilities((26, 9, 2)))[0]
+    assert "ORDER BY (project, type, event_id)" in created
+    squeeze = "".join(created.split()).replace("ORDERBY(project,type,event_id)", "")
+    assert squeeze.replace("CREATETABLEt(", "") == "".join(original.split()).replace(
+        "CREATETABLEIFNOTEXISTSevents(", ""
+    ).replace("ORDERBY(project,event_id)", "")
+    assert "TTL" not in resort_module.create_statement(Capabilities((18, 16, 1)), "t")
