@@ -2,8 +2,8 @@
 service messages, run through the real stream processors and inserted as their sinks would.
 
 Everything is relative to now (event time at least an hour in the past, within the last 28
-days) so that the page's default range, the last 30 UTC days, covers all of it. A little
-noise goes to another project, which the page must never show.
+days, plus a few page views earlier today) so that the page's default range, the last 30 UTC
+days, covers all of it. A little noise goes to another project, which the page must never show.
 """
 
 from __future__ import annotations
@@ -85,7 +85,27 @@ def activity_records(seed: int, now_ms: int) -> list[EventRecord]:
             for raw in batch
         ]
         records.append(EventRecord(project=PROJECT, received_at=now_ms, events=events))
+    records.append(today_record(seed, now_ms))
     return records
+
+
+def today_record(seed: int, now_ms: int) -> EventRecord:
+    """Page views of a few users earlier today (UTC): the generated traffic stays an hour
+    in the past, which before 01:00 UTC leaves today, the last day the page shows, empty."""
+    rng = random.Random(seed)
+    today_start = now_ms - now_ms % DAY_MS
+    events = [
+        Event(
+            event_id=f"today-{user}",
+            type="page_view",
+            user_id=f"user-{user}",
+            ts=today_start + rng.randrange(max(1, now_ms - today_start)),
+            device_model=DEVICES[user % len(DEVICES)],
+            props={"url": "https://quip.example/today"},
+        )
+        for user in rng.sample(range(USERS), 5)
+    ]
+    return EventRecord(project=PROJECT, received_at=now_ms, events=events)
 
 
 class _Play:
