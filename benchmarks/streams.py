@@ -22,7 +22,7 @@ starts, and the script measures from the worker's /ready to
   - `events`: uniqExact(event_id) for the project reaching M (polled every 0.5 s; a cheap
     count() gates the exact query),
   - activity: uniqExact(user_hash) in user_first_seen reaching U,
-  - every agent's analytics_events_processed counter reaching M (/metrics, every second),
+  - every processor's analytics_events_processed counter reaching M (/metrics, every second),
 giving events/s end to end and per agent. Worker RSS (VmRSS of the process and its
 children) and the CPU of the worker, Kafka and ClickHouse are sampled every second.
 With --profile S, py-spy records the worker for S seconds while it consumes.
@@ -515,7 +515,7 @@ threading.Thread(target=_dump, args=({request!r}, {output!r}, {ours!r}), daemon=
 
 class QuipProcess:
     """`python -m quip <command> --port <free>` with its own environment, working
-    directory (Faust writes `<app id>-data/` there) and log file."""
+    directory and log file."""
 
     def __init__(
         self,
@@ -936,6 +936,8 @@ def worker_env(run: Run) -> dict[str, str]:
         "QUIP_WORKER_GROUP": run.group,
         "QUIP_INFLUX_URL": run.args.influx_url,
         "QUIP_INFLUX_BUCKET": run.database,
+        # Faust's data directory (streams.app.worker_data_dir) lands in the temp workdir.
+        "TMPDIR": str(run.workdir),
     }
     if not run.args.no_funnels:
         funnels = run.workdir / "funnels.toml"

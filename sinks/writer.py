@@ -4,7 +4,8 @@ The caller (a stream agent) commits its offsets only after `write` returns, so a
 that is down slows the agent instead of losing data: attempts back off exponentially up to
 `max_backoff_s` and go on until the store answers; meanwhile `health` reports the store as
 failing, which the worker's `/ready` shows. Each part of an output (one table, or the
-series) is written once: after a partial failure only the missing parts are retried.
+series) is written once and retried on its own: after a partial failure only the missing
+parts are retried.
 Every table written here deduplicates by key, so a retry after an ambiguous failure is safe.
 """
 
@@ -15,12 +16,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Histogram
 
 from sinks.clickhouse import ClickHouse
 from sinks.influx import InfluxWriter
-from streams.processors.base import ProcessorOutput
+from streams.processors.base import ProcessorOutput, SeriesPoint, TableRows
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class SinkHealth:
 
 
 class SinkWriter:
+    """Writes each part of an output (one table, or the series) concurrently, each in a
+    thread with a ClickHouse connection of its own: the stores take the parts in
+    parallel, so a batch is stored in the time of its largest part."""
+
     def __init__(
         self,
         clickhouse: Callable[[], ClickHouse],
@@ -62,7 +68,7 @@ class SinkWriter:
         max_backoff_s: float = 30.0,
     ) -> None:
         self._clickhouse_factory = clickhouse
-        self._clickhouse: ClickHouse | None = None
+        self._clients: dict[str, ClickHouse] = {}  # table -> its connection
         self._influx = influx
         self.health = health
         self.first_backoff_s = first_backoff_s
@@ -72,11 +78,16 @@ class SinkWriter:
         """Return when every part of `output` is stored. Never raises for store errors."""
         if output.is_empty():
             return
-        done: set[str] = set()
+        parts = [self._retrying(self._insert, table) for table in output.tables if table.rows]
+        if output.points and self._influx is not None:
+            parts.append(self._retrying(self._write_points, output.points))
+        await asyncio.gather(*parts)
+
+    async def _retrying(self, write: Callable[[Any], None], part: Any) -> None:
         attempt = 0
         while True:
             try:
-                await asyncio.to_thread(self._write_parts, output, done)
+                await asyncio.to_thread(write, part)
                 return
             except Exception as exc:
                 attempt += 1
@@ -86,36 +97,29 @@ class SinkWriter:
                 )
                 await asyncio.sleep(delay)
 
-    def _write_parts(self, output: ProcessorOutput, done: set[str]) -> None:
-        for table in output.tables:
-            if table.table in done or not table.rows:
-                continue
-            started = time.perf_counter()
-            try:
-                self._client().insert(table.table, table.columns, table.rows)
-            except Exception as exc:
-                self.health.failing("clickhouse", f"insert into {table.table} failed: {exc}")
-                self._clickhouse = None  # reconnect on the next attempt
-                raise
-            self.health.ok("clickhouse")
-            SINK_WRITE_SECONDS.labels("clickhouse", table.table).observe(
-                time.perf_counter() - started
-            )
-            SINK_BATCH_ROWS.labels("clickhouse", table.table).observe(len(table.rows))
-            done.add(table.table)
-        if output.points and self._influx is not None and "influxdb" not in done:
-            started = time.perf_counter()
-            try:
-                self._influx.write(output.points)
-            except Exception as exc:
-                self.health.failing("influxdb", f"write failed: {exc}")
-                raise
-            self.health.ok("influxdb")
-            SINK_WRITE_SECONDS.labels("influxdb", "series").observe(time.perf_counter() - started)
-            SINK_BATCH_ROWS.labels("influxdb", "series").observe(len(output.points))
-            done.add("influxdb")
+    def _insert(self, table: TableRows) -> None:
+        started = time.perf_counter()
+        try:
+            client = self._clients.get(table.table)
+            if client is None:
+                client = self._clients[table.table] = self._clickhouse_factory()
+            client.insert(table.table, table.columns, table.rows)
+        except Exception as exc:
+            self.health.failing("clickhouse", f"insert into {table.table} failed: {exc}")
+            self._clients.pop(table.table, None)  # reconnect on the next attempt
+            raise
+        self.health.ok("clickhouse")
+        SINK_WRITE_SECONDS.labels("clickhouse", table.table).observe(time.perf_counter() - started)
+        SINK_BATCH_ROWS.labels("clickhouse", table.table).observe(len(table.rows))
 
-    def _client(self) -> ClickHouse:
-        if self._clickhouse is None:
-            self._clickhouse = self._clickhouse_factory()
-        return self._clickhouse
+    def _write_points(self, points: list[SeriesPoint]) -> None:
+        assert self._influx is not None
+        started = time.perf_counter()
+        try:
+            self._influx.write(points)
+        except Exception as exc:
+            self.health.failing("influxdb", f"write failed: {exc}")
+            raise
+        self.health.ok("influxdb")
+        SINK_WRITE_SECONDS.labels("influxdb", "series").observe(time.perf_counter() - started)
+        SINK_BATCH_ROWS.labels("influxdb", "series").observe(len(points))

@@ -1,12 +1,20 @@
-"""The Faust worker (`quip worker`): agents over the bus, their sinks, and /health,
-/ready, /metrics on the Faust web port (6066).
+"""The Faust worker (`quip worker`): the events pipeline and the services agent, their
+sinks, and /health, /ready, /metrics on the Faust web port (6066).
+
+`analytics.events` is consumed by the Faust consumer (group membership, assignment,
+offset commits, table recovery) but its messages skip Faust's streams: the consumer hands
+them in fetched lists to `EventPipeline` (streams/pipeline.py), which acks them once
+stored. The service topics go through a regular Faust agent.
 
 Consumers read `isolation_level=read_committed`: the gateway writes each request inside a
 Kafka transaction, and a request it answered 503 must never be counted.
 
-An agent that raises is a dead worker, not a zombie: its reason is recorded (so `/ready`
-says why) and the worker process exits with status 70 so the supervisor restarts it;
-offsets not yet committed are replayed, which the idempotent sinks absorb.
+A pipeline or agent that raises is a dead worker, not a zombie: its reason is recorded (so
+`/ready` says why) and the worker process exits with status 70 so the supervisor restarts
+it; offsets not yet committed are replayed, which the idempotent sinks absorb.
+
+Faust's data directory is `$TMPDIR/quip-worker/<worker group>` (`worker_data_dir`): the
+state lives in Kafka changelogs, nothing there has to survive a restart.
 """
 
 from __future__ import annotations
@@ -14,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,7 +50,7 @@ from streams.metrics import (
     VIDEO_HOURS_WATCHED,
     VIDEO_PLAYBACK_QUALITY,
 )
-from streams.pipeline import EventPipeline, ServicePipeline
+from streams.pipeline import ChangelogWriter, EventPipeline, ServicePipeline, Stage
 from streams.processors.activity import ActivityProcessor
 from streams.processors.base import ProcessorOutput
 from streams.processors.events import EventsProcessor
@@ -50,6 +62,9 @@ log = logging.getLogger(__name__)
 
 WORKER_WEB_PORT = 6066
 CRASH_EXIT_STATUS = 70  # EX_SOFTWARE
+
+
+DirectHandler = Callable[[list[Any]], Awaitable[None]]
 
 
 class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -65,12 +80,82 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
         return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop (faust-streaming 0.15.3, `Consumer._drain_messages`) with one
+        `wait_first(delivery, suspend_flow)` per fetched batch instead of per message: that
+        wait creates four futures and an `asyncio.wait` for every record, the largest
+        single cost of a small record. Same order, offsets, gap and commit bookkeeping; a
+        flow suspension (rebalance) still abandons the rest of the batch, which is fetched
+        again from the committed offsets afterwards."""
+        should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        try:
+            while not (should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
+                batch = [item async for item in self.getmany(timeout=1.0)]
+                await self.sleep(0)
+                if batch and not self.should_stop:
+                    await self.wait_first(self._deliver(batch), self.suspend_flow.wait())
+                self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+
+    async def _deliver(self, batch: list[tuple[Any, Any]]) -> None:
+        callback = self.callback
+        read_offsets = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        handlers: dict[str, DirectHandler] = getattr(self.app, "direct_handlers", {})
+        handed: dict[str, list[Any]] = {}
+        since_yield = 0
+        for tp, message in batch:
+            offset = message.offset
+            read = read_offsets[tp]
+            if read is not None and offset < read:
+                continue  # already delivered (Faust drops these too)
+            if read and offset - read > 1 and acks_enabled_for(message.topic):
+                # transaction markers and compaction leave gaps; commits must step over them
+                await self._add_gap(tp, read + 1, offset)
+            if self._commit_every is not None and self._n_acked >= self._commit_every:
+                self._n_acked = 0
+                await self.commit()
+            if message.topic in handlers:
+                handed.setdefault(message.topic, []).append(message)
+            else:
+                since_yield += 1
+                if since_yield > 100:  # let the web pages and timers in
+                    await asyncio.sleep(0)
+                    since_yield = 0
+                await callback(message)
+            read_offsets[tp] = offset
+        for topic, messages in handed.items():
+            await handlers[topic](messages)
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
 
 
 class WorkerApp(faust.App):
+    """`direct_handlers`: topics whose fetched messages go to a handler in batches, as
+    fetched, instead of through Faust's channels, streams and events one message at a
+    time. The handler acks them (`consumer.ack`) once they are processed; Faust commits
+    acked offsets as usual."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct_handlers: dict[str, DirectHandler] = {}
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
 
@@ -82,11 +167,24 @@ class WorkerState:
     pipelines: list[EventPipeline] = field(default_factory=list)
 
 
+def worker_data_dir(settings: Settings) -> Path:
+    """Faust's data directory. The worker keeps its state in Kafka (memory store and
+    changelogs), so nothing in it has to survive; it lives in the system temp directory
+    (`$TMPDIR`, else /tmp), per worker group, never in the current directory."""
+    return Path(tempfile.gettempdir()) / "quip-worker" / settings.worker_group
+
+
 def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
+    datadir = worker_data_dir(settings)
+    datadir.mkdir(parents=True, exist_ok=True)
     app = WorkerApp(
         settings.worker_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=datadir,
+        # The memory store recovers from the start of the changelog on every assignment
+        # and persists nothing, so a standby copy would only cost memory.
+        table_standby_replicas=0,
         web_enabled=True,
         web_port=settings.listen_port(WORKER_WEB_PORT),
         web_bind=settings.host,
@@ -100,6 +198,9 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         stream_wait_empty=False,
+        # Fetched records reach the events pipeline in lists of at most this many, so a
+        # backlog is taken in bounded steps instead of whole prefetch buffers.
+        broker_max_poll_records=2_000,
     )
     state = WorkerState()
     events_topic = app.topic(
@@ -119,39 +220,56 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         return SinkWriter(lambda: open_clickhouse(settings, embedded=False), influx, state.health)
 
     def state_table(name: str) -> Any:
-        # Changelogged per source partition (see streams/pipeline.py); memory store: the
-        # state is small (open plays, funnel candidates), so replaying it on start is quick.
+        # Changelogged per source partition (see streams/pipeline.py), raw bytes both ways:
+        # keys `<partition>/<key>`, values the processors' own msgspec encoding.
         return app.Table(
             f"{name}-state",
             partitions=ANALYTICS_EVENTS.partitions,
-            key_type=str,  # json-serialized keys
-            value_type=bytes,  # raw values: the processors' own msgspec encoding
+            key_type=bytes,  # bytes: Faust's "raw" serializer
+            value_type=bytes,
         )
 
     idle_timeout_ms = settings.play_idle_timeout_s * 1000
-    state.pipelines = [
-        EventPipeline("events", EventsProcessor, writer(), dead_letters=dead_letters),
-        EventPipeline("activity", ActivityProcessor, writer()),
-        EventPipeline(
+    stages = [
+        Stage("events", EventsProcessor),
+        Stage("activity", ActivityProcessor),
+        Stage(
             "plays",
             lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
-            writer(),
             state_table=state_table("plays"),
             observe=PlayMetrics().observe,
         ),
     ]
     funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
     if funnels:
-        state.pipelines.append(
-            EventPipeline(
+        stages.append(
+            Stage(
                 "funnels",
                 lambda: FunnelsProcessor(funnels, max_event_age_days=settings.max_event_age_days),
-                writer(),
                 state_table=state_table("funnels"),
             )
         )
-    for pipeline in state.pipelines:
-        app.agent(events_topic, name=pipeline.name)(_supervised(state, pipeline.name, pipeline.run))
+    changelog = ChangelogWriter(
+        lambda: AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            max_batch_size=512 * 1024,  # below the brokers' default 1 MB message limit
+        )
+    )
+    pipeline = EventPipeline(
+        stages,
+        writer(),
+        dead_letters=dead_letters,
+        ack=_acker(app),
+        changelog=changelog,
+        recovering=lambda: bool(app.rebalancing),
+    )
+    state.pipelines = [pipeline]
+    # The events topic bypasses Faust's per-message streams (see WorkerApp); subscribing
+    # the topic with the conductor keeps it in the group's assignment and commits.
+    app.topics.add(events_topic)
+    app.direct_handlers[ANALYTICS_EVENTS.name] = pipeline.enqueue
+    app.task(_supervised(state, pipeline.name, lambda _app: pipeline.run()))
 
     service_topics = app.topic(
         *SERVICE_TOPICS,
@@ -162,6 +280,10 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     )
     services = ServicePipeline(ServiceMetricsProcessor(), writer(), dead_letters)
     app.agent(service_topics, name="services")(_supervised(state, "services", services.run))
+
+    @app.on_before_shutdown.connect
+    async def _close_changelog(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        await changelog.close()
 
     @app.on_partitions_revoked.connect
     async def _forget(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -198,7 +320,7 @@ class PlayMetrics:
     observed once (bounded memory of plays: after a restart a play may be observed again;
     these are live indicators, the API is exact)."""
 
-    def __init__(self, remember_at_most: int = 200_000) -> None:
+    def __init__(self, remember_at_most: int = 50_000) -> None:
         self._counted_watch_ms: dict[int, int] = {}
         self._remember_at_most = remember_at_most
         self._index = {name: n for n, name in enumerate(PLAY_COLUMNS)}
@@ -230,6 +352,13 @@ class PlayMetrics:
                     VIDEO_PLAYBACK_QUALITY.labels("rebuffer_ratio").observe(
                         row[col["rebuffer_ms"]] / watch_ms
                     )
+
+
+def _acker(app: faust.App) -> Callable[[Any], None]:
+    def ack(message: Any) -> None:
+        app.consumer.ack(message)
+
+    return ack
 
 
 def _refresh_active_user_gauges(settings: Settings) -> None:

@@ -1,15 +1,23 @@
-"""One agent's loop: decode → pure processor → batch → sink flush → commit.
+"""The worker's loops: decode → pure processors → batch → sink flush → changelog → ack.
 
-`EventPipeline.run(stream)` consumes `analytics.events` in batches closed by size or time
-(`take_events(n, within)`); Faust acks a batch's offsets only when the loop body returns,
-i.e. after the sink has the batch, so delivery is at-least-once and the idempotent sinks
-make results exact.
+`EventPipeline` is the one consumer of `analytics.events`. The Faust consumer hands it
+the messages as fetched, in lists (no Faust stream, channel or event per message: that
+machinery cost more than everything else a small record needs, benchmarks/README.md).
+Each record is decoded once and fed to every processor (events, activity, plays,
+funnels). Batches close by records, bytes or time. A batch's messages are acked, so that
+Faust may commit their offsets, only after *every* sink has the batch and the state
+changes are in Kafka: delivery is at-least-once and the idempotent sinks make results
+exact.
 
 Stateful processors run one instance per partition (like Kafka Streams tasks): their
 state changes go to a Faust table's changelog on the *same* partition, keyed
-`<partition>/<key>`, and a partition's instance is rebuilt from the table when the
-partition is (re)assigned. Records at or before a state's last applied position are
-ignored by the processor, so a replay after a crash cannot double count.
+`<partition>/<key>` (raw bytes both ways), and a partition's instance is rebuilt from the
+table when the partition is (re)assigned. The table's in-memory store only holds what
+recovery read from the changelog until the processors have loaded it: the processors own
+the live state, and the memory store always recovers from the start of the changelog
+(it persists no offset), so a copy kept there would only double the memory. Records at or
+before a state's last applied position are ignored by the processor, so a replay after a
+crash cannot double count.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka import AIOKafkaProducer
 
 from schemas.events import DeadLetter, decode_record, encode_dead_letter
 from sinks.writer import SinkWriter
@@ -33,8 +44,14 @@ from streams.processors.services import ServiceDeadLetter, ServiceMetricsProcess
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX_RECORDS = 2_000
-BATCH_WITHIN_S = 1.0
+# Larger batches amortize the per-batch costs (inserts, changelog round trip); the time
+# bound keeps freshness: a batch closes BATCH_WITHIN_S after its first record was fetched.
+BATCH_MAX_RECORDS = 10_000
+BATCH_MAX_BYTES = 4 * 1024 * 1024  # of record values: bounds the decoded events in memory
+BATCH_WITHIN_S = 0.5
+SERVICE_BATCH_MAX_RECORDS = 2_000
+
+EVENTS_AGENT = "events"
 
 
 def merge_outputs(outputs: Iterable[ProcessorOutput]) -> ProcessorOutput:
@@ -51,105 +68,279 @@ def merge_outputs(outputs: Iterable[ProcessorOutput]) -> ProcessorOutput:
     return merged
 
 
+ChangelogSend = tuple[str, int, list[tuple[bytes, bytes]]]  # topic, partition, entries
+
+
+class ChangelogWriter:
+    """Writes state changes to changelog partitions as whole Kafka batches, with a producer
+    of its own (acks=all): a Faust send per key (future, serializer lookup, buffer) cost
+    more than processing the record that changed the key."""
+
+    def __init__(self, make_producer: Callable[[], AIOKafkaProducer]) -> None:
+        self._make_producer = make_producer  # called in the event loop (aiokafka wants one)
+        self._producer: AIOKafkaProducer | None = None
+
+    async def write(self, sends: Sequence[ChangelogSend]) -> None:
+        """Return once Kafka has every entry; raises if it does not take them."""
+        if self._producer is None:
+            producer = self._make_producer()
+            await producer.start()
+            self._producer = producer
+        futures = []
+        producer = self._producer
+        for topic, partition, entries in sends:
+            batch = producer.create_batch()
+            for key, value in entries:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+
+@dataclass
+class Stage:
+    """One processor of the events agent. With a `state_table` the processor is stateful:
+    one instance per source partition, its state changelogged in that table; without, one
+    instance sees every partition (its output must not depend on positions)."""
+
+    name: str
+    make_processor: Callable[[], EventProcessor]
+    state_table: Any = None
+    observe: Callable[[ProcessorOutput], None] | None = None
+    processors: dict[int, EventProcessor] = field(default_factory=dict)
+    _shared: EventProcessor | None = None
+
+    def processor(self, partition: int) -> Any:
+        if self.state_table is None:
+            if self._shared is None:
+                self._shared = self.make_processor()
+            return self._shared
+        processor = self.processors.get(partition)
+        if processor is None:
+            processor = self.processors[partition] = self.make_processor()
+        return processor
+
+    def all_processors(self) -> list[EventProcessor]:
+        if self.state_table is None:
+            return [self._shared] if self._shared is not None else []
+        return list(self.processors.values())
+
+
 class EventPipeline:
+    """The `analytics.events` loop. Fetched messages arrive in lists through `enqueue`
+    (the consumer hands them over as fetched, see streams/app.py); `run` takes batches of
+    them, feeds every stage, flushes, changelogs, and only then acks the batch's messages
+    so their offsets can be committed."""
+
     def __init__(
         self,
-        name: str,
-        make_processor: Callable[[], EventProcessor],
+        stages: Sequence[Stage],
         writer: SinkWriter,
         *,
-        state_table: Any = None,
         dead_letters: Any = None,
-        observe: Callable[[ProcessorOutput], None] | None = None,
+        ack: Callable[[Any], None] | None = None,
+        changelog: ChangelogWriter | None = None,
+        recovering: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.name = name
-        self.make_processor = make_processor
+        self.stages = list(stages)
         self.writer = writer
-        self.state_table = state_table
         self.dead_letters = dead_letters
-        self.observe = observe
-        self.processors: dict[int, EventProcessor] = {}
+        self.ack = ack
+        self.changelog = changelog
+        self.recovering = recovering  # True while a rebalance's table recovery runs
         self._lock = asyncio.Lock()
+        # A few fetches ahead at most: a full queue blocks the fetch loop (back pressure).
+        self._queue: asyncio.Queue[tuple[int, float, list[Any]]] = asyncio.Queue(maxsize=4)
+        # Bumped when partitions are revoked: messages fetched before are neither
+        # processed nor acked (they are fetched again from the committed offsets).
+        self._generation = 0
+        self._storing: asyncio.Task[None] | None = None
 
-    # ------------------------------------------------------------------ agent loop
-    async def run(self, stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX_RECORDS, within=BATCH_WITHIN_S):
-            count = 0
+    @property
+    def name(self) -> str:
+        return EVENTS_AGENT
+
+    # ------------------------------------------------------------------ loop
+    async def enqueue(self, messages: list[Any]) -> None:
+        fetched_at = asyncio.get_running_loop().time()
+        await self._queue.put((self._generation, fetched_at, messages))
+
+    async def run(self) -> None:
+        """Batch N+1 is decoded and processed while batch N is being stored. Storing is
+        chained (sinks, then changelog, then acks; one batch after the other), so offsets
+        are acked in order, each only once everything up to it is stored."""
+        while True:
+            generation, batch = await self._next_batch()
             async with self._lock:
-                for event in events:
-                    message = event.message
-                    try:
-                        record = decode_record(message.value)
-                    except Exception as exc:
-                        await self._undecodable(message, exc)
-                        continue
-                    self._processor(message.partition).process(
-                        record, Position(message.partition, message.offset)
-                    )
-                    count += len(record.events)
-                await self._flush()
-            EVENTS_PROCESSED.labels(self.name).inc(count)
+                if generation != self._generation:
+                    continue  # partitions were revoked while the batch was collected
+                count, undecodable = self._feed(batch)
+                taken = self._take()
+                await self._stored()
+                self._storing = asyncio.create_task(
+                    self._store(taken, generation, batch, count, undecodable)
+                )
+
+    async def _stored(self) -> None:
+        """Wait for the batch being stored; raises what storing raised."""
+        if self._storing is not None:
+            await self._storing
+
+    async def _next_batch(self) -> tuple[int, list[Any]]:
+        """Up to BATCH_MAX_RECORDS messages or BATCH_MAX_BYTES of values, whatever has
+        fetched within BATCH_WITHIN_S of the first (messages that waited while the previous
+        batch was stored count their wait); all of one generation."""
+        while True:
+            if self._storing is not None and self._storing.done():
+                self._storing.result()  # a failed store ends the loop (and the worker)
+            try:
+                async with asyncio.timeout(1.0):
+                    generation, fetched_at, batch = await self._queue.get()
+            except TimeoutError:
+                continue
+            if generation == self._generation:
+                break
+        batch = list(batch)
+        size = sum(len(message.value or b"") for message in batch)
+        deadline = fetched_at + BATCH_WITHIN_S
+        while len(batch) < BATCH_MAX_RECORDS and size < BATCH_MAX_BYTES:
+            if self._queue.empty():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        more_generation, _, more = await self._queue.get()
+                except TimeoutError:
+                    break
+            else:
+                more_generation, _, more = self._queue.get_nowait()
+            if more_generation != generation:
+                break  # revoked meanwhile: the batch is dropped by run()
+            batch.extend(more)
+            size += sum(len(message.value or b"") for message in more)
+        return generation, batch
+
+    def _feed(self, messages: Sequence[Any]) -> tuple[int, list[tuple[Any, Exception]]]:
+        count = 0
+        undecodable: list[tuple[Any, Exception]] = []
+        self._load_recovered()
+        stages = self.stages
+        for message in messages:
+            try:
+                record = decode_record(message.value)
+            except Exception as exc:
+                undecodable.append((message, exc))
+                continue
+            partition = message.partition
+            position = Position(partition, message.offset)
+            for stage in stages:
+                stage.processor(partition).process(record, position)
+            count += len(record.events)
+        return count, undecodable
 
     async def tick(self) -> None:
         """Flush without new records, so time-based closing (idle plays) happens on a
         quiet stream too."""
         async with self._lock:
-            await self._flush()
+            self._load_recovered()
+            taken = self._take()
+            await self._stored()
+            await self._store(taken, self._generation, [], 0, [])
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions revoked: their state now belongs to another worker."""
-        for partition in partitions:
-            self.processors.pop(partition, None)
+        """Partitions revoked: their state now belongs to another worker (and is recovered
+        from the changelog again if they come back). Messages fetched before the
+        rebalance are dropped: after it, fetching resumes from the committed offsets."""
+        self._generation += 1
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        partitions = list(partitions)
+        for stage in self.stages:
+            for partition in partitions:
+                stage.processors.pop(partition, None)
 
     # ------------------------------------------------------------------ internals
-    def _processor(self, partition: int) -> EventProcessor:
-        processor = self.processors.get(partition)
-        if processor is None:
-            processor = self.processors[partition] = self.make_processor()
-            if self.state_table is not None:
-                self._restore(partition, processor)
-        return processor
+    def _load_recovered(self) -> None:
+        """Load what recovery put in the tables' memory stores into the processors of those
+        partitions (created now, so a quiet partition's open plays still close on time),
+        then empty the stores. Entries for a partition whose processor is live are older
+        than its state (every change is in the changelog before the offsets move): skipped.
+        Nothing is loaded while recovery is still filling the stores."""
+        if self.recovering():
+            return
+        for stage in self.stages:
+            data = stage.state_table.data if stage.state_table is not None else None
+            if not data:
+                continue
+            live = set(stage.processors)
+            for raw_key, value in data.items():
+                key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+                partition_text, _, state_key = key.partition("/")
+                if value and partition_text.isdigit() and int(partition_text) not in live:
+                    stage.processor(int(partition_text)).load_state(state_key, value)
+            data.clear()
 
-    def _restore(self, partition: int, processor: EventProcessor) -> None:
-        assert isinstance(processor, StatefulProcessor)
-        prefix = f"{partition}/"
-        for key, value in list(self.state_table.data.items()):
-            if isinstance(key, str) and key.startswith(prefix) and value:
-                processor.load_state(key[len(prefix) :], value)
-
-    async def _flush(self) -> None:
+    def _take(self) -> tuple[list[ProcessorOutput], list[ChangelogSend]]:
+        """Flush every processor and take its state changes, before the next batch
+        changes the state again."""
         now_ms = int(time.time() * 1000)
-        output = merge_outputs(p.flush(now_ms) for p in self.processors.values())
-        await self.writer.write(output)
-        if self.observe is not None:
-            self.observe(output)
-        if self.state_table is not None:
-            await self._persist_state()
+        outputs = [
+            merge_outputs(p.flush(now_ms) for p in stage.all_processors()) for stage in self.stages
+        ]
+        sends: list[ChangelogSend] = []
+        for stage in self.stages:
+            if stage.state_table is None:
+                continue
+            topic = stage.state_table.changelog_topic.get_topic_name()
+            for partition, processor in stage.processors.items():
+                assert isinstance(processor, StatefulProcessor)
+                entries = [
+                    # empty = deleted: the memory store drops keys whose value is empty
+                    (f"{partition}/{key}".encode(), value or b"")
+                    for key, value in processor.take_state_changes().items()
+                ]
+                if entries:
+                    sends.append((topic, partition, entries))
+        return outputs, sends
 
-    async def _persist_state(self) -> None:
-        """Changelog the state, and wait until Kafka has it: the batch's offsets are
-        committed after this returns, and a committed offset whose state change was lost
-        would drop those records' effect for good."""
-        changed = False
-        for partition, processor in self.processors.items():
-            assert isinstance(processor, StatefulProcessor)
-            for key, value in processor.take_state_changes().items():
-                table_key = f"{partition}/{key}"
-                stored = value or b""  # empty = deleted; keeps the raw serializer simple
-                if stored:
-                    self.state_table.data[table_key] = stored
-                else:
-                    self.state_table.data.pop(table_key, None)
-                self.state_table.send_changelog(partition, table_key, stored)
-                changed = True
-        if changed:
-            await self.state_table.app.producer.flush()
+    async def _store(
+        self,
+        taken: tuple[list[ProcessorOutput], list[ChangelogSend]],
+        generation: int,
+        batch: list[Any],
+        count: int,
+        undecodable: list[tuple[Any, Exception]],
+    ) -> None:
+        """Sinks first, then the changelog (and wait until Kafka has it: a committed offset
+        whose state change was lost would drop those records' effect for good), then ack
+        the batch so its offsets can be committed."""
+        outputs, sends = taken
+        await self.writer.write(merge_outputs(outputs))
+        for stage, output in zip(self.stages, outputs, strict=True):
+            if stage.observe is not None:
+                stage.observe(output)
+        if sends and self.changelog is not None:
+            await self.changelog.write(sends)
+        for message, exc in undecodable:
+            await self._undecodable(message, exc)
+        if self.ack is not None and generation == self._generation:
+            for message in batch:
+                self.ack(message)
+        if count:
+            for stage in self.stages:
+                EVENTS_PROCESSED.labels(stage.name).inc(count)
 
     async def _undecodable(self, message: Any, exc: Exception) -> None:
-        UNDECODABLE_RECORDS.labels(self.name).inc()
-        log.warning(
-            "%s: undecodable record at %s/%s: %s", self.name, message.partition, message.offset, exc
-        )
+        UNDECODABLE_RECORDS.labels(EVENTS_AGENT).inc()
+        log.warning("undecodable record at %s/%s: %s", message.partition, message.offset, exc)
         if self.dead_letters is None:
             return
         raw = message.value if isinstance(message.value, bytes) else b""
@@ -162,7 +353,7 @@ class EventPipeline:
                     index=-1,
                     reason=f"undecodable_record: {exc}"[:500],
                     raw=raw.decode("utf-8", "replace"),
-                    source=f"worker:{self.name}@{message.partition}/{message.offset}",
+                    source=f"worker:{EVENTS_AGENT}@{message.partition}/{message.offset}",
                 )
             ),
         )
@@ -181,7 +372,7 @@ class ServicePipeline:
         self._reported_delivered = 0
 
     async def run(self, stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX_RECORDS, within=BATCH_WITHIN_S):
+        async for events in stream.take_events(SERVICE_BATCH_MAX_RECORDS, within=1.0):
             for event in events:
                 message = event.message
                 self.processor.process(

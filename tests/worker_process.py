@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +37,15 @@ async def start_group_at_end(group: str, topics: list[str]) -> None:
 
 class WorkerProcess:
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, "QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP, **env}
+        # The worker's Faust data directory goes under TMPDIR (streams.app.worker_data_dir):
+        # a directory of this worker's own, removed when it stops.
+        self.tmp = Path(tempfile.mkdtemp(prefix="quip-worker-"))
+        self.env = {
+            **os.environ,
+            "QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
+            "TMPDIR": str(self.tmp),
+            **env,
+        }
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="quip-worker-", suffix=".log")[1])
@@ -75,14 +84,17 @@ class WorkerProcess:
         self.process.wait()
 
     def stop(self) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.terminate()
         try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            if self.process is None or self.process.poll() is not None:
+                return self.process.returncode if self.process else 0
+            self.process.terminate()
+            try:
+                return self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -21,16 +21,21 @@ ACTIVITY_COLUMNS = ("project", "user_id", "day")
 
 
 def utc_day(ts_ms: int) -> date:
-    return _EPOCH + timedelta(days=ts_ms // DAY_MS)
+    return _day(ts_ms // DAY_MS)
+
+
+def _day(day_number: int) -> date:
+    return _EPOCH + timedelta(days=day_number)
 
 
 class ActivityProcessor:
-    def __init__(self, remember_at_most: int = 1_000_000) -> None:
+    def __init__(self, remember_at_most: int = 250_000) -> None:
         self._remember_at_most = remember_at_most
         # hash() of (project, user_id, day number): a false "already sent" needs a 64-bit
         # collision between live user-days, about 1e-8 at a million entries.
         self._emitted: set[int] = set()
         self._pending: dict[int, tuple[str, str, int]] = {}
+        self._days: dict[int, date] = {}  # day number -> date, built once per day
 
     def process(self, record: EventRecord, position: Position) -> None:
         del position  # idempotent output: replays need no bookkeeping
@@ -45,8 +50,13 @@ class ActivityProcessor:
         del now_ms
         if not self._pending:
             return ProcessorOutput()
+        days = self._days
         rows = [
-            (project, user_id, _EPOCH + timedelta(days=day_number))
+            (
+                project,
+                user_id,
+                days.get(day_number) or days.setdefault(day_number, _day(day_number)),
+            )
             for project, user_id, day_number in self._pending.values()
         ]
         if len(self._emitted) + len(self._pending) > self._remember_at_most:

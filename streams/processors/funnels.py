@@ -128,7 +128,11 @@ class FunnelsProcessor:
         longest_window = max((d.window_ms for d in definitions), default=0)
         self.horizon_ms = lateness + longest_window + clock_slack_ms
         self._max_times = max_times_per_step
-        self._users: dict[str, _UserState] = {}
+        # A user's state rests as its changelog encoding (compact msgpack arrays: a few
+        # hundred bytes less per user than the objects); it is decoded when one of the
+        # user's records arrives and encoded again at the end of that flush.
+        self._users: dict[str, _UserState | bytes] = {}
+        self._decoded: set[str] = set()  # users held as objects until the next flush
         self._watermarks: dict[int, int] = {}  # partition -> highest received_at seen
         self._swept_at: dict[int, int] = {}  # partition -> watermark at the last sweep
         self._pending: set[tuple[str, str, int]] = set()  # (user key, funnel, day) to emit
@@ -148,7 +152,7 @@ class FunnelsProcessor:
             by_user[event.user_id].append(event)
         for user_id, events in by_user.items():
             key = state_key(record.project, user_id)
-            state = self._users.get(key)
+            state = self._user(key)
             if (
                 state is not None
                 and state.partition == partition
@@ -168,7 +172,7 @@ class FunnelsProcessor:
     def flush(self, now_ms: int) -> ProcessorOutput:
         rows = []
         for key, funnel, day in sorted(self._pending):
-            state = self._users.get(key)
+            state = self._user(key)
             funnel_state = state.funnels.get(funnel) if state is not None else None
             level = funnel_state.levels.get(day) if funnel_state is not None else None
             if state is None or level is None:
@@ -180,6 +184,11 @@ class FunnelsProcessor:
             self._prune(key)
         self._touched.clear()
         self._sweep_idle_users()
+        for key in self._decoded:
+            held = self._users.get(key)
+            if isinstance(held, _UserState):
+                self._users[key] = _encoder.encode(held)
+        self._decoded.clear()
         if not rows:
             return ProcessorOutput()
         return ProcessorOutput(tables=[TableRows(PROGRESS_TABLE, PROGRESS_COLUMNS, rows)])
@@ -190,7 +199,7 @@ class FunnelsProcessor:
         changes: dict[str, bytes | None] = {}
         for key in self._changed:
             state = self._users.get(key)
-            changes[key] = None if state is None else _encoder.encode(state)
+            changes[key] = _encoder.encode(state) if isinstance(state, _UserState) else state
         self._changed.clear()
         return changes
 
@@ -203,9 +212,16 @@ class FunnelsProcessor:
             for name, funnel in state.funnels.items()
             if funnel.definition == self._fingerprints.get(name)
         }
-        self._users[key] = state
+        self._users[key] = _encoder.encode(state)
 
     # -- internals ------------------------------------------------------------------
+
+    def _user(self, key: str) -> _UserState | None:
+        state = self._users.get(key)
+        if isinstance(state, bytes):
+            state = self._users[key] = _decoder.decode(state)
+            self._decoded.add(key)
+        return state
 
     def _apply(
         self, key: str, project: str, user_id: str, event: Event, state: _UserState | None
@@ -217,9 +233,10 @@ class FunnelsProcessor:
             if not definition.steps[index].matches(event.type, event.props):
                 continue
             if state is None:
-                state = self._users.get(key)
+                state = self._user(key)
                 if state is None:
                     state = self._users[key] = _UserState(project, user_id)
+                    self._decoded.add(key)
             funnel_state = state.funnels.get(funnel)
             if funnel_state is None:
                 funnel_state = state.funnels[funnel] = _FunnelState(
@@ -265,7 +282,7 @@ class FunnelsProcessor:
         return True
 
     def _prune(self, key: str) -> None:
-        state = self._users.get(key)
+        state = self._user(key)
         if state is None or state.partition not in self._watermarks:
             return
         cutoff = self._watermarks[state.partition] - self.horizon_ms
@@ -298,7 +315,8 @@ class FunnelsProcessor:
             return
         for partition in due:
             self._swept_at[partition] = self._watermarks[partition]
-        for key, state in list(self._users.items()):
+        for key, held in list(self._users.items()):
+            state = _decoder.decode(held) if isinstance(held, bytes) else held
             if state.partition in due:
                 cutoff = self._watermarks[state.partition] - self.horizon_ms
                 newest = max(

@@ -65,8 +65,10 @@ State (take_state_changes / load_state, msgpack): one key per held play
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable
+from sys import intern
 from typing import Final
 
 import msgspec
@@ -329,8 +331,25 @@ class SeriesState(msgspec.Struct):
     plays: dict[str, QoeContribution] = msgspec.field(default_factory=dict)
 
 
+class _RestingPlay(PlayState, array_like=True):
+    """A closed play at rest: PlayState's fields as a msgpack array (no field names), a
+    third of the changelog encoding and of the object it stands for."""
+
+
 _play_encoder = msgspec.msgpack.Encoder()
 _play_decoder = msgspec.msgpack.Decoder(PlayState)
+_resting_decoder = msgspec.msgpack.Decoder(_RestingPlay)
+
+
+def _to_rest(state: PlayState) -> bytes:
+    return _play_encoder.encode(msgspec.structs.astuple(state))
+
+
+def _from_rest(blob: bytes) -> PlayState:
+    # A PlayState again (not the subclass): the changelog keeps the map encoding.
+    return PlayState(**msgspec.structs.asdict(_resting_decoder.decode(blob)))
+
+
 _series_decoder = msgspec.msgpack.Decoder(SeriesState)
 _json_encoder = msgspec.json.Encoder()
 
@@ -386,9 +405,26 @@ class PlaysProcessor:
         self.idle_timeout_ms = idle_timeout_ms
         self.grace_ms = 2 * idle_timeout_ms if grace_ms is None else grace_ms
         self.series_horizon_ms = self.grace_ms if series_horizon_ms is None else series_horizon_ms
-        self._plays: dict[tuple[str, str], PlayState] = {}
+        # Closed plays that nothing has changed since their state was taken rest as bytes
+        # (`_to_rest`): in a backlog, every play is held for the grace period after it
+        # closes, and that is most of the processor's memory.
+        self._plays: dict[tuple[str, str], PlayState | bytes] = {}
         self._open: set[tuple[str, str]] = set()
-        self._closed: set[tuple[str, str]] = set()
+        # Deadline indexes, so a flush looks only at plays that are due, not at every held
+        # play: open plays by last ts and by last received_at (idle closing), closed plays
+        # by last received_at, then by last ts (forgetting needs both past the grace).
+        # Entries are (time, key). An open play has at most one entry per idle index
+        # (`_idle_indexed`): when it comes up with an older time than the play's, it goes
+        # back in with the current one. An expiry entry whose time no longer matches the
+        # play is stale and skipped (the play was changed and indexed again).
+        self._idle_by_ts: list[tuple[int, tuple[str, str]]] = []
+        self._idle_by_received: list[tuple[int, tuple[str, str]]] = []
+        self._idle_indexed: dict[str, set[tuple[str, str]]] = {
+            "last_ts": set(),
+            "last_received_at": set(),
+        }
+        self._expiry_by_received: list[tuple[int, tuple[str, str]]] = []
+        self._expiry_by_ts: list[tuple[int, tuple[str, str]]] = []
         self._touched: set[tuple[str, str]] = set()
         self._series: dict[SeriesKey, SeriesState] = {}
         self._pending_series: set[SeriesKey] = set()
@@ -424,7 +460,7 @@ class PlaysProcessor:
                 by_play.setdefault(play_id, []).append(event)
         for play_id, events in by_play.items():
             key = (record.project, play_id)
-            state = self._plays.get(key)
+            state = self._play(key)
             if state is None:
                 state = _new_state(record.project, play_id, position.partition, events[0])
                 state.last_received_at = received_at
@@ -442,7 +478,6 @@ class PlaysProcessor:
             self._touched.add(key)
             if state.closed and not state.ends_itself:
                 state.closed = False  # idle-closed, and it turns out not to be over
-                self._closed.discard(key)
                 self._open.add(key)
 
     # ------------------------------------------------------------ output
@@ -451,18 +486,21 @@ class PlaysProcessor:
         """Close what is due, return rows for closed plays that changed since they were
         last written (plus tombstones), and points for the series that changed; then forget
         plays past their grace period and series past their horizon."""
-        for key in list(self._open):
-            state = self._plays[key]
-            if state.ends_itself or self._idle(state, now_ms):
-                state.closed = True
-                self._open.discard(key)
-                self._closed.add(key)
-                self._touched.add(key)
-                self._changed_plays.add(key)
+        for key in list(self._touched):  # new or changed since the last flush: index them
+            state = self._held(key)
+            if state.closed:
+                heapq.heappush(self._expiry_by_received, (state.last_received_at, key))
+            elif state.ends_itself:
+                self._close(key, state)
+            else:
+                self._index_idle(self._idle_by_ts, "last_ts", key, state)
+                self._index_idle(self._idle_by_received, "last_received_at", key, state)
+        self._close_idle(self._idle_by_ts, "last_ts", self._watermark)
+        self._close_idle(self._idle_by_received, "last_received_at", now_ms)
 
         rows: list[tuple[object, ...]] = []
         for key in sorted(self._touched):
-            state = self._plays[key]
+            state = self._held(key)
             self._sync_series(state)
             if state.closed and state.emitted_version != state.version:
                 previous = state.emitted_first_ts
@@ -473,16 +511,7 @@ class PlaysProcessor:
                 state.emitted_first_ts = state.first_ts
                 self._changed_plays.add(key)
         self._touched.clear()
-
-        for key in list(self._closed):
-            state = self._plays[key]
-            if (
-                state.last_ts + self.grace_ms < self._watermark
-                and state.last_received_at + self.grace_ms < self._received_watermark
-            ):
-                del self._plays[key]
-                self._closed.discard(key)
-                self._changed_plays.add(key)
+        self._forget_expired()
 
         points = self._series_points()
         output = ProcessorOutput(points=points)
@@ -490,11 +519,76 @@ class PlaysProcessor:
             output.tables.append(TableRows(PLAYS_TABLE, PLAY_COLUMNS, rows))
         return output
 
-    def _idle(self, state: PlayState, now_ms: int) -> bool:
-        return (
-            state.last_ts + self.idle_timeout_ms < self._watermark
-            or state.last_received_at + self.idle_timeout_ms < now_ms
-        )
+    def _play(self, key: tuple[str, str]) -> PlayState | None:
+        """The held play, as an object from now on (it is about to change)."""
+        state = self._plays.get(key)
+        if isinstance(state, bytes):
+            state = self._plays[key] = _from_rest(state)
+        return state
+
+    def _held(self, key: tuple[str, str]) -> PlayState:
+        state = self._play(key)
+        assert state is not None
+        return state
+
+    def _peek(self, key: tuple[str, str]) -> PlayState | None:
+        """The held play, read only (a resting play stays at rest)."""
+        state = self._plays.get(key)
+        return _resting_decoder.decode(state) if isinstance(state, bytes) else state
+
+    def _close(self, key: tuple[str, str], state: PlayState) -> None:
+        state.closed = True
+        self._open.discard(key)
+        self._touched.add(key)
+        self._changed_plays.add(key)
+        heapq.heappush(self._expiry_by_received, (state.last_received_at, key))
+
+    def _index_idle(
+        self,
+        index: list[tuple[int, tuple[str, str]]],
+        field: str,
+        key: tuple[str, str],
+        state: PlayState,
+    ) -> None:
+        indexed = self._idle_indexed[field]
+        if key not in indexed:
+            indexed.add(key)
+            heapq.heappush(index, (getattr(state, field), key))
+
+    def _close_idle(self, index: list[tuple[int, tuple[str, str]]], field: str, clock: int) -> None:
+        """Close the open plays whose `field` + idle timeout is before `clock`."""
+        indexed = self._idle_indexed[field]
+        while index and index[0][0] + self.idle_timeout_ms < clock:
+            _, key = heapq.heappop(index)
+            state = self._plays.get(key)  # open plays never rest as bytes
+            if not isinstance(state, PlayState) or state.closed:
+                indexed.discard(key)
+            elif getattr(state, field) + self.idle_timeout_ms < clock:
+                indexed.discard(key)
+                self._close(key, state)
+            else:  # it moved on since it was indexed
+                heapq.heappush(index, (getattr(state, field), key))
+
+    def _forget_expired(self) -> None:
+        """Forget closed plays past the grace period in both event and arrival time."""
+        grace = self.grace_ms
+        by_received, by_ts = self._expiry_by_received, self._expiry_by_ts
+        while by_received and by_received[0][0] + grace < self._received_watermark:
+            at, key = heapq.heappop(by_received)
+            state = self._peek(key)
+            if state is not None and state.closed and state.last_received_at == at:
+                heapq.heappush(by_ts, (state.last_ts, key))
+        while by_ts and by_ts[0][0] + grace < self._watermark:
+            at, key = heapq.heappop(by_ts)
+            state = self._peek(key)
+            if (
+                state is not None
+                and state.closed
+                and state.last_ts == at
+                and state.last_received_at + grace < self._received_watermark
+            ):
+                del self._plays[key]
+                self._changed_plays.add(key)
 
     def _sync_series(self, state: PlayState) -> None:
         new_key: SeriesKey = (
@@ -565,10 +659,13 @@ class PlaysProcessor:
     def take_state_changes(self) -> dict[str, bytes | None]:
         changes: dict[str, bytes | None] = {}
         for project, play_id in sorted(self._changed_plays):
-            state = self._plays.get((project, play_id))
+            play_key = (project, play_id)
+            state = self._play(play_key)
             changes[play_state_key(project, play_id)] = (
                 None if state is None else _play_encoder.encode(state)
             )
+            if state is not None and state.closed and play_key not in self._touched:
+                self._plays[play_key] = _to_rest(state)
         for key in sorted(self._changed_series):
             series = self._series.get(key)
             changes[series_state_key(key)] = (
@@ -585,7 +682,8 @@ class PlaysProcessor:
             state = _play_decoder.decode(value)
             play_key = (state.project, state.play_id)
             self._plays[play_key] = state
-            (self._closed if state.closed else self._open).add(play_key)
+            if not state.closed:
+                self._open.add(play_key)
             self._touched.add(play_key)  # re-sync its series, write it if still unwritten
             self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
             self._received_watermark = max(self._received_watermark, state.last_received_at)
@@ -607,15 +705,15 @@ class PlaysProcessor:
 def _new_state(project: str, play_id: str, partition: int, event: Event) -> PlayState:
     """A state whose first event is `event`; `_apply` then counts it like any other."""
     return PlayState(
-        project=project,
+        project=intern(project),
         play_id=play_id,
         partition=partition,
         first_ts=event.ts,
         first_event_id=event.event_id,
         user_id=event.user_id,
-        device_model=event.device_model,
-        app_version=event.app_version,
-        region=event.region,
+        device_model=intern(event.device_model),
+        app_version=intern(event.app_version),
+        region=intern(event.region),
         last_ts=event.ts,
         last_received_at=0,
     )
@@ -634,9 +732,9 @@ def _apply(state: PlayState, event: Event, received_at: int) -> bool:
     if order < (state.first_ts, state.first_event_id):
         state.first_ts, state.first_event_id = order
         state.user_id = event.user_id
-        state.device_model = event.device_model
-        state.app_version = event.app_version
-        state.region = event.region
+        state.device_model = intern(event.device_model)
+        state.app_version = intern(event.app_version)
+        state.region = intern(event.region)
     props = event.props
     content_id = props.get("content_id")
     if (
@@ -644,7 +742,7 @@ def _apply(state: PlayState, event: Event, received_at: int) -> bool:
         and content_id
         and (state.content_ts is None or order < (state.content_ts, state.content_event_id))
     ):
-        state.content_id = content_id
+        state.content_id = intern(content_id)
         state.content_ts, state.content_event_id = order
 
     kind = event.type

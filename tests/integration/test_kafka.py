@@ -4,6 +4,7 @@ real broker of deploy/local/services.sh."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import faust
 import pytest
@@ -61,11 +62,12 @@ async def test_produce_consume_round_trip_keeps_key_order(unique_name: str) -> N
         assert [v for k, v in received if k == key] == [v for k, v in sent if k == key]
 
 
-async def test_faust_agent_consumes_and_stops_cleanly(unique_name: str) -> None:
+async def test_faust_agent_consumes_and_stops_cleanly(unique_name: str, tmp_path: Path) -> None:
     app = faust.App(
         unique_name,
         broker=f"kafka://{KAFKA_BOOTSTRAP}",
         store="memory://",
+        datadir=tmp_path,  # Faust's default is `<app id>-data` in the current directory
         web_enabled=False,
         topic_partitions=1,
         topic_replication_factor=1,

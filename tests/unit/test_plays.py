@@ -432,6 +432,43 @@ def test_late_event_after_close_re_emits_the_same_play_with_a_higher_version() -
     assert second == closed_row(*NORMAL, late)
 
 
+def test_a_closed_play_at_rest_takes_a_late_event_like_a_held_one() -> None:
+    """Taking the state changes puts closed plays at rest (compact bytes); a late event,
+    a replayed record and the forgetting all see the same play as before."""
+    feed = Feed()
+    closing = feed.send(*NORMAL)
+    (first,) = feed.rows(feed.flush(T0 + 30_000))
+    feed.processor.take_state_changes()
+    feed.processor.process(  # the closing record again: a replay changes nothing
+        EventRecord(project=PROJECT, received_at=T0 + 40_000, events=list(NORMAL)), closing
+    )
+    assert feed.rows(feed.flush(T0 + 40_000)) == []
+    late = ev("heartbeat", T0 + 15_000, played_ms=5_000, bitrate_kbps=3000)
+    feed.send(late, received_at=T0 + 200_000)
+    (second,) = feed.rows(feed.flush(T0 + 200_000))
+    assert second == closed_row(*NORMAL, late)
+    assert int(str(second["version"])) > int(str(first["version"]))
+    feed.processor.take_state_changes()
+    later = T0 + 200_000 + 2 * IDLE + 1
+    feed.send(ev("request", later, play_id="pl-2"), received_at=later)
+    feed.flush(later)
+    assert feed.processor.held_plays() == 1  # pl-1 forgotten from rest, pl-2 held
+
+
+def test_a_play_that_keeps_going_stays_open_and_idles_out_after_its_last_event() -> None:
+    feed = Feed()
+    feed.send(ev("start", T0, startup_ms=100, bitrate_kbps=1), received_at=T0)
+    at = T0
+    for _ in range(40):  # a heartbeat every 10 s, flushed each time: 400 s > IDLE
+        at += 10_000
+        feed.send(ev("heartbeat", at, played_ms=10_000, bitrate_kbps=1), received_at=at)
+        assert feed.rows(feed.flush(at + 1)) == []
+    assert feed.processor.open_plays() == 1
+    assert feed.rows(feed.flush(at + IDLE)) == []
+    (row,) = feed.rows(feed.flush(at + IDLE + 2))
+    assert (row["event_count"], row["played_ms"]) == (41, 400_000)
+
+
 def test_idle_closed_play_re_opens_when_it_turns_out_not_to_be_over() -> None:
     feed = Feed()
     feed.send(ev("start", T0, startup_ms=100, bitrate_kbps=1), received_at=T0)
