@@ -5,7 +5,7 @@ requests/s with these figures; they come from the same pure, seeded generator th
 simulator sends (quip/simulate.py), so nothing is sent anywhere and a run takes seconds.
 
 Reported:
-- events per active user-day, sessions per active user-day, events per session, and the
+- events, sessions and plays per active user-day, events per session, and the
   busiest hour's share of a day (peak factor = busiest hour / mean hour) from a historical
   plan of `--users` users over `--days` days;
 - events/s of one running headset (the simulator's live calibration: session events over
@@ -60,6 +60,7 @@ def measure(users: int, days: int, seed: int, flush_s: float) -> dict[str, Any]:
     events = requests = event_bytes = 0
     user_days: set[tuple[str, int]] = set()
     sessions: set[str] = set()
+    plays: set[str] = set()
     per_hour: Counter[int] = Counter()
     for item in historical_items(live):
         if not isinstance(item, Batch):
@@ -70,6 +71,8 @@ def measure(users: int, days: int, seed: int, flush_s: float) -> dict[str, Any]:
             events += 1
             event_bytes += len(json.dumps({**event, **item.context}, separators=(",", ":")))
             user_days.add((item.user_id, event["ts"] // DAY_MS))
+            if event["type"].startswith("playback_"):
+                plays.add(event["props"]["play_id"])
             per_hour[event["ts"] // HOUR_MS] += 1
     historical = Historical(seed=seed, users=users, days=days, end_ms=end_ms)
     historical_requests = sum(isinstance(item, Batch) for item in historical_items(historical))
@@ -82,6 +85,7 @@ def measure(users: int, days: int, seed: int, flush_s: float) -> dict[str, Any]:
         "events_per_user_day": round(events / len(user_days), 1),
         "sessions_per_user_day": round(len(sessions) / len(user_days), 2),
         "events_per_session": round(events / len(sessions), 1),
+        "plays_per_user_day": round(len(plays) / len(user_days), 2),
         "peak_hour_factor": round(max(per_hour.values()) / (events / hours), 2),
         "headset_events_per_s": round(calibration.events_per_s, 4),
         "mean_session_s": round(session_s, 1),
