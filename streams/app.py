@@ -124,8 +124,12 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
             if read is not None and offset < read:
                 continue  # already delivered (Faust drops these too)
             if read and offset - read > 1 and acks_enabled_for(message.topic):
-                # transaction markers and compaction leave gaps; commits must step over them
-                await self._add_gap(tp, read + 1, offset)
+                # Transaction markers (one after every gateway request) and compaction leave
+                # gaps that commits must step over. The gap ends before this record: Faust's
+                # own loop passes `offset`, which puts the record in the gap *and* in the
+                # acked list; the duplicate breaks the run of consecutive offsets that
+                # `_new_offset` commits, so each commit advanced one record.
+                await self._add_gap(tp, read + 1, offset - 1)
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
@@ -297,14 +301,25 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         for pipeline in state.pipelines:
             await pipeline.tick()
 
+    lag_labels: set[tuple[str, str]] = set()
+
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def _lag() -> None:
         consumer = app.consumer
+        # Faust keeps what it committed per partition and has no public accessor for it.
+        committed_offsets = consumer._committed_offset  # type: ignore[attr-defined]
+        assigned = set()
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            committed = await consumer.committed(tp) if hasattr(consumer, "committed") else None
+            committed = committed_offsets.get(tp)
             if highwater is not None and committed is not None:
-                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - committed, 0))
+                labels = (tp.topic, str(tp.partition))
+                CONSUMER_LAG.labels(*labels).set(max(highwater - committed, 0))
+                assigned.add(labels)
+        for labels in lag_labels - assigned:  # moved to another worker: not ours to report
+            CONSUMER_LAG.remove(*labels)
+        lag_labels.clear()
+        lag_labels.update(assigned)
 
     @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
     async def _active_user_gauges() -> None:
