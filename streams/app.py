@@ -124,12 +124,12 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
             if read is not None and offset < read:
                 continue  # already delivered (Faust drops these too)
             if read and offset - read > 1 and acks_enabled_for(message.topic):
-                # Transaction markers (one after every gateway request) and compaction leave
-                # gaps that commits must step over. The gap ends before this record: Faust's
-                # own loop passes `offset`, which puts the record in the gap *and* in the
-                # acked list; the duplicate breaks the run of consecutive offsets that
-                # `_new_offset` commits, so each commit advanced one record.
-                await self._add_gap(tp, read + 1, offset - 1)
+                # transaction markers and compaction leave gaps; commits must step over them.
+                # Known defect (docs: benchmarks/README.md, soak): like Faust's own loop this
+                # puts the record itself in the gap, so commits advance about one record each;
+                # ending the gap at offset - 1 fixes that but exposed lost open plays across
+                # two rebalances (tests/integration/test_scale_out.py), not yet understood.
+                await self._add_gap(tp, read + 1, offset)
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
