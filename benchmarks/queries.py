@@ -76,7 +76,6 @@ import os
 import platform
 import shutil
 import string
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +95,7 @@ if str(REPO) not in sys.path:  # run as a script: make the project's packages im
 from api.app import create_app  # noqa: E402
 from api.cache import QueryCache  # noqa: E402
 from api.context import ApiContext  # noqa: E402
+from benchmarks.ingest import git_commit  # noqa: E402
 from quip.settings import Mode, Settings  # noqa: E402
 from schemas.funnels import FunnelDefinition, FunnelStep  # noqa: E402
 from sinks.clickhouse import (  # noqa: E402
@@ -890,21 +890,6 @@ def evaluate_targets(engines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
                 }
             )
     return verdicts
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def machine_info() -> dict[str, Any]:

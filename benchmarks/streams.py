@@ -80,6 +80,7 @@ if str(REPO) not in sys.path:  # run as a script: make the project's packages im
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
+from benchmarks.ingest import git_commit  # noqa: E402
 from ingest.producer import BusUnavailable, GroupCommitProducer, OutgoingRecord  # noqa: E402
 from quip.topics import apply_topics  # noqa: E402
 from schemas.events import Event, EventRecord, encode_record, record_key  # noqa: E402
@@ -1471,21 +1472,6 @@ def measure_freshness(run: Run) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def influx_query(url: str, query: str) -> None:
