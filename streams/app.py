@@ -64,7 +64,7 @@ WORKER_WEB_PORT = 6066
 CRASH_EXIT_STATUS = 70  # EX_SOFTWARE
 
 
-DirectHandler = Callable[[list[Any]], Awaitable[None]]
+DirectHandler = Callable[[list[Any], int], Awaitable[None]]
 
 
 class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -84,18 +84,24 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
         """Faust's fetch loop (faust-streaming 0.15.3, `Consumer._drain_messages`) with one
         `wait_first(delivery, suspend_flow)` per fetched batch instead of per message: that
         wait creates four futures and an `asyncio.wait` for every record, the largest
-        single cost of a small record. Same order, offsets, gap and commit bookkeeping; a
-        flow suspension (rebalance) still abandons the rest of the batch, which is fetched
-        again from the committed offsets afterwards."""
+        single cost of a small record. Same order and offset bookkeeping; a rebalance
+        abandons the rest of the batch, which is fetched again from the committed offsets
+        afterwards."""
         should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         try:
             while not (should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
                 batch = [item async for item in self.getmany(timeout=1.0)]
-                await self.sleep(0)
                 if batch and not self.should_stop:
-                    await self.wait_first(self._deliver(batch), self.suspend_flow.wait())
+                    # No await since the fetch returned: a rebalance has either not begun
+                    # or already taken the revoked partitions out of the active set.
+                    generation = self.app.rebalancing_count
+                    handed, streamed = self._read(batch)
+                    await self.wait_first(
+                        self._deliver(handed, streamed, generation), self.suspend_flow.wait()
+                    )
+                await self.sleep(0)
                 self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -111,39 +117,64 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
-    async def _deliver(self, batch: list[tuple[Any, Any]]) -> None:
-        callback = self.callback
+    def _read(self, batch: list[tuple[Any, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
+        """Records the read offsets (and the gaps between them) of a fetched batch and
+        splits it into the direct handlers' messages, by topic, and the streams' messages.
+        Synchronous on purpose: a revocation clears the read offsets, and one written back
+        afterwards would make the refetched records look delivered. Records of partitions
+        no longer active (revoked, or paused for recovery) are dropped: they are fetched
+        again from the committed offsets."""
+        active = self._get_active_partitions()
         read_offsets = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
         handlers: dict[str, DirectHandler] = getattr(self.app, "direct_handlers", {})
         handed: dict[str, list[Any]] = {}
-        since_yield = 0
+        streamed: list[Any] = []
+        gapped: set[Any] = set()
         for tp, message in batch:
+            if tp not in active:
+                continue
             offset = message.offset
             read = read_offsets[tp]
             if read is not None and offset < read:
                 continue  # already delivered (Faust drops these too)
-            if read and offset - read > 1 and acks_enabled_for(message.topic):
-                # transaction markers and compaction leave gaps; commits must step over them.
-                # Known defect (docs: benchmarks/README.md, soak): like Faust's own loop this
-                # puts the record itself in the gap, so commits advance about one record each;
-                # ending the gap at offset - 1 fixes that but exposed lost open plays across
-                # two rebalances (tests/integration/test_scale_out.py), not yet understood.
-                await self._add_gap(tp, read + 1, offset)
-            if self._commit_every is not None and self._n_acked >= self._commit_every:
-                self._n_acked = 0
-                await self.commit()
+            if read is not None and offset - read > 1 and acks_enabled_for(message.topic):
+                self._add_gap_between(tp, read, offset)
+                gapped.add(tp)
             if message.topic in handlers:
                 handed.setdefault(message.topic, []).append(message)
             else:
-                since_yield += 1
-                if since_yield > 100:  # let the web pages and timers in
-                    await asyncio.sleep(0)
-                    since_yield = 0
-                await callback(message)
+                streamed.append(message)
             read_offsets[tp] = offset
+        for tp in gapped:  # a refetch after a seek may add a gap again
+            self._gap[tp].merge_overlaps()
+        return handed, streamed
+
+    async def _deliver(
+        self, handed: dict[str, list[Any]], streamed: list[Any], generation: int
+    ) -> None:
+        app = self.app
+        callback = self.callback
+        for n, message in enumerate(streamed, 1):
+            if n % 100 == 0:  # let the web pages and timers in
+                await asyncio.sleep(0)
+            if app.rebalancing_count != generation:
+                return
+            await callback(message)
+        handlers: dict[str, DirectHandler] = getattr(app, "direct_handlers", {})
         for topic, messages in handed.items():
-            await handlers[topic](messages)
+            await handlers[topic](messages, generation)
+
+    def _add_gap_between(self, tp: Any, read: int, offset: int) -> None:
+        """Offsets strictly between two delivered records (transaction markers, aborted or
+        compacted records) count as acked for the commit. Faust's own loop puts the second
+        record in the gap too; acked again, it breaks the run of consecutive offsets
+        `_new_offset` commits, so each commit advanced about one record while the acked
+        list grew (the gateway's transactions put a marker after every record)."""
+        committed = self._committed_offset[tp]
+        start = read + 1 if committed is None else max(read + 1, committed + 1)
+        if start < offset:
+            self._gap[tp].addi(start, offset)  # intervaltree: end excluded
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -266,7 +297,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         dead_letters=dead_letters,
         ack=_acker(app),
         changelog=changelog,
-        recovering=lambda: bool(app.rebalancing),
+        generation=lambda: app.rebalancing_count,
     )
     state.pipelines = [pipeline]
     # The events topic bypasses Faust's per-message streams (see WorkerApp); subscribing
@@ -289,12 +320,31 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     async def _close_changelog(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         await changelog.close()
 
+    changelog_topics = {
+        stage.state_table.changelog_topic.get_topic_name()
+        for stage in stages
+        if stage.state_table is not None
+    }
+
     @app.on_partitions_revoked.connect
-    async def _forget(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+    async def _revoke(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         revoked: set[Any] = args[0]
         partitions = [tp.partition for tp in revoked if tp.topic == ANALYTICS_EVENTS.name]
+        # Faust would recover a partition this worker keeps from where its last recovery
+        # stopped, into processors that no longer exist: make it read the whole changelog.
+        recovered_up_to = app.tables.recovery.active_offsets  # type: ignore[attr-defined]
+        for tp in [tp for tp in recovered_up_to if tp.topic in changelog_topics]:
+            del recovered_up_to[tp]
         for pipeline in state.pipelines:
-            pipeline.forget(partitions)
+            await pipeline.revoke(partitions)
+
+    @app.on_rebalance_complete.connect
+    async def _load_recovered(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        assigned = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == ANALYTICS_EVENTS.name
+        }
+        for pipeline in state.pipelines:
+            pipeline.load_recovered(assigned)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def _tick() -> None:

@@ -11,13 +11,19 @@ exact.
 
 Stateful processors run one instance per partition (like Kafka Streams tasks): their
 state changes go to a Faust table's changelog on the *same* partition, keyed
-`<partition>/<key>` (raw bytes both ways), and a partition's instance is rebuilt from the
-table when the partition is (re)assigned. The table's in-memory store only holds what
+`<partition>/<key>` (raw bytes both ways). The table's in-memory store only holds what
 recovery read from the changelog until the processors have loaded it: the processors own
-the live state, and the memory store always recovers from the start of the changelog
-(it persists no offset), so a copy kept there would only double the memory. Records at or
-before a state's last applied position are ignored by the processor, so a replay after a
-crash cannot double count.
+the live state, so a copy kept there would only double the memory. Records at or before a
+state's last applied position are ignored by the processor, so a replay after a crash
+cannot double count.
+
+Rebalances: on revocation (every partition: the group rebalances eagerly) the processors
+are dropped and every partition's state is recovered again from the start of its
+changelog (streams/app.py), so a worker's state is always exactly its changelog plus the
+records replayed from the committed offsets. What a batch changed reaches the changelog
+before the batch is acked, and a batch still in flight when its partitions are revoked
+writes neither its state changes nor its acks: its records are replayed by whoever owns
+them next. Writing them late could put an old state after the new owner's newer one.
 """
 
 from __future__ import annotations
@@ -147,20 +153,21 @@ class EventPipeline:
         dead_letters: Any = None,
         ack: Callable[[Any], None] | None = None,
         changelog: ChangelogWriter | None = None,
-        recovering: Callable[[], bool] = lambda: False,
+        generation: Callable[[], int] = lambda: 0,
     ) -> None:
         self.stages = list(stages)
         self.writer = writer
         self.dead_letters = dead_letters
         self.ack = ack
         self.changelog = changelog
-        self.recovering = recovering  # True while a rebalance's table recovery runs
+        # Changes as soon as a rebalance starts: messages fetched in an older generation
+        # are neither processed nor acked (they are fetched again from the committed
+        # offsets), and their batches' state changes are not written.
+        self.generation = generation
         self._lock = asyncio.Lock()
+        self._changelog_lock = asyncio.Lock()
         # A few fetches ahead at most: a full queue blocks the fetch loop (back pressure).
         self._queue: asyncio.Queue[tuple[int, float, list[Any]]] = asyncio.Queue(maxsize=4)
-        # Bumped when partitions are revoked: messages fetched before are neither
-        # processed nor acked (they are fetched again from the committed offsets).
-        self._generation = 0
         self._storing: asyncio.Task[None] | None = None
 
     @property
@@ -168,9 +175,10 @@ class EventPipeline:
         return EVENTS_AGENT
 
     # ------------------------------------------------------------------ loop
-    async def enqueue(self, messages: list[Any]) -> None:
+    async def enqueue(self, messages: list[Any], generation: int) -> None:
+        """`generation`: the one in which the messages were fetched."""
         fetched_at = asyncio.get_running_loop().time()
-        await self._queue.put((self._generation, fetched_at, messages))
+        await self._queue.put((generation, fetched_at, messages))
 
     async def run(self) -> None:
         """Batch N+1 is decoded and processed while batch N is being stored. Storing is
@@ -179,7 +187,7 @@ class EventPipeline:
         while True:
             generation, batch = await self._next_batch()
             async with self._lock:
-                if generation != self._generation:
+                if generation != self.generation():
                     continue  # partitions were revoked while the batch was collected
                 count, undecodable = self._feed(batch)
                 taken = self._take()
@@ -205,7 +213,7 @@ class EventPipeline:
                     generation, fetched_at, batch = await self._queue.get()
             except TimeoutError:
                 continue
-            if generation == self._generation:
+            if generation == self.generation():
                 break
         batch = list(batch)
         size = sum(len(message.value or b"") for message in batch)
@@ -231,7 +239,6 @@ class EventPipeline:
     def _feed(self, messages: Sequence[Any]) -> tuple[int, list[tuple[Any, Exception]]]:
         count = 0
         undecodable: list[tuple[Any, Exception]] = []
-        self._load_recovered()
         stages = self.stages
         for message in messages:
             try:
@@ -250,43 +257,42 @@ class EventPipeline:
         """Flush without new records, so time-based closing (idle plays) happens on a
         quiet stream too."""
         async with self._lock:
-            self._load_recovered()
             taken = self._take()
             await self._stored()
-            await self._store(taken, self._generation, [], 0, [])
+            await self._store(taken, self.generation(), [], 0, [])
 
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions revoked: their state now belongs to another worker (and is recovered
-        from the changelog again if they come back). Messages fetched before the
-        rebalance are dropped: after it, fetching resumes from the committed offsets."""
-        self._generation += 1
+    async def revoke(self, partitions: Iterable[int]) -> None:
+        """Partitions revoked (the generation has already moved on): their state is
+        dropped, to be recovered from the changelog by whoever is assigned them next, this
+        worker included. Returns once no state change of the old generation can still
+        reach the changelog."""
         while not self._queue.empty():
             self._queue.get_nowait()
         partitions = list(partitions)
         for stage in self.stages:
             for partition in partitions:
                 stage.processors.pop(partition, None)
+            if stage.state_table is not None:
+                stage.state_table.data.clear()  # a recovery cut short may have left some
+        async with self._changelog_lock:
+            pass  # a write already under way completes; later ones see the new generation
 
-    # ------------------------------------------------------------------ internals
-    def _load_recovered(self) -> None:
-        """Load what recovery put in the tables' memory stores into the processors of those
-        partitions (created now, so a quiet partition's open plays still close on time),
-        then empty the stores. Entries for a partition whose processor is live are older
-        than its state (every change is in the changelog before the offsets move): skipped.
-        Nothing is loaded while recovery is still filling the stores."""
-        if self.recovering():
-            return
+    def load_recovered(self, assigned: set[int]) -> None:
+        """Recovery is complete: load what it put in the tables' memory stores into the
+        processors of the assigned partitions (created now, so a quiet partition's open
+        plays still close on time), then empty the stores."""
         for stage in self.stages:
             data = stage.state_table.data if stage.state_table is not None else None
             if not data:
                 continue
-            live = set(stage.processors)
             for raw_key, value in data.items():
                 key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
                 partition_text, _, state_key = key.partition("/")
-                if value and partition_text.isdigit() and int(partition_text) not in live:
+                if value and partition_text.isdigit() and int(partition_text) in assigned:
                     stage.processor(int(partition_text)).load_state(state_key, value)
             data.clear()
+
+    # ------------------------------------------------------------------ internals
 
     def _take(self) -> tuple[list[ProcessorOutput], list[ChangelogSend]]:
         """Flush every processor and take its state changes, before the next batch
@@ -321,17 +327,21 @@ class EventPipeline:
     ) -> None:
         """Sinks first, then the changelog (and wait until Kafka has it: a committed offset
         whose state change was lost would drop those records' effect for good), then ack
-        the batch so its offsets can be committed."""
+        the batch so its offsets can be committed. A batch whose partitions were revoked
+        meanwhile stops after the sinks (idempotent): see the module docstring."""
         outputs, sends = taken
         await self.writer.write(merge_outputs(outputs))
         for stage, output in zip(self.stages, outputs, strict=True):
             if stage.observe is not None:
                 stage.observe(output)
-        if sends and self.changelog is not None:
-            await self.changelog.write(sends)
+        async with self._changelog_lock:
+            if generation != self.generation():
+                return
+            if sends and self.changelog is not None:
+                await self.changelog.write(sends)
         for message, exc in undecodable:
             await self._undecodable(message, exc)
-        if self.ack is not None and generation == self._generation:
+        if self.ack is not None and generation == self.generation():
             for message in batch:
                 self.ack(message)
         if count:
