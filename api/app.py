@@ -11,6 +11,10 @@
 Predefined funnels are read from QUIP_FUNNELS_FILE here, so a bad file stops start-up
 (FunnelConfigError) instead of failing requests.
 
+User erasures are also put on the bus (`publisher`), so the workers forget the user's state:
+`quip up` hands its local bus over; in cluster mode the app opens its own Kafka producer
+(started and stopped with the app) unless one is given; otherwise erasures only delete rows.
+
 Routes: one router per resource under api/routes/ (the dashboard page included);
 `/health`, `/ready` (ClickHouse answers `SELECT 1`) and `/metrics` (Prometheus, with
 `cache_hit_ratio`) from quip/ops.py.
@@ -41,7 +45,9 @@ from api.routes import (
     services,
     users,
 )
+from ingest.app import Publisher
 from ingest.auth import KeyRing
+from ingest.producer import GroupCommitProducer
 from quip.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
 from quip.settings import Mode, Settings
 from schemas.funnels import load_funnels
@@ -89,12 +95,16 @@ def create_app(
     *,
     pool_size: int = POOL_SIZE,
     cache: QueryCache | None = None,
+    publisher: Publisher | None = None,
 ) -> FastAPI:
     """The query API app. Raises ValueError when cluster mode lacks read or admin keys,
     FunnelConfigError for a bad QUIP_FUNNELS_FILE."""
     settings = settings or Settings()
     settings.require_keys("read_keys", "admin_keys")
     definitions = load_funnels(settings.funnels_file) if settings.funnels_file else []
+    own_publisher = publisher is None and settings.mode is Mode.CLUSTER
+    if own_publisher:
+        publisher = GroupCommitProducer(settings.kafka_bootstrap, lanes=1, client_id="quip-api")
     context = ApiContext(
         settings=settings,
         read_keys=KeyRing(settings.read_key_projects),
@@ -103,14 +113,19 @@ def create_app(
         cache=cache if cache is not None else QueryCache(),
         funnels={definition.name: definition for definition in definitions},
         today=utc_today,
+        publisher=publisher,
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if own_publisher and publisher is not None:
+            await publisher.start()
         try:
             yield
         finally:
             await context.close()
+            if own_publisher and publisher is not None:
+                await publisher.stop()
 
     async def readiness() -> dict[str, Any]:
         try:

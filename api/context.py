@@ -15,6 +15,7 @@ from typing import Final
 from api.cache import QueryCache
 from api.pool import EnginePool
 from api.results import Results
+from ingest.app import Publisher
 from ingest.auth import KeyRing
 from quip.settings import Settings
 from schemas.funnels import FunnelDefinition
@@ -38,6 +39,7 @@ class ApiContext:
     cache: QueryCache
     funnels: dict[str, FunnelDefinition]
     today: Callable[[], date]
+    publisher: Publisher | None = None  # where erasures go for the workers (api/app.py)
     results: Results = field(init=False)
     _watchers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 

@@ -6,6 +6,8 @@
 - `HTTPException` (401/403/404 from the routes) keeps its status, message and headers.
 - `ClickHouseError` → 503 with `Retry-After`: the analytics store is down or refused the
   query. The engine's text goes to the log, not to the client.
+- `BusUnavailable` → 503 with the bus's `Retry-After`: an erasure could not be put on the
+  bus (Kafka down), so nothing of it was done.
 Anything else is a bug and stays a 500.
 """
 
@@ -21,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.models import ErrorResponse
 from api.params import BadRequest
+from ingest.producer import BusUnavailable
 from sinks.clickhouse import ClickHouseError
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     400: {"model": ErrorResponse, "description": "a parameter is malformed or out of range"},
     401: {"model": ErrorResponse, "description": "missing or unknown key"},
     403: {"model": ErrorResponse, "description": "the key does not give access to this"},
-    503: {"model": ErrorResponse, "description": "ClickHouse is unavailable; retry later"},
+    503: {"model": ErrorResponse, "description": "ClickHouse or Kafka is unavailable; retry later"},
 }
 
 
@@ -63,7 +66,18 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _bus_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BusUnavailable)
+    log.warning("the bus refused %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the event bus is unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BadRequest, _bad_request)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ClickHouseError, _store_unavailable)
+    app.add_exception_handler(BusUnavailable, _bus_unavailable)

@@ -155,6 +155,29 @@ def record_key(project: str, user_id: str) -> bytes:
     return f"{project}:{user_id}".encode()
 
 
+# The type of the one event of an erasure record. Clients cannot send it: event types start
+# with a lowercase letter (`validate`).
+ERASURE_TYPE = "$erase"
+
+
+def erasure_record(project: str, user_id: str, received_at: int) -> EventRecord:
+    """A request to forget a user (`DELETE /v1/users/{id}`), published under the user's
+    record key so it follows the user's earlier events in their partition: the processors
+    drop the user's state and pending rows, and the sinks delete the user's rows once
+    everything before it is stored."""
+    event = Event(event_id=f"{ERASURE_TYPE}:{received_at}", type=ERASURE_TYPE, user_id=user_id,
+                  ts=received_at)  # fmt: skip
+    return EventRecord(project=project, received_at=received_at, events=[event])
+
+
+def erased_user(record: EventRecord) -> str | None:
+    """The user an erasure record erases; None for a record of events."""
+    events = record.events
+    if len(events) == 1 and events[0].type == ERASURE_TYPE:
+        return events[0].user_id
+    return None
+
+
 def encode_record(record: EventRecord) -> bytes:
     return _encoder.encode(record)
 

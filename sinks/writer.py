@@ -22,9 +22,12 @@ from prometheus_client import Histogram
 
 from sinks.clickhouse import ClickHouse
 from sinks.influx import InfluxWriter
+from sinks.queries.erasure import erase_users
 from streams.processors.base import ProcessorOutput, SeriesPoint, TableRows
 
 log = logging.getLogger(__name__)
+
+ERASURES = "erasures"  # the connection the erasures use (one per table otherwise)
 
 SINK_BATCH_ROWS = Histogram(
     "sink_batch_rows",
@@ -78,6 +81,8 @@ class SinkWriter:
         """Return when every part of `output` is stored. Never raises for store errors."""
         if output.is_empty():
             return
+        if output.erasures:  # before the inserts: rows after an erasure are new
+            await self._retrying(self._erase, output.erasures)
         parts = [self._retrying(self._insert, table) for table in output.tables if table.rows]
         if output.points and self._influx is not None:
             parts.append(self._retrying(self._write_points, output.points))
@@ -111,6 +116,18 @@ class SinkWriter:
         self.health.ok("clickhouse")
         SINK_WRITE_SECONDS.labels("clickhouse", table.table).observe(time.perf_counter() - started)
         SINK_BATCH_ROWS.labels("clickhouse", table.table).observe(len(table.rows))
+
+    def _erase(self, users: list[tuple[str, str]]) -> None:
+        try:
+            client = self._clients.get(ERASURES)
+            if client is None:
+                client = self._clients[ERASURES] = self._clickhouse_factory()
+            erase_users(client, users)
+        except Exception as exc:
+            self.health.failing("clickhouse", f"erasure failed: {exc}")
+            self._clients.pop(ERASURES, None)
+            raise
+        self.health.ok("clickhouse")
 
     def _write_points(self, points: list[SeriesPoint]) -> None:
         assert self._influx is not None

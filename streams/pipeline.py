@@ -45,7 +45,13 @@ from streams.metrics import (
     SOCIAL_MESSAGES_DELIVERED,
     UNDECODABLE_RECORDS,
 )
-from streams.processors.base import EventProcessor, Position, ProcessorOutput, StatefulProcessor
+from streams.processors.base import (
+    EventProcessor,
+    Position,
+    ProcessorOutput,
+    StatefulProcessor,
+    apply_record,
+)
 from streams.processors.services import ServiceDeadLetter, ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ def merge_outputs(outputs: Iterable[ProcessorOutput]) -> ProcessorOutput:
                 by_table[table.table] = table
                 merged.tables.append(table)
         merged.points.extend(output.points)
+        merged.erasures.extend(output.erasures)
     return merged
 
 
@@ -247,10 +254,8 @@ class EventPipeline:
                 undecodable.append((message, exc))
                 continue
             partition = message.partition
-            position = Position(partition, message.offset)
-            for stage in stages:
-                stage.processor(partition).process(record, position)
-            count += len(record.events)
+            processors = [stage.processor(partition) for stage in stages]
+            count += apply_record(record, Position(partition, message.offset), processors)
         return count, undecodable
 
     async def tick(self) -> None:

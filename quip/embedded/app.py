@@ -82,7 +82,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     factories: dict[str, Any] = processor_factories(settings)
     runner = EmbeddedRunner(bus, clickhouse, store, factories)
 
-    app = create_api_app(settings, clickhouse)
+    app = create_api_app(settings, clickhouse, publisher=bus)
     add_ingest_routes(app, Gateway(settings, bus))
     api_lifespan = app.router.lifespan_context
 

@@ -23,9 +23,16 @@ from quip.embedded.bus import LocalBus
 from schemas.events import decode_record
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouse
+from sinks.queries.erasure import erase_users
 from streams.metrics import EVENTS_PROCESSED, UNDECODABLE_RECORDS
 from streams.pipeline import merge_outputs
-from streams.processors.base import EventProcessor, Position, ProcessorOutput, StatefulProcessor
+from streams.processors.base import (
+    EventProcessor,
+    Position,
+    ProcessorOutput,
+    StatefulProcessor,
+    apply_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +125,7 @@ class EmbeddedRunner:
                         log.warning("undecodable record %d: %s", frame.first_seq + index, exc)
                         continue
                     position = Position(0, frame.first_seq + index)
-                    for processor in self.processors.values():
-                        processor.process(record, position)
-                    processed += len(record.events)
+                    processed += apply_record(record, position, self.processors.values())
             await self._commit_batch(frames[-1].end)
             EVENTS_PROCESSED.labels("embedded").inc(processed)
 
@@ -143,6 +148,9 @@ class EmbeddedRunner:
         done: set[str] = set()
         while True:
             try:
+                if output.erasures and "erasures" not in done:
+                    await asyncio.to_thread(erase_users, self.clickhouse, output.erasures)
+                    done.add("erasures")
                 for table in output.tables:
                     if table.rows and table.table not in done:
                         await asyncio.to_thread(

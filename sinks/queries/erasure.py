@@ -27,10 +27,11 @@ one). `pending_mutations` tells when the background work is finished.
 
 Values always go through `%(name)s` parameters; table names come from the fixed list here.
 
-Not erased here: the worker's in-memory and changelogged state (open plays, funnel event
-times) — a late event for an erased user can re-create a `plays` or `funnel_progress` row —
-and the raw events still in Kafka (`analytics.events`, 7 days): a consumer group that
-replays the topic writes them again. Both need a worker-side tombstone.
+The API runs `erase_user` at once; the erasure record it puts on the bus makes the worker
+(or `quip up`'s runner) drop the user's state and run it again (`erase_users`) after
+everything before it in the user's partition is stored, and a consumer group replaying
+the topic meets the record again after the user's events. Not erased: the raw events in
+Kafka until its retention.
 """
 
 from __future__ import annotations
@@ -96,3 +97,9 @@ def pending_mutations(ch: ClickHouse, tables: Sequence[str] = tuple(ERASURE_TARG
         {"database": ch.database, "tables": tuple(tables)},
     )
     return int(rows[0][0])
+
+
+def erase_users(ch: ClickHouse, users: Sequence[tuple[str, str]]) -> None:
+    """The worker's side of an erasure: (project, user_id) pairs, in order."""
+    for project, user_id in users:
+        erase_user(ch, project, user_id)

@@ -46,6 +46,13 @@ class ActivityProcessor:
             if key not in self._emitted and key not in self._pending:
                 self._pending[key] = (project, event.user_id, day_number)
 
+    def erase(self, project: str, user_id: str) -> None:
+        self._pending = {
+            key: row for key, row in self._pending.items() if row[0] != project or row[1] != user_id
+        }
+        # Hashes cannot tell whose they are; forgetting them all only re-sends some rows.
+        self._emitted.clear()
+
     def flush(self, now_ms: int) -> ProcessorOutput:
         del now_ms
         if not self._pending:

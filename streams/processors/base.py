@@ -1,6 +1,7 @@
 """The contract between a stream runner (Faust agent or embedded bus) and a processor.
 
-A runner feeds decoded records with their bus position, then asks for `flush(now_ms)`
+A runner feeds decoded records with their bus position (an erasure record goes to
+`erase` instead: `apply_record`), then asks for `flush(now_ms)`
 once per batch and hands the output to the sinks; only after the sinks have it are the
 offsets committed. Delivery is therefore at-least-once: a processor must produce output
 that is idempotent in its sink (ReplacingMergeTree keys, OR-merged bitmasks) and, when it
@@ -9,10 +10,11 @@ keeps state, ignore records at or before the position its state already reflects
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from schemas.events import EventRecord
+from schemas.events import EventRecord, erased_user
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -45,17 +47,25 @@ class SeriesPoint:
 
 @dataclass(slots=True)
 class ProcessorOutput:
+    """`erasures`: (project, user_id) whose stored rows the sinks delete before inserting
+    `tables` (which no longer hold the user's rows from before the erasure)."""
+
     tables: list[TableRows] = field(default_factory=list)
     points: list[SeriesPoint] = field(default_factory=list)
+    erasures: list[tuple[str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
-        return not any(t.rows for t in self.tables) and not self.points
+        return not any(t.rows for t in self.tables) and not self.points and not self.erasures
 
 
 class EventProcessor(Protocol):
     """Consumes `analytics.events` records."""
 
     def process(self, record: EventRecord, position: Position) -> None: ...
+
+    def erase(self, project: str, user_id: str) -> None:
+        """Forget the user: their state (a StatefulProcessor reports it deleted) and the
+        rows not flushed yet."""
 
     def flush(self, now_ms: int) -> ProcessorOutput: ...
 
@@ -70,3 +80,18 @@ class StatefulProcessor(EventProcessor, Protocol):
     def take_state_changes(self) -> dict[str, bytes | None]: ...
 
     def load_state(self, key: str, value: bytes) -> None: ...
+
+
+def apply_record(
+    record: EventRecord, position: Position, processors: Iterable[EventProcessor]
+) -> int:
+    """Feed one record to the processors; returns how many events it counts for (none
+    for an erasure record)."""
+    user_id = erased_user(record)
+    if user_id is not None:
+        for processor in processors:
+            processor.erase(record.project, user_id)
+        return 0
+    for processor in processors:
+        processor.process(record, position)
+    return len(record.events)

@@ -27,6 +27,7 @@ EVENTS_COLUMNS = (
 class EventsProcessor:
     def __init__(self) -> None:
         self._rows: list[tuple[object, ...]] = []
+        self._erasures: list[tuple[str, str]] = []
 
     def process(self, record: EventRecord, position: Position) -> None:
         del position  # the table deduplicates replays by key
@@ -48,9 +49,17 @@ class EventsProcessor:
             for event in record.events
         )
 
+    def erase(self, project: str, user_id: str) -> None:
+        """Also the one processor that asks the sinks to delete the user's stored rows, of
+        every table (sinks/queries/erasure.py)."""
+        self._rows = [row for row in self._rows if row[0] != project or row[3] != user_id]
+        self._erasures.append((project, user_id))
+
     def flush(self, now_ms: int) -> ProcessorOutput:
         del now_ms
         rows, self._rows = self._rows, []
+        erasures, self._erasures = self._erasures, []
         return ProcessorOutput(
-            tables=[TableRows(EVENTS_TABLE, EVENTS_COLUMNS, rows)] if rows else []
+            tables=[TableRows(EVENTS_TABLE, EVENTS_COLUMNS, rows)] if rows else [],
+            erasures=erasures,
         )

@@ -169,6 +169,14 @@ class FunnelsProcessor:
                 self._touched.add(key)
                 self._changed.add(key)
 
+    def erase(self, project: str, user_id: str) -> None:
+        key = state_key(project, user_id)
+        if self._users.pop(key, None) is not None:
+            self._changed.add(key)
+        self._decoded.discard(key)
+        self._touched.discard(key)
+        self._pending = {pending for pending in self._pending if pending[0] != key}
+
     def flush(self, now_ms: int) -> ProcessorOutput:
         rows = []
         for key, funnel, day in sorted(self._pending):

@@ -480,6 +480,24 @@ class PlaysProcessor:
                 state.closed = False  # idle-closed, and it turns out not to be over
                 self._open.add(key)
 
+    def erase(self, project: str, user_id: str) -> None:
+        """Drops the user's plays and their contributions to the QoE series (re-sent
+        without them). Scans every held play: erasures are rare."""
+        for key in [key for key in self._plays if key[0] == project]:
+            state = self._peek(key)
+            if state is None or state.user_id != user_id:
+                continue
+            del self._plays[key]
+            self._open.discard(key)
+            self._touched.discard(key)
+            self._changed_plays.add(key)
+            series_key = state.series_key
+            series = self._series.get(series_key) if series_key is not None else None
+            if series is not None and series.plays.pop(state.play_id, None) is not None:
+                assert series_key is not None
+                self._pending_series.add(series_key)
+                self._changed_series.add(series_key)
+
     # ------------------------------------------------------------ output
 
     def flush(self, now_ms: int) -> ProcessorOutput:

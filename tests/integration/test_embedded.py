@@ -146,3 +146,49 @@ def test_kill_and_restart_keep_numbers_exact(tmp_path: Path) -> None:
         1,
         1,
     )
+
+
+def test_erasure_forgets_the_users_funnel_progress(tmp_path: Path) -> None:
+    """`DELETE /v1/users/{id}` goes through the local bus to the runner: the user's
+    predefined-funnel progress restarts from nothing (the rows alone would come back with
+    the user's next step), another user's goes on."""
+    funnels_file = Path(__file__).resolve().parents[2] / "deploy" / "funnels.example.toml"
+    up = Embedded(tmp_path, {"QUIP_FUNNELS_FILE": str(funnels_file)})
+    up.start()
+    now = int(time.time() * 1000)
+    today = utc_day(now).isoformat()
+    users = ("u-gone", "u-kept")
+
+    def users_per_step() -> list[int]:
+        answer = up.get("/v1/funnels/first-purchase", **{"from": today, "to": today})
+        return [step["users"] for step in answer["steps"]]
+
+    def settle(expected: list[int], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while (got := users_per_step()) != expected:
+            assert time.monotonic() < deadline, f"{what}: {got} != {expected}"
+            time.sleep(0.3)
+
+    try:
+        up.post([
+            {"event_id": f"{user}-s", "type": "session_start", "user_id": user, "ts": now}
+            for user in users
+        ])  # fmt: skip
+        settle([2, 0, 0], "both users at step 1")
+        response = httpx.delete(
+            f"{up.url}/v1/users/u-gone",
+            params={"project": "default"},
+            headers={"Authorization": f"Bearer {up.key('admin_keys')}"},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        up.post([
+            {"event_id": f"{user}-v", "type": "page_view", "user_id": user, "ts": now + 1000,
+             "props": {"url": "https://quibrowser.example/store"}}
+            for user in users
+        ])  # fmt: skip
+        settle([1, 1, 0], "only the kept user at step 2")
+        time.sleep(2)  # nothing of the erased user shows up later either
+        assert users_per_step() == [1, 1, 0]
+    finally:
+        up.stop()

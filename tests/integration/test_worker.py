@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from api.app import create_app
+from quip.settings import Settings
 from schemas.events import DeadLetter, decode_dead_letter
 from schemas.publisher import ServicePublisher
 from schemas.services import (
@@ -26,11 +32,14 @@ from sinks.queries.services import service_metrics
 from streams.processors.activity import utc_day
 from tests.conftest import KAFKA_BOOTSTRAP
 from tests.gateway_process import GatewayProcess, end_offsets, read_since
-from tests.pipeline_checks import assert_exact, post_all
+from tests.pipeline_checks import WRITE_KEY, assert_exact, post_all
 from tests.traffic import generate_batches
 from tests.worker_process import running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+FUNNELS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "funnels.example.toml"
+PLAY_IDLE_TIMEOUT_S = 10
 
 
 def test_gateway_to_clickhouse_exact(
@@ -188,3 +197,104 @@ async def test_undecodable_record_goes_to_the_dead_letter_topic(
     assert len(found) == 1
     assert found[0].source.startswith("worker:events@")
     assert found[0].reason.startswith("undecodable_record")
+
+
+async def test_erasure_drops_the_users_worker_state(
+    gateway: GatewayProcess,
+    worker_env: dict[str, str],
+    server_clickhouse: ServerClickHouse,
+    project: str,
+) -> None:
+    """`DELETE /v1/users/{id}` (the API in cluster mode, with its own Kafka producer) also
+    reaches the worker: the user's funnel progress restarts from nothing and their open
+    play is never written, while another user's go on."""
+    env = {
+        **worker_env,
+        "QUIP_FUNNELS_FILE": str(FUNNELS_FILE),
+        "QUIP_PLAY_IDLE_TIMEOUT_S": str(PLAY_IDLE_TIMEOUT_S),
+    }
+    users = {"gone": "u-erased/1", "kept": "u-kept"}  # a "/" travels URL-encoded
+    now = int(time.time() * 1000)
+
+    def post(events: list[dict[str, Any]]) -> None:
+        response = httpx.post(
+            f"{gateway.url}/v1/events",
+            json={"events": events},
+            headers={"Authorization": f"Bearer {WRITE_KEY}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["accepted"] == len(events)
+
+    def started(user: str, ts: int) -> list[dict[str, Any]]:
+        play = {"play_id": f"play-{user}", "content_id": "c-1"}
+        return [
+            {"event_id": f"{user}-s", "type": "session_start", "user_id": user, "ts": ts},
+            {"event_id": f"{user}-r", "type": "playback_request", "user_id": user,
+             "ts": ts + 100, "props": play},
+            {"event_id": f"{user}-p", "type": "playback_start", "user_id": user,
+             "ts": ts + 900, "props": {**play, "startup_ms": 800, "bitrate_kbps": 5000}},
+        ]  # fmt: skip
+
+    def level(user: str) -> int:
+        rows = server_clickhouse.execute(
+            "SELECT max(level) FROM funnel_progress WHERE project = %(project)s"
+            " AND funnel = 'first-purchase' AND user_hash = cityHash64(%(project)s, %(user)s)",
+            {"project": project, "user": user},
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def plays_of(user: str) -> int:
+        rows = server_clickhouse.execute(
+            "SELECT count() FROM plays WHERE project = %(project)s AND user_id = %(user)s",
+            {"project": project, "user": user},
+        )
+        return int(rows[0][0])
+
+    def stored_events(user: str) -> int:
+        rows = server_clickhouse.execute(
+            "SELECT count() FROM events WHERE project = %(project)s AND user_id = %(user)s",
+            {"project": project, "user": user},
+        )
+        return int(rows[0][0])
+
+    settings = Settings(
+        mode="cluster",
+        read_keys=f"{project}:rk_erasure",
+        admin_keys=f"{project}:ak_erasure",
+        clickhouse_url=worker_env["QUIP_CLICKHOUSE_URL"],
+        kafka_bootstrap=KAFKA_BOOTSTRAP,
+    )
+    application = create_app(settings)
+    with running_worker(env):
+        post(started(users["gone"], now) + started(users["kept"], now))
+        await until(lambda: all(level(user) == 1 for user in users.values()), "step 1 stored")
+        async with application.router.lifespan_context(application):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+                response = await api.delete(
+                    f"/v1/users/{quote(users['gone'], safe='')}",
+                    params={"project": project},
+                    headers={"Authorization": "Bearer ak_erasure"},
+                )
+        assert response.status_code == 202, response.text
+        # Step 2 for both, after the erasure: only the kept user has a step 1 before it.
+        post([
+            {"event_id": f"{user}-v", "type": "page_view", "user_id": user, "ts": now + 2000,
+             "props": {"url": "https://quibrowser.example/store"}}
+            for user in users.values()
+        ])  # fmt: skip
+        await until(lambda: level(users["kept"]) == 2, "the kept user's step 2")
+        await until(lambda: plays_of(users["kept"]) == 1, "the kept user's play closed idle")
+        assert level(users["gone"]) == 0
+        assert plays_of(users["gone"]) == 0
+        assert stored_events(users["gone"]) == 1  # the page_view sent after the erasure
+        assert stored_events(users["kept"]) == 4
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.5)

@@ -19,8 +19,11 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.pool import EnginePool
+from ingest.producer import BusUnavailable, OutgoingRecord
 from quip.settings import Settings
+from schemas.events import decode_record, erased_user, record_key
 from schemas.funnels import FunnelConfigError
+from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouseError, Params, Row
 
 READ = {"Authorization": "Bearer rk"}
@@ -269,6 +272,57 @@ async def test_user_id_bounds(client: httpx.AsyncClient, engine: FakeClickHouse)
     slashed = await client.delete("/v1/users/team%2Fuser-1", headers=ADMIN)
     assert slashed.status_code == 202
     assert not any("DELETE" in sql for sql in engine.queries), "no rows: nothing deleted"
+
+
+class FakeBus:
+    """A publisher (ingest.app.Publisher) that keeps what it is given, or refuses it."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.records: list[OutgoingRecord] = []
+        self.last_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not self.refuse
+
+    async def start(self) -> None:
+        raise AssertionError("the app must not start a publisher it was given")
+
+    async def stop(self) -> None:
+        raise AssertionError("the app must not stop a publisher it was given")
+
+    async def publish(self, records: Sequence[OutgoingRecord]) -> None:
+        if self.refuse:
+            raise BusUnavailable("Kafka unavailable (fake)", 7)
+        self.records.extend(records)
+
+
+async def test_erasure_is_put_on_the_bus_under_the_users_key(engine: FakeClickHouse) -> None:
+    bus = FakeBus()
+    application = create_app(settings(), engine, publisher=bus)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            response = await http.delete("/v1/users/u%2F1", headers=ADMIN)
+    assert response.status_code == 202
+    (record,) = bus.records
+    assert record.topic == ANALYTICS_EVENTS.name
+    assert record.key == record_key("default", "u/1")  # the partition of the user's events
+    decoded = decode_record(record.value)
+    assert (decoded.project, erased_user(decoded)) == ("default", "u/1")
+
+
+async def test_erasure_the_bus_refuses_is_503_and_deletes_nothing(engine: FakeClickHouse) -> None:
+    application = create_app(settings(), engine, publisher=FakeBus(refuse=True))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            response = await http.delete("/v1/users/u-1", headers=ADMIN)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    assert "fake" not in response.text
+    assert engine.queries == []
 
 
 # ------------------------------------------------------------------------ failures
