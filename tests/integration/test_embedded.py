@@ -68,6 +68,15 @@ class Embedded:
         assert response.status_code == 200, response.text
         assert response.json()["rejected"] == 0
 
+    def erase(self, user_id: str) -> None:
+        response = httpx.delete(
+            f"{self.url}/v1/users/{user_id}",
+            params={"project": "default"},
+            headers={"Authorization": f"Bearer {self.key('admin_keys')}"},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+
     def get(self, path: str, **params: str) -> Any:
         response = httpx.get(
             f"{self.url}{path}",
@@ -175,13 +184,7 @@ def test_erasure_forgets_the_users_funnel_progress(tmp_path: Path) -> None:
             for user in users
         ])  # fmt: skip
         settle([2, 0, 0], "both users at step 1")
-        response = httpx.delete(
-            f"{up.url}/v1/users/u-gone",
-            params={"project": "default"},
-            headers={"Authorization": f"Bearer {up.key('admin_keys')}"},
-            timeout=30,
-        )
-        assert response.status_code == 202, response.text
+        up.erase("u-gone")
         up.post([
             {"event_id": f"{user}-v", "type": "page_view", "user_id": user, "ts": now + 1000,
              "props": {"url": "https://quibrowser.example/store"}}
