@@ -263,6 +263,19 @@ class FunnelsProcessor:
         index: int,
         ts: int,
     ) -> bool:
+        complete = len(definition.steps)
+        levels = state.levels
+        window = definition.window_ms
+        # The time can only serve starts in [ts - window, ts] (itself, for the first step).
+        # When every day those starts fall on is already complete, no event can make it
+        # matter any more: it is not kept. Without this, a funnel ending in a frequent event
+        # (playback_heartbeat) kept every one of them for the whole horizon.
+        earliest_start = ts if index == 0 else ts - window
+        if all(
+            levels.get(day, 0) == complete
+            for day in range(earliest_start // DAY_MS, ts // DAY_MS + 1)
+        ):
+            return False
         step_times = state.times[index]
         position = bisect_left(step_times, ts)
         if position < len(step_times) and step_times[position] == ts:
@@ -271,13 +284,10 @@ class FunnelsProcessor:
         if len(step_times) > self._max_times:
             del step_times[0]
         starts = state.times[0]
-        window = definition.window_ms
         if index == 0:
             affected = [ts]
         else:
             affected = starts[bisect_left(starts, ts - window) : bisect_right(starts, ts)]
-        complete = len(definition.steps)
-        levels = state.levels
         for start in affected:
             day = start // DAY_MS
             current = levels.get(day, 0)

@@ -38,7 +38,7 @@ from sinks.queries.funnels import (
     step_results,
 )
 from streams.processors.base import Position
-from streams.processors.funnels import FunnelsProcessor
+from streams.processors.funnels import FunnelsProcessor, state_key
 
 REPO = Path(__file__).resolve().parents[2]
 DAY0 = date(2026, 3, 2)
@@ -722,3 +722,26 @@ def test_adhoc_sql_prefilters_string_values_as_parameters() -> None:
     assert params["backslash"] == "\\"
     assert "it's" not in sql
     assert "LIMIT 1 BY" not in sql
+
+
+def test_times_only_complete_days_could_use_are_not_kept() -> None:
+    """A funnel ending in a frequent event (heartbeats): once a day is complete, later
+    times whose possible starts all fall on complete days change nothing and are not
+    stored, so the state stops growing; a time that can still serve an incomplete day is."""
+    processor = FunnelsProcessor([ABC])
+    feeder = Feeder(processor)
+    for event in (A0, B10, C20):
+        feeder.send([event])
+    feeder.flush()
+    complete_size = len(processor.take_state_changes()[state_key("p1", "u1")] or b"")
+    for n in range(1, 300):
+        feeder.send([ev(20 * S + n * S, "c")])
+    assert feeder.flush() == []
+    assert processor.take_state_changes() == {}  # nothing new to keep
+    # The next day is not complete: its first step is kept, and completes it later.
+    next_day = 24 * 3600 * S
+    feeder.send([ev(next_day, "a")])
+    feeder.send([ev(next_day + 5 * S, "b")])
+    feeder.send([ev(next_day + 9 * S, "c")])
+    assert [row[5] for row in feeder.flush()] == [3]
+    assert len(processor.take_state_changes()[state_key("p1", "u1")] or b"") < 2 * complete_size
