@@ -432,6 +432,9 @@ class PlaysProcessor:
         self._changed_series: set[SeriesKey] = set()
         self._watermark = 0  # largest min(ts, received_at) seen
         self._received_watermark = 0  # largest received_at seen
+        # Series are per minute: looking for expired ones once per watermark minute is
+        # enough (the scan over every series at each flush was 11 % of a live worker's CPU).
+        self._series_swept_minute = -1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PlaysProcessor:
@@ -662,6 +665,10 @@ class PlaysProcessor:
                 del self._series[key]  # the zero point above replaces what was written
         self._pending_series.clear()
 
+        minute = self._watermark // MINUTE_MS
+        if minute == self._series_swept_minute:
+            return points
+        self._series_swept_minute = minute
         for key, series in list(self._series.items()):
             project, _, minute_ms, _, _ = key
             if minute_ms + MINUTE_MS + self.series_horizon_ms >= self._watermark:
