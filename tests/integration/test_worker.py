@@ -12,8 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
 from quip.settings import Settings
@@ -53,51 +52,6 @@ def test_gateway_to_clickhouse_exact(
         post_all(gateway, batches)
         post_all(gateway, batches[:5])  # client retries of whole batches
         assert_exact(server_clickhouse, project, batches)
-
-
-def test_committed_offsets_reach_the_end_of_the_topic(
-    gateway: GatewayProcess,
-    worker_env: dict[str, str],
-    server_clickhouse: ServerClickHouse,
-    project: str,
-) -> None:
-    """Every gateway request is a Kafka transaction, so a commit marker follows each
-    request's records: the worker's commits must step over them and reach the last record
-    (a restart would otherwise replay everything since the worker started), and its
-    consumer_lag gauge must say so."""
-    batches = generate_batches(seed=12, users=80, days=10, batch_size=20)
-    with running_worker(worker_env) as worker:
-        post_all(gateway, batches)
-        assert_exact(server_clickhouse, project, batches)
-        ends = asyncio.run(end_offsets(ANALYTICS_EVENTS.name))
-        group = worker_env["QUIP_WORKER_GROUP"]
-        deadline = time.monotonic() + 30
-        while True:
-            committed = asyncio.run(committed_offsets(group))
-            # the last record's offset + 1: only its transaction's marker is after it
-            behind = {tp: ends[tp] - 1 - committed.get(tp, -1) for tp in ends}
-            if all(gap <= 0 for gap in behind.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        assert all(gap <= 0 for gap in behind.values()), behind
-        time.sleep(11)  # the lag gauge's timer period
-        lag = {
-            line.split('partition="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-            for line in httpx.get(f"{worker.url}/metrics", timeout=10).text.splitlines()
-            if line.startswith("consumer_lag{") and f'topic="{ANALYTICS_EVENTS.name}"' in line
-        }
-        assert lag
-        assert max(lag.values()) <= 1, lag
-
-
-async def committed_offsets(group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == ANALYTICS_EVENTS.name}
 
 
 async def test_service_messages_become_service_metrics(
