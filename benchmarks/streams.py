@@ -7,8 +7,9 @@ What it creates, and removes before exiting (unless --keep):
     writes to, and an InfluxDB database `bench_<nonce>` for the worker's QoE series;
   - a consumer group `bench-<nonce>` (the worker's Faust app id), committed at the current
     end of analytics.events and the service topics before anything is produced, so the
-    worker processes only what this run writes; Faust's own topics for that app id
-    (table changelogs, assignor) are deleted at the end (the empty group expires by itself);
+    worker processes only what this run writes; the topics named after that app id
+    (state changelogs, Faust's assignor topic) are deleted at the end (the empty group
+    expires by itself);
   - one `quip worker` subprocess (phase 1 and 2) and one `quip gateway` subprocess
     (phase 2), each started with its own port, environment and temporary working directory.
 The preloaded events stay on analytics.events (retention as configured), like any traffic.
@@ -386,7 +387,7 @@ async def start_group_at_end(bootstrap: str, group: str, topics: Sequence[str]) 
 
 
 async def delete_app_topics(bootstrap: str, app_id: str) -> list[str]:
-    """Faust's own topics for this app id (table changelogs, assignor leader topic)."""
+    """The topics named after this app id (state changelogs, Faust's assignor topic)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

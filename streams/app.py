@@ -2,7 +2,7 @@
 sinks, and /health, /ready, /metrics on the Faust web port (6066).
 
 `analytics.events` is consumed by the Faust consumer (group membership, assignment,
-offset commits, table recovery) but its messages skip Faust's streams: the consumer hands
+offset commits) but its messages skip Faust's streams: the consumer hands
 them in fetched lists to `EventPipeline` (streams/pipeline.py), which acks them once
 stored. The service topics go through a regular Faust agent.
 
@@ -43,6 +43,7 @@ from sinks.engines import open_clickhouse
 from sinks.influx import InfluxWriter
 from sinks.queries.activity import active_users
 from sinks.writer import SinkHealth, SinkWriter
+from streams.changelog import Changelog, changelog_topic
 from streams.metrics import (
     CONSUMER_LAG,
     DAILY_ACTIVE_USERS,
@@ -50,7 +51,7 @@ from streams.metrics import (
     VIDEO_HOURS_WATCHED,
     VIDEO_PLAYBACK_QUALITY,
 )
-from streams.pipeline import ChangelogWriter, EventPipeline, ServicePipeline, Stage
+from streams.pipeline import EventPipeline, ServicePipeline, Stage
 from streams.processors.activity import ActivityProcessor
 from streams.processors.base import ProcessorOutput
 from streams.processors.events import EventsProcessor
@@ -211,11 +212,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     app = WorkerApp(
         settings.worker_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
         datadir=datadir,
-        # The memory store recovers from the start of the changelog on every assignment
-        # and persists nothing, so a standby copy would only cost memory.
-        table_standby_replicas=0,
         web_enabled=True,
         web_port=settings.listen_port(WORKER_WEB_PORT),
         web_bind=settings.host,
@@ -250,16 +247,6 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     def writer() -> SinkWriter:
         return SinkWriter(lambda: open_clickhouse(settings, embedded=False), influx, state.health)
 
-    def state_table(name: str) -> Any:
-        # Changelogged per source partition (see streams/pipeline.py), raw bytes both ways:
-        # keys `<partition>/<key>`, values the processors' own msgspec encoding.
-        return app.Table(
-            f"{name}-state",
-            partitions=ANALYTICS_EVENTS.partitions,
-            key_type=bytes,  # bytes: Faust's "raw" serializer
-            value_type=bytes,
-        )
-
     idle_timeout_ms = settings.play_idle_timeout_s * 1000
     stages = [
         Stage("events", EventsProcessor),
@@ -267,7 +254,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         Stage(
             "plays",
             lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
-            state_table=state_table("plays"),
+            changelog_topic=changelog_topic(settings.worker_group, "plays-state"),
             observe=PlayMetrics().observe,
         ),
     ]
@@ -277,15 +264,17 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             Stage(
                 "funnels",
                 lambda: FunnelsProcessor(funnels, max_event_age_days=settings.max_event_age_days),
-                state_table=state_table("funnels"),
+                changelog_topic=changelog_topic(settings.worker_group, "funnels-state"),
             )
         )
-    changelog = ChangelogWriter(
+    changelog = Changelog(
+        settings.kafka_bootstrap,
         lambda: AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
             max_batch_size=512 * 1024,  # below the brokers' default 1 MB message limit
-        )
+        ),
+        min_partitions=ANALYTICS_EVENTS.partitions,
     )
     pipeline = EventPipeline(
         stages,
@@ -316,31 +305,17 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     async def _close_changelog(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         await changelog.close()
 
-    changelog_topics = {
-        stage.state_table.changelog_topic.get_topic_name()
-        for stage in stages
-        if stage.state_table is not None
-    }
-
     @app.on_partitions_revoked.connect
     async def _revoke(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        revoked: set[Any] = args[0]
-        partitions = [tp.partition for tp in revoked if tp.topic == ANALYTICS_EVENTS.name]
-        # Faust would recover a partition this worker keeps from where its last recovery
-        # stopped, into processors that no longer exist: make it read the whole changelog.
-        recovered_up_to = app.tables.recovery.active_offsets  # type: ignore[attr-defined]
-        for tp in [tp for tp in recovered_up_to if tp.topic in changelog_topics]:
-            del recovered_up_to[tp]
         for pipeline in state.pipelines:
-            await pipeline.revoke(partitions)
+            await pipeline.revoke()
 
-    @app.on_rebalance_complete.connect
-    async def _load_recovered(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        assigned = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == ANALYTICS_EVENTS.name
-        }
+    @app.on_partitions_assigned.connect
+    async def _assign(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        assigned: set[Any] = args[0]
+        partitions = {tp.partition for tp in assigned if tp.topic == ANALYTICS_EVENTS.name}
         for pipeline in state.pipelines:
-            pipeline.load_recovered(assigned)
+            pipeline.assign(partitions)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def _tick() -> None:

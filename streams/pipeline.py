@@ -10,20 +10,19 @@ changes are in Kafka: delivery is at-least-once and the idempotent sinks make re
 exact.
 
 Stateful processors run one instance per partition (like Kafka Streams tasks): their
-state changes go to a Faust table's changelog on the *same* partition, keyed
-`<partition>/<key>` (raw bytes both ways). The table's in-memory store only holds what
-recovery read from the changelog until the processors have loaded it: the processors own
-the live state, so a copy kept there would only double the memory. Records at or before a
-state's last applied position are ignored by the processor, so a replay after a crash
-cannot double count.
+state changes go to the partition of the same number of their changelog topic
+(streams/changelog.py) before the batch is acked. Records at or before a state's last
+applied position are ignored by the processor, so a replay after a crash cannot double
+count.
 
-Rebalances: on revocation (every partition: the group rebalances eagerly) the processors
-are dropped and every partition's state is recovered again from the start of its
-changelog (streams/app.py), so a worker's state is always exactly its changelog plus the
-records replayed from the committed offsets. What a batch changed reaches the changelog
-before the batch is acked, and a batch still in flight when its partitions are revoked
-writes neither its state changes nor its acks: its records are replayed by whoever owns
-them next. Writing them late could put an old state after the new owner's newer one.
+Rebalances are eager: every partition is revoked, then the new assignment is given.
+`revoke` drops every processor; `assign` starts reading the assigned partitions' whole
+changelogs into new processors, and no batch of that generation is processed (and no
+tick flushes) before the read is complete. So a worker's state is always exactly its
+changelogs plus the records replayed from the committed offsets. A batch still in flight
+when its partitions are revoked writes neither its state changes nor its acks: its
+records are replayed by whoever owns them next, and writing them late could put an old
+state after the new owner's newer one.
 """
 
 from __future__ import annotations
@@ -35,10 +34,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from schemas.events import DeadLetter, decode_record, encode_dead_letter
 from sinks.writer import SinkWriter
+from streams.changelog import Changelog, ChangelogSend, PartitionState
 from streams.metrics import (
     CONTENT_CREATION_RATE,
     EVENTS_PROCESSED,
@@ -81,57 +79,21 @@ def merge_outputs(outputs: Iterable[ProcessorOutput]) -> ProcessorOutput:
     return merged
 
 
-ChangelogSend = tuple[str, int, list[tuple[bytes, bytes]]]  # topic, partition, entries
-
-
-class ChangelogWriter:
-    """Writes state changes to changelog partitions as whole Kafka batches, with a producer
-    of its own (acks=all): a Faust send per key (future, serializer lookup, buffer) cost
-    more than processing the record that changed the key."""
-
-    def __init__(self, make_producer: Callable[[], AIOKafkaProducer]) -> None:
-        self._make_producer = make_producer  # called in the event loop (aiokafka wants one)
-        self._producer: AIOKafkaProducer | None = None
-
-    async def write(self, sends: Sequence[ChangelogSend]) -> None:
-        """Return once Kafka has every entry; raises if it does not take them."""
-        if self._producer is None:
-            producer = self._make_producer()
-            await producer.start()
-            self._producer = producer
-        futures = []
-        producer = self._producer
-        for topic, partition, entries in sends:
-            batch = producer.create_batch()
-            for key, value in entries:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
-
-    async def close(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await producer.stop()
-
-
 @dataclass
 class Stage:
-    """One processor of the events agent. With a `state_table` the processor is stateful:
-    one instance per source partition, its state changelogged in that table; without, one
+    """One processor of the events agent. With a `changelog_topic` the processor is
+    stateful: one instance per source partition, its state in that topic; without, one
     instance sees every partition (its output must not depend on positions)."""
 
     name: str
     make_processor: Callable[[], EventProcessor]
-    state_table: Any = None
+    changelog_topic: str | None = None
     observe: Callable[[ProcessorOutput], None] | None = None
     processors: dict[int, EventProcessor] = field(default_factory=dict)
     _shared: EventProcessor | None = None
 
     def processor(self, partition: int) -> Any:
-        if self.state_table is None:
+        if self.changelog_topic is None:
             if self._shared is None:
                 self._shared = self.make_processor()
             return self._shared
@@ -141,7 +103,7 @@ class Stage:
         return processor
 
     def all_processors(self) -> list[EventProcessor]:
-        if self.state_table is None:
+        if self.changelog_topic is None:
             return [self._shared] if self._shared is not None else []
         return list(self.processors.values())
 
@@ -159,7 +121,7 @@ class EventPipeline:
         *,
         dead_letters: Any = None,
         ack: Callable[[Any], None] | None = None,
-        changelog: ChangelogWriter | None = None,
+        changelog: Changelog | None = None,
         generation: Callable[[], int] = lambda: 0,
     ) -> None:
         self.stages = list(stages)
@@ -176,6 +138,12 @@ class EventPipeline:
         # A few fetches ahead at most: a full queue blocks the fetch loop (back pressure).
         self._queue: asyncio.Queue[tuple[int, float, list[Any]]] = asyncio.Queue(maxsize=4)
         self._storing: asyncio.Task[None] | None = None
+        self._held: tuple[int, float, list[Any]] | None = None  # taken from the queue, not batched
+        # The generation whose state is being (or has been) read, and that read.
+        self._loading_generation = -1
+        self._loading: asyncio.Task[None] | None = None
+        self._assignment: asyncio.Future[list[int]] | None = None
+        self._owned: frozenset[int] = frozenset()  # the partitions whose state is loaded
 
     @property
     def name(self) -> str:
@@ -193,6 +161,12 @@ class EventPipeline:
         are acked in order, each only once everything up to it is stored."""
         while True:
             generation, batch = await self._next_batch()
+            if not await self._state_loaded(generation):
+                continue  # partitions were revoked while the state was read
+            owned = self._owned
+            # Fetched from an earlier assignment after it was revoked: another worker's now,
+            # neither fed (a processor would changelog into its partition) nor acked.
+            batch = [message for message in batch if message.partition in owned]
             async with self._lock:
                 if generation != self.generation():
                     continue  # partitions were revoked while the batch was collected
@@ -215,11 +189,14 @@ class EventPipeline:
         while True:
             if self._storing is not None and self._storing.done():
                 self._storing.result()  # a failed store ends the loop (and the worker)
-            try:
-                async with asyncio.timeout(1.0):
-                    generation, fetched_at, batch = await self._queue.get()
-            except TimeoutError:
-                continue
+            if self._held is not None:
+                (generation, fetched_at, batch), self._held = self._held, None
+            else:
+                try:
+                    async with asyncio.timeout(1.0):
+                        generation, fetched_at, batch = await self._queue.get()
+                except TimeoutError:
+                    continue
             if generation == self.generation():
                 break
         batch = list(batch)
@@ -232,13 +209,17 @@ class EventPipeline:
                     break
                 try:
                     async with asyncio.timeout(remaining):
-                        more_generation, _, more = await self._queue.get()
+                        more_generation, more_fetched_at, more = await self._queue.get()
                 except TimeoutError:
                     break
             else:
-                more_generation, _, more = self._queue.get_nowait()
+                more_generation, more_fetched_at, more = self._queue.get_nowait()
             if more_generation != generation:
-                break  # revoked meanwhile: the batch is dropped by run()
+                # Revoked meanwhile: this batch is dropped by run(); the newer messages are
+                # the next batch's (their offsets count as read: dropping them would leave
+                # them unprocessed until the next rebalance).
+                self._held = (more_generation, more_fetched_at, more)
+                break
             batch.extend(more)
             size += sum(len(message.value or b"") for message in more)
         return generation, batch
@@ -262,40 +243,115 @@ class EventPipeline:
         """Flush without new records, so time-based closing (idle plays) happens on a
         quiet stream too."""
         async with self._lock:
+            generation = self.generation()
+            if not self._is_loaded(generation):
+                return
             taken = self._take()
             await self._stored()
-            await self._store(taken, self.generation(), [], 0, [])
+            await self._store(taken, generation, [], 0, [])
 
-    async def revoke(self, partitions: Iterable[int]) -> None:
-        """Partitions revoked (the generation has already moved on): their state is
-        dropped, to be recovered from the changelog by whoever is assigned them next, this
-        worker included. Returns once no state change of the old generation can still
-        reach the changelog."""
+    async def revoke(self) -> None:
+        """Partitions revoked (the generation has already moved on, and the rebalance is
+        eager: all of them): every processor is dropped, its state to be read again from
+        the changelog by whoever is assigned the partition next, this worker included.
+        Returns once no state change of the old generation can still reach the
+        changelog."""
+        self._expect_assignment()
+        self._held = None
         while not self._queue.empty():
             self._queue.get_nowait()
-        partitions = list(partitions)
         for stage in self.stages:
-            for partition in partitions:
-                stage.processors.pop(partition, None)
-            if stage.state_table is not None:
-                stage.state_table.data.clear()  # a recovery cut short may have left some
+            stage.processors.clear()
         async with self._changelog_lock:
             pass  # a write already under way completes; later ones see the new generation
 
-    def load_recovered(self, assigned: set[int]) -> None:
-        """Recovery is complete: load what it put in the tables' memory stores into the
-        processors of the assigned partitions (created now, so a quiet partition's open
-        plays still close on time), then empty the stores."""
-        for stage in self.stages:
-            data = stage.state_table.data if stage.state_table is not None else None
-            if not data:
-                continue
-            for raw_key, value in data.items():
-                key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-                partition_text, _, state_key = key.partition("/")
-                if value and partition_text.isdigit() and int(partition_text) in assigned:
-                    stage.processor(int(partition_text)).load_state(state_key, value)
-            data.clear()
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The new assignment, whose state is read in the background (the rebalance
+        callback must return; the group waits on it)."""
+        assignment = self._assignment
+        if assignment is None or self._loading_generation != self.generation():
+            assignment = self._expect_assignment()
+        if not assignment.done():
+            assignment.set_result(sorted(partitions))
+
+    def _expect_assignment(self) -> asyncio.Future[list[int]]:
+        """The current generation's state read, started at its revocation, before any of
+        its records can be fetched: a batch of the generation fetched before `assign`
+        waits for it instead of being dropped (its records count as read)."""
+        if self._loading is not None:
+            self._loading.cancel()
+        self._loading_generation = self.generation()
+        assignment: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._assignment = assignment
+        self._loading = asyncio.create_task(self._load(assignment, self._loading_generation))
+        return assignment
+
+    async def _load(self, assignment: asyncio.Future[list[int]], generation: int) -> None:
+        """Once assigned: fresh processors for every assigned partition (so a quiet
+        partition's open plays still close on time), each loaded with its changelog. Kafka
+        unreachable: retried with backoff, the partitions wait."""
+        partitions = await assignment
+        stateful = [stage for stage in self.stages if stage.changelog_topic is not None]
+        if not stateful or not partitions:
+            self._owned = frozenset(partitions)
+            return
+        assert self.changelog is not None
+        loaded: list[tuple[Stage, dict[int, PartitionState]]] = []
+        backoff = 0.5
+        while True:
+            try:
+                await self.changelog.ensure_topics(
+                    [stage.changelog_topic for stage in stateful if stage.changelog_topic],
+                    max(partitions) + 1,
+                )
+                for stage in stateful[len(loaded) :]:
+                    assert stage.changelog_topic is not None
+                    states = await self.changelog.read(stage.changelog_topic, partitions)
+                    loaded.append((stage, states))
+                break
+            except Exception as exc:  # a revocation's CancelledError is not one
+                log.warning("changelog read failed, retrying in %.1f s: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        if generation != self.generation():
+            return
+        started = time.monotonic()
+        keys = 0
+        for stage, states in loaded:
+            for partition in partitions:
+                processor = stage.processor(partition)
+                for key, value in states[partition].items():
+                    processor.load_state(key.decode(), value)
+                keys += len(states[partition])
+        self._owned = frozenset(partitions)
+        log.info(
+            "state of partitions %s loaded: %d keys in %.2f s",
+            partitions,
+            keys,
+            time.monotonic() - started,
+        )
+
+    async def _state_loaded(self, generation: int) -> bool:
+        """Waits for the read of `generation`'s state; False if that generation is over
+        (or its read was never started here). A read that failed ends the loop."""
+        loading = self._loading
+        if loading is None or self._loading_generation != generation:
+            return False
+        await asyncio.wait({loading})
+        if loading.cancelled():
+            return False
+        loading.result()
+        return generation == self.generation()
+
+    def _is_loaded(self, generation: int) -> bool:
+        loading = self._loading
+        return (
+            loading is not None
+            and self._loading_generation == generation
+            and loading.done()
+            and not loading.cancelled()
+            and loading.exception() is None
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -308,14 +364,13 @@ class EventPipeline:
         ]
         sends: list[ChangelogSend] = []
         for stage in self.stages:
-            if stage.state_table is None:
+            topic = stage.changelog_topic
+            if topic is None:
                 continue
-            topic = stage.state_table.changelog_topic.get_topic_name()
             for partition, processor in stage.processors.items():
                 assert isinstance(processor, StatefulProcessor)
                 entries = [
-                    # empty = deleted: the memory store drops keys whose value is empty
-                    (f"{partition}/{key}".encode(), value or b"")
+                    (key.encode(), value or None)  # None: a tombstone, compaction drops the key
                     for key, value in processor.take_state_changes().items()
                 ]
                 if entries:

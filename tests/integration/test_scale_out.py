@@ -313,7 +313,7 @@ def test_two_gateways_two_workers_kill_9_one_numbers_exact(
             tuple(int(v) if isinstance(v, bool) else v for v in row) for row in expected_rows
         ]
 
-        # Predefined funnels (their candidates are Faust table state too).
+        # Predefined funnels (their progress is changelogged state too).
         for definition in load_funnels(FUNNELS_FILE):
             expected = expected_funnel(
                 landed, steps_of(definition), definition.window_seconds, day_from, today

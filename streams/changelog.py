@@ -1,0 +1,159 @@
+"""The stateful processors' changelogs: compacted Kafka topics, one partition per source
+partition of `analytics.events`, keyed by the processor's state key, written and read by
+the worker itself.
+
+The worker reads a partition's whole changelog when it is assigned the partition, into
+processors that see no record before that read is complete (streams/pipeline.py). Faust
+tables did this before, and their recovery left too many interleavings to reason about: a
+recovery cut short by the next rebalance still announced itself complete, changelog
+records fetched in one generation were applied in the next, and its processors outlived
+their partitions (the scale-out test lost funnel progress and play starts). Here the read
+is one coroutine per assignment, cancelled by the next revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+ChangelogSend = tuple[str, int, list[tuple[bytes, bytes | None]]]  # topic, partition, entries
+PartitionState = dict[bytes, bytes]  # key → latest value; deleted keys absent
+
+_TOPIC_CONFIGS = {"cleanup.policy": "compact"}
+_TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+
+
+def changelog_topic(app_id: str, state_name: str) -> str:
+    """Named as Faust named its table changelogs, so runbooks and clean-up scripts that
+    look for `<app id>-*-changelog` still find them."""
+    return f"{app_id}-{state_name}-changelog"
+
+
+class Changelog:
+    """Writes state changes as whole Kafka batches with a producer of its own (acks=all;
+    a Faust send per key cost more than processing the record that changed the key) and
+    reads partitions back whole."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        make_producer: Callable[[], AIOKafkaProducer],
+        *,
+        min_partitions: int,
+        request_timeout_ms: int = 15_000,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._min_partitions = min_partitions
+        self._make_producer = make_producer  # called in the event loop (aiokafka wants one)
+        self._producer: AIOKafkaProducer | None = None
+        self._request_timeout_ms = request_timeout_ms
+        self._partitions_ensured: dict[str, int] = {}
+
+    async def ensure_topics(self, topics: Iterable[str], partitions: int) -> None:
+        """Create the compacted topics that are missing and grow those with fewer
+        partitions (the events topic may have been given more); idempotent, and safe when
+        several workers race to create them."""
+        partitions = max(partitions, self._min_partitions)
+        needed = [t for t in topics if self._partitions_ensured.get(t, 0) < partitions]
+        if not needed:
+            return
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap, request_timeout_ms=self._request_timeout_ms
+        )
+        await admin.start()
+        try:
+            # Describing a missing topic would have the broker auto-create it (uncompacted).
+            listed = set(await admin.list_topics())
+            described = [t for t in needed if t in listed]
+            existing = {
+                item["topic"]: len(item["partitions"])
+                for item in (await admin.describe_topics(described) if described else [])
+            }
+            missing = [t for t in needed if t not in existing]
+            if missing:
+                response = await admin.create_topics(
+                    [
+                        NewTopic(t, partitions, replication_factor=1, topic_configs=_TOPIC_CONFIGS)
+                        for t in missing
+                    ]
+                )
+                for topic, code, *_ in response.topic_errors:
+                    if code not in (0, _TOPIC_ALREADY_EXISTS):
+                        raise RuntimeError(f"changelog topic {topic}: Kafka error code {code}")
+            smaller = {t: n for t, n in existing.items() if n < partitions}
+            if smaller:
+                await admin.create_partitions(
+                    {t: NewPartitions(total_count=partitions) for t in smaller}
+                )
+        finally:
+            await admin.close()
+        for topic in needed:
+            self._partitions_ensured[topic] = partitions
+
+    async def write(self, sends: Sequence[ChangelogSend]) -> None:
+        """Return once Kafka has every entry (a None value deletes the key); raises if it
+        does not take them."""
+        if self._producer is None:
+            producer = self._make_producer()
+            await producer.start()
+            self._producer = producer
+        futures = []
+        producer = self._producer
+        for topic, partition, entries in sends:
+            batch = producer.create_batch()
+            for key, value in entries:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
+    async def read(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionState]:
+        """Each partition's latest value per key, from its first offset to the end offset
+        at the time of the call."""
+        tps = [TopicPartition(topic, partition) for partition in partitions]
+        states: dict[int, PartitionState] = {tp.partition: {} for tp in tps}
+        if not tps:
+            return states
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=self._request_timeout_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            await consumer.seek_to_beginning(*tps)
+            pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+            while pending:
+                fetched = await consumer.getmany(*pending, timeout_ms=1_000)
+                for tp, records in fetched.items():
+                    state = states[tp.partition]
+                    for record in records:
+                        if record.key is None:
+                            continue
+                        if record.value:
+                            state[record.key] = record.value
+                        else:
+                            state.pop(record.key, None)
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        finally:
+            await consumer.stop()
+        return states
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()

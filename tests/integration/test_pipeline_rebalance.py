@@ -1,0 +1,169 @@
+"""EventPipeline across rebalances, driven the way the Faust consumer drives it (revoke,
+assign, batches tagged with their fetch generation), with the real changelog (Kafka) and
+sinks (clickhouse-server): funnel progress moves between workers with its partition, a
+batch fetched before its generation's assignment is processed once the state is read,
+and records of a partition this worker no longer owns are neither processed nor acked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from schemas.events import Event, EventRecord, encode_record
+from schemas.funnels import FunnelDefinition, FunnelStep
+from sinks.clickhouse import ServerClickHouse
+from sinks.migrate import migrate
+from sinks.queries.funnels import predefined_funnel
+from sinks.writer import SinkHealth, SinkWriter
+from streams.changelog import Changelog
+from streams.pipeline import EventPipeline, Stage
+from streams.processors.events import EventsProcessor
+from streams.processors.funnels import FunnelsProcessor
+from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+FUNNEL = FunnelDefinition(
+    name="three-steps",
+    steps=[FunnelStep(event="step_a"), FunnelStep(event="step_b"), FunnelStep(event="step_c")],
+    window_seconds=3600,
+)
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """What the pipeline reads of a Faust message."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+class Worker:
+    def __init__(
+        self, clickhouse_url: str, changelog_topic: str, generation: Callable[[], int]
+    ) -> None:
+        self.acked: list[FetchedMessage] = []
+        self.changelog = Changelog(
+            KAFKA_BOOTSTRAP,
+            lambda: AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, acks="all"),
+            min_partitions=2,
+        )
+        self.pipeline = EventPipeline(
+            [
+                Stage("events", EventsProcessor),
+                Stage(
+                    "funnels", lambda: FunnelsProcessor([FUNNEL]), changelog_topic=changelog_topic
+                ),
+            ],
+            SinkWriter(lambda: ServerClickHouse(clickhouse_url), None, SinkHealth()),
+            ack=self.acked.append,
+            changelog=self.changelog,
+            generation=generation,
+        )
+        self.task = asyncio.create_task(self.pipeline.run())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.changelog.close()
+
+
+def step(project: str, user: str, event_type: str, offset: int, ts: int) -> FetchedMessage:
+    record = EventRecord(
+        project=project,
+        received_at=ts,
+        events=[Event(event_id=f"{user}-{event_type}", type=event_type, user_id=user, ts=ts)],
+    )
+    return FetchedMessage(partition=0, offset=offset, value=encode_record(record))
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_funnel_progress_follows_its_partition_across_workers(
+    server_clickhouse: ServerClickHouse, unique_name: str
+) -> None:
+    migrate(server_clickhouse)
+    project = f"p_{unique_name}"
+    now = int(time.time() * 1000) - 60_000
+    generation = 1
+    url = f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}"
+    topic = f"{unique_name}-funnels-state-changelog"
+    first = Worker(url, topic, lambda: generation)
+    second = Worker(url, topic, lambda: generation)
+    try:
+        # Generation 1: the first worker owns partition 0. Its first batch is fetched
+        # before the assignment reaches the pipeline: it waits for the state, not dropped.
+        await first.pipeline.revoke()
+        step_a = step(project, "u1", "step_a", 0, now)
+        await first.pipeline.enqueue([step_a], generation)
+        await asyncio.sleep(1.0)  # the batch closes (0.5 s) and waits for the state
+        first.pipeline.assign([0])
+        await until(lambda: step_a in first.acked, "the first batch to be acked")
+
+        # Generation 2: partition 0 moves to the second worker, which reads the progress
+        # from the changelog. A record of partition 0 still reaching the first worker is
+        # not its to process.
+        generation = 2
+        await first.pipeline.revoke()
+        await second.pipeline.revoke()
+        first.pipeline.assign([1])
+        second.pipeline.assign([0])
+        late = step(project, "u2", "step_a", 1, now + 1_000)
+        await first.pipeline.enqueue([late], generation)
+        step_b = step(project, "u1", "step_b", 2, now + 2_000)
+        await second.pipeline.enqueue([step_b], generation)
+        await until(lambda: step_b in second.acked, "the second worker's batch to be acked")
+        await asyncio.sleep(1.0)  # a batch closes 0.5 s after its first record
+        assert late not in first.acked
+
+        today = datetime.now(UTC).date()
+        levels = [
+            row["users"]
+            for row in predefined_funnel(server_clickhouse, project, FUNNEL, today, today)
+        ]
+        assert levels == [1, 1, 0]  # u1 reached step_b: its step_a came from the changelog
+        events = server_clickhouse.execute(
+            "SELECT count() FROM events WHERE project = %(p)s", {"p": project}
+        )[0][0]
+        assert events == 2  # u2's record belonged to the second worker now
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
+    server_clickhouse: ServerClickHouse, unique_name: str
+) -> None:
+    migrate(server_clickhouse)
+    project = f"p_{unique_name}"
+    now = int(time.time() * 1000) - 60_000
+    generation = 1
+    url = f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}"
+    worker = Worker(url, f"{unique_name}-funnels-state-changelog", lambda: generation)
+    try:
+        await worker.pipeline.revoke()
+        worker.pipeline.assign([0])
+        revoked = step(project, "u1", "step_a", 0, now)
+        await worker.pipeline.enqueue([revoked], generation)
+        await asyncio.sleep(0.1)  # the batch is still open (0.5 s) when the group rebalances
+        generation = 2
+        await worker.pipeline.revoke()
+        worker.pipeline.assign([0])
+        refetched = step(project, "u2", "step_a", 0, now)
+        await worker.pipeline.enqueue([refetched], generation)
+        await until(lambda: refetched in worker.acked, "the new generation's record to be acked")
+        assert revoked not in worker.acked
+    finally:
+        await worker.stop()
