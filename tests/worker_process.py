@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -14,10 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import KAFKA_BOOTSTRAP
-from tests.gateway_process import end_offsets, free_port, stop_consumer
+from tests.gateway_process import end_offsets, free_port, read_since, stop_consumer
 
 
 async def start_group_at_end(group: str, topics: list[str]) -> None:
@@ -33,6 +35,30 @@ async def start_group_at_end(group: str, topics: list[str]) -> None:
         await consumer.commit(offsets)
     finally:
         await stop_consumer(consumer)
+
+
+async def committed_offsets(group: str, topic: str) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def records_past_commits(group: str, topic: str, timeout_s: float = 30) -> int:
+    """How many records of `topic` are at or after the group's committed offsets, waiting
+    up to `timeout_s` for none to be. Offsets alone cannot tell: each gateway request is a
+    Kafka transaction, so a marker follows every request's records, and a request answered
+    503 leaves aborted records that a read_committed consumer never sees."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = asyncio.run(committed_offsets(group, topic))
+        past = len(asyncio.run(read_since(committed, settle_s=0.5)))
+        if past == 0 or time.monotonic() > deadline:
+            return past
+        time.sleep(1)
 
 
 class WorkerProcess:

@@ -38,7 +38,7 @@ from tests.conftest import KAFKA_BOOTSTRAP
 from tests.expectations import expected_funnel, expected_playback, expected_plays
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.pipeline_checks import WRITE_KEY, assert_exact, wait_for_events
-from tests.worker_process import WorkerProcess
+from tests.worker_process import WorkerProcess, records_past_commits
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -272,6 +272,8 @@ def test_two_gateways_two_workers_kill_9_one_numbers_exact(
 
         # Events, active users, retention: exact (deduplicated, nothing lost).
         assert_exact(server_clickhouse, project, [landed])
+        # ...and the group's commits caught up across the kill and the rebalances.
+        assert records_past_commits(group, ANALYTICS_EVENTS.name) == 0
 
         # Plays: every play, and those open across the kill on the victim's partitions.
         today = utc_day(int(time.time() * 1000))

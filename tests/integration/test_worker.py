@@ -33,7 +33,7 @@ from tests.conftest import KAFKA_BOOTSTRAP
 from tests.gateway_process import GatewayProcess, end_offsets, read_since
 from tests.pipeline_checks import WRITE_KEY, assert_exact, post_all
 from tests.traffic import generate_batches
-from tests.worker_process import running_worker
+from tests.worker_process import records_past_commits, running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -52,6 +52,31 @@ def test_gateway_to_clickhouse_exact(
         post_all(gateway, batches)
         post_all(gateway, batches[:5])  # client retries of whole batches
         assert_exact(server_clickhouse, project, batches)
+
+
+def test_committed_offsets_reach_the_end_of_the_topic(
+    gateway: GatewayProcess,
+    worker_env: dict[str, str],
+    server_clickhouse: ServerClickHouse,
+    project: str,
+) -> None:
+    """Every gateway request is a Kafka transaction, so a commit marker follows each
+    request's records: the worker's commits must step over them and reach the last record
+    (a restart would otherwise replay everything since the worker started), and its
+    consumer_lag gauge must say so."""
+    batches = generate_batches(seed=12, users=80, days=10, batch_size=20)
+    with running_worker(worker_env) as worker:
+        post_all(gateway, batches)
+        assert_exact(server_clickhouse, project, batches)
+        assert records_past_commits(worker_env["QUIP_WORKER_GROUP"], ANALYTICS_EVENTS.name) == 0
+        time.sleep(11)  # the lag gauge's timer period
+        lag = {
+            line.split('partition="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in httpx.get(f"{worker.url}/metrics", timeout=10).text.splitlines()
+            if line.startswith("consumer_lag{") and f'topic="{ANALYTICS_EVENTS.name}"' in line
+        }
+        assert lag
+        assert max(lag.values()) <= 1, lag
 
 
 async def test_service_messages_become_service_metrics(
