@@ -45,10 +45,18 @@ class FetchedMessage:
     value: bytes
 
 
+@pytest.fixture
+def clickhouse_url(server_clickhouse: ServerClickHouse, unique_name: str) -> str:
+    """The test's database, migrated, as a worker's QUIP_CLICKHOUSE_URL."""
+    migrate(server_clickhouse)
+    return f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}"
+
+
 class Worker:
-    def __init__(
-        self, clickhouse_url: str, changelog_topic: str, generation: Callable[[], int]
-    ) -> None:
+    """One worker's events pipeline; the workers of a test share the changelog topic."""
+
+    def __init__(self, clickhouse_url: str, group: str, generation: Callable[[], int]) -> None:
+        changelog_topic = f"{group}-funnels-state-changelog"
         self.acked: list[FetchedMessage] = []
         self.changelog = Changelog(
             KAFKA_BOOTSTRAP,
@@ -92,16 +100,12 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 30)
 
 
 async def test_funnel_progress_follows_its_partition_across_workers(
-    server_clickhouse: ServerClickHouse, unique_name: str
+    server_clickhouse: ServerClickHouse, clickhouse_url: str, unique_name: str, project: str
 ) -> None:
-    migrate(server_clickhouse)
-    project = f"p_{unique_name}"
     now = int(time.time() * 1000) - 60_000
     generation = 1
-    url = f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}"
-    topic = f"{unique_name}-funnels-state-changelog"
-    first = Worker(url, topic, lambda: generation)
-    second = Worker(url, topic, lambda: generation)
+    first = Worker(clickhouse_url, unique_name, lambda: generation)
+    second = Worker(clickhouse_url, unique_name, lambda: generation)
     try:
         # Generation 1: the first worker owns partition 0. Its first batch is fetched
         # before the assignment reaches the pipeline: it waits for the state, not dropped.
@@ -144,14 +148,11 @@ async def test_funnel_progress_follows_its_partition_across_workers(
 
 
 async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
-    server_clickhouse: ServerClickHouse, unique_name: str
+    clickhouse_url: str, unique_name: str, project: str
 ) -> None:
-    migrate(server_clickhouse)
-    project = f"p_{unique_name}"
     now = int(time.time() * 1000) - 60_000
     generation = 1
-    url = f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}"
-    worker = Worker(url, f"{unique_name}-funnels-state-changelog", lambda: generation)
+    worker = Worker(clickhouse_url, unique_name, lambda: generation)
     try:
         await worker.pipeline.revoke()
         worker.pipeline.assign([0])
