@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,14 @@ from sinks.clickhouse import ClickHouse, EmbeddedClickHouse, ServerClickHouse
 KAFKA_BOOTSTRAP = os.environ.get("QUIP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("QUIP_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/quip")
 INFLUX_URL = os.environ.get("QUIP_INFLUX_URL", "http://127.0.0.1:8086")
+
+_SERVICES_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "local" / "services.sh"
+
+
+def services(*args: str) -> None:
+    """`deploy/local/services.sh` (e.g. `services("stop", "kafka")`), for fault tests."""
+    subprocess.run(["bash", str(_SERVICES_SCRIPT), *args], check=True, timeout=180)
+
 
 _SERVICE_ADDRESSES = {
     "kafka": KAFKA_BOOTSTRAP.split(",")[0],

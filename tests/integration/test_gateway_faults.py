@@ -4,26 +4,20 @@ holding exactly the events of the 200 responses — none lost, none extra."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from schemas.events import decode_record
 from schemas.topics import ANALYTICS_EVENTS
+from tests.conftest import services
 from tests.gateway_process import end_offsets, read_since, running_gateway
 
 pytestmark = pytest.mark.kafka
 
-SERVICES = Path(__file__).resolve().parents[2] / "deploy" / "local" / "services.sh"
 WRITE_KEY = "wk_fault_test"
-
-
-def services(*args: str) -> None:
-    subprocess.run(["bash", str(SERVICES), *args], check=True, timeout=180)
 
 
 async def post_until(

@@ -1,8 +1,10 @@
 """EventPipeline across rebalances, driven the way the Faust consumer drives it (revoke,
 assign, batches tagged with their fetch generation), with the real changelog (Kafka) and
 sinks (clickhouse-server): funnel progress moves between workers with its partition, a
-batch fetched before its generation's assignment is processed once the state is read,
-and records of a partition this worker no longer owns are neither processed nor acked."""
+batch fetched before its generation's assignment is processed once the state is read
+(after a Kafka outage too), records of a partition this worker no longer owns are neither
+processed nor acked, and a batch revoked while it was collected takes no newer message
+with it."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from streams.changelog import Changelog
 from streams.pipeline import EventPipeline, Stage
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
-from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP
+from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, services
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -166,5 +168,26 @@ async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
         await worker.pipeline.enqueue([refetched], generation)
         await until(lambda: refetched in worker.acked, "the new generation's record to be acked")
         assert revoked not in worker.acked
+    finally:
+        await worker.stop()
+
+
+async def test_the_state_read_waits_out_a_kafka_outage(
+    clickhouse_url: str, unique_name: str, project: str
+) -> None:
+    now = int(time.time() * 1000) - 60_000
+    worker = Worker(clickhouse_url, unique_name, lambda: 1)
+    first_step = step(project, "u1", "step_a", 0, now)
+    try:
+        await asyncio.to_thread(services, "stop", "kafka")
+        try:
+            await worker.pipeline.revoke()
+            worker.pipeline.assign([0])
+            await worker.pipeline.enqueue([first_step], 1)
+            await asyncio.sleep(3)
+            assert worker.acked == []  # no record before the partition's state is read
+        finally:
+            await asyncio.to_thread(services, "start", "kafka")
+        await until(lambda: first_step in worker.acked, "the batch after the outage", 90)
     finally:
         await worker.stop()

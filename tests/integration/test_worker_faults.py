@@ -3,26 +3,19 @@ while: the final numbers are still exact (nothing lost, nothing counted twice)."
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from sinks.clickhouse import ServerClickHouse
+from tests.conftest import services
 from tests.gateway_process import GatewayProcess
 from tests.pipeline_checks import assert_exact, post_all
 from tests.traffic import generate_batches
 from tests.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
-
-SERVICES = Path(__file__).resolve().parents[2] / "deploy" / "local" / "services.sh"
-
-
-def services(*args: str) -> None:
-    subprocess.run(["bash", str(SERVICES), *args], check=True, timeout=180)
 
 
 def test_kill_9_and_clickhouse_outage_keep_numbers_exact(
