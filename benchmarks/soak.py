@@ -83,6 +83,7 @@ REPO = Path(__file__).resolve().parent.parent
 if sys.path[0] != str(REPO):
     sys.path.insert(0, str(REPO))
 
+from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from benchmarks.streams import (  # noqa: E402
@@ -185,6 +186,39 @@ async def group_lag(bootstrap: str, group: str) -> float | None:
     ends = await end_offsets(bootstrap, [ANALYTICS_EVENTS.name])
     lags = [max(0, end - committed[tp].offset) for tp, end in ends.items() if tp in committed]
     return float(sum(lags)) if lags else None
+
+
+async def records_past_commits(bootstrap: str, group: str) -> int:
+    """Records of analytics.events a read_committed consumer sees at or after the group's
+    committed offsets. Unlike the offset lag, a caught-up group reads 0 here even when a
+    request answered 503 left aborted records after the last commit."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    starts = {
+        tp: meta.offset for tp, meta in committed.items() if tp.topic == ANALYTICS_EVENTS.name
+    }
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(starts))
+        ends = await consumer.end_offsets(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        seen = 0
+        pending = {tp for tp, offset in starts.items() if offset < ends[tp]}
+        while pending:
+            fetched = await consumer.getmany(*pending, timeout_ms=1_000)
+            seen += sum(len(records) for records in fetched.values())
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        return seen
+    finally:
+        await consumer.stop()
 
 
 def kafka_lag(bootstrap: str, group: str | None) -> float | None:
@@ -716,14 +750,19 @@ def current_lag(args: argparse.Namespace, target: Target, reading: Reading) -> f
 
 
 def drain(args: argparse.Namespace, target: Target) -> float | None:
-    """Seconds after the load stopped until the lag is down to the transaction-marker slack
-    (one record per partition; None: not within --drain-timeout)."""
+    """Seconds after the load stopped until no record is left past the group's commits
+    (cluster) or the lag is down to one event per partition (embedded, as before); None:
+    not within --drain-timeout."""
     started = time.monotonic()
     while time.monotonic() - started < args.drain_timeout:
-        reading = Reading()
-        read_metrics(target.worker_url, reading)
-        lag = current_lag(args, target, reading)
-        if lag is not None and lag <= ANALYTICS_EVENTS.partitions:
+        if target.group is not None:
+            drained = asyncio.run(records_past_commits(args.bootstrap, target.group)) == 0
+        else:
+            reading = Reading()
+            read_metrics(target.worker_url, reading)
+            lag = current_lag(args, target, reading)
+            drained = lag is not None and lag <= ANALYTICS_EVENTS.partitions
+        if drained:
             return round(time.monotonic() - started, 1)
         time.sleep(2)
     return None
