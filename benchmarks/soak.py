@@ -83,7 +83,7 @@ REPO = Path(__file__).resolve().parent.parent
 if sys.path[0] != str(REPO):
     sys.path.insert(0, str(REPO))
 
-from aiokafka import AIOKafkaConsumer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from benchmarks.streams import (  # noqa: E402
@@ -173,18 +173,25 @@ def read_metrics(url: str | None, into: Reading) -> bool:
     return True
 
 
-async def group_lag(bootstrap: str, group: str) -> float | None:
-    """Records of analytics.events between the group's committed offsets and the ends
-    (read_committed), straight from Kafka. Transaction markers take offsets too, so a
-    caught-up group can read up to one per partition."""
+async def group_commits(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    """The group's committed offsets on analytics.events."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
+    topic = ANALYTICS_EVENTS.name
+    return {tp: meta.offset for tp, meta in committed.items() if tp.topic == topic}
+
+
+async def group_lag(bootstrap: str, group: str) -> float | None:
+    """Records of analytics.events between the group's committed offsets and the ends
+    (read_committed), straight from Kafka. Transaction markers take offsets too, so a
+    caught-up group can read up to one per partition."""
+    committed = await group_commits(bootstrap, group)
     ends = await end_offsets(bootstrap, [ANALYTICS_EVENTS.name])
-    lags = [max(0, end - committed[tp].offset) for tp, end in ends.items() if tp in committed]
+    lags = [max(0, end - committed[tp]) for tp, end in ends.items() if tp in committed]
     return float(sum(lags)) if lags else None
 
 
@@ -192,15 +199,7 @@ async def records_past_commits(bootstrap: str, group: str) -> int:
     """Records of analytics.events a read_committed consumer sees at or after the group's
     committed offsets. Unlike the offset lag, a caught-up group reads 0 here even when a
     request answered 503 left aborted records after the last commit."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    starts = {
-        tp: meta.offset for tp, meta in committed.items() if tp.topic == ANALYTICS_EVENTS.name
-    }
+    starts = await group_commits(bootstrap, group)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )

@@ -116,11 +116,16 @@ class Changelog:
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
-    async def read(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionState]:
-        """Each partition's latest value per key, from its first offset to the end offset
-        at the time of the call."""
-        tps = [TopicPartition(topic, partition) for partition in partitions]
-        states: dict[int, PartitionState] = {tp.partition: {} for tp in tps}
+    async def read(
+        self, topics: Sequence[str], partitions: Iterable[int]
+    ) -> dict[str, dict[int, PartitionState]]:
+        """Per topic, each partition's latest value per key, from its first offset to the
+        end offset at the time of the call; one consumer fetches them all."""
+        partitions = list(partitions)
+        tps = [TopicPartition(topic, partition) for topic in topics for partition in partitions]
+        states: dict[str, dict[int, PartitionState]] = {
+            topic: {partition: {} for partition in partitions} for topic in topics
+        }
         if not tps:
             return states
         consumer = AIOKafkaConsumer(
@@ -140,7 +145,7 @@ class Changelog:
             while pending:
                 fetched = await consumer.getmany(*pending, timeout_ms=1_000)
                 for tp, records in fetched.items():
-                    state = states[tp.partition]
+                    state = states[tp.topic][tp.partition]
                     for record in records:
                         if record.key is None:
                             continue

@@ -36,7 +36,7 @@ from typing import Any
 
 from schemas.events import DeadLetter, decode_record, encode_dead_letter
 from sinks.writer import SinkWriter
-from streams.changelog import Changelog, ChangelogSend, PartitionState
+from streams.changelog import Changelog, ChangelogSend
 from streams.metrics import (
     CONTENT_CREATION_RATE,
     EVENTS_PROCESSED,
@@ -291,23 +291,19 @@ class EventPipeline:
         partition's open plays still close on time), each loaded with its changelog. Kafka
         unreachable: retried with backoff, the partitions wait."""
         partitions = await assignment
-        stateful = [stage for stage in self.stages if stage.changelog_topic is not None]
+        stateful = [
+            (stage, stage.changelog_topic) for stage in self.stages if stage.changelog_topic
+        ]
         if not stateful or not partitions:
             self._owned = frozenset(partitions)
             return
         assert self.changelog is not None
-        loaded: list[tuple[Stage, dict[int, PartitionState]]] = []
+        topics = [topic for _, topic in stateful]
         backoff = 0.5
         while True:
             try:
-                await self.changelog.ensure_topics(
-                    [stage.changelog_topic for stage in stateful if stage.changelog_topic],
-                    max(partitions) + 1,
-                )
-                for stage in stateful[len(loaded) :]:
-                    assert stage.changelog_topic is not None
-                    states = await self.changelog.read(stage.changelog_topic, partitions)
-                    loaded.append((stage, states))
+                await self.changelog.ensure_topics(topics, max(partitions) + 1)
+                states = await self.changelog.read(topics, partitions)
                 break
             except Exception as exc:  # a revocation's CancelledError is not one
                 log.warning("changelog read failed, retrying in %.1f s: %s", backoff, exc)
@@ -317,12 +313,12 @@ class EventPipeline:
             return
         started = time.monotonic()
         keys = 0
-        for stage, states in loaded:
+        for stage, topic in stateful:
             for partition in partitions:
                 processor = stage.processor(partition)
-                for key, value in states[partition].items():
+                for key, value in states[topic][partition].items():
                     processor.load_state(key.decode(), value)
-                keys += len(states[partition])
+                keys += len(states[topic][partition])
         self._owned = frozenset(partitions)
         log.info(
             "state of partitions %s loaded: %d keys in %.2f s",
@@ -338,10 +334,9 @@ class EventPipeline:
         if loading is None or self._loading_generation != generation:
             return False
         await asyncio.wait({loading})
-        if loading.cancelled():
-            return False
-        loading.result()
-        return generation == self.generation()
+        if not loading.cancelled():
+            loading.result()
+        return self._is_loaded(generation) and generation == self.generation()
 
     def _is_loaded(self, generation: int) -> bool:
         loading = self._loading

@@ -55,7 +55,7 @@ async def test_read_gives_each_partitions_latest_values_without_deleted_keys(
     topic = f"{unique_name}-funnels-state-changelog"
     changelog = new_changelog()
     await changelog.ensure_topics([topic], 4)
-    assert await changelog.read(topic, [0, 3]) == {0: {}, 3: {}}
+    assert await changelog.read([topic], [0, 3]) == {topic: {0: {}, 3: {}}}
     try:
         many = [(f"user-{n}".encode(), f"v{n}".encode()) for n in range(30_000)]
         await changelog.write([(topic, 1, many), (topic, 2, [(b"user-1", b"other partition")])])
@@ -65,8 +65,8 @@ async def test_read_gives_each_partitions_latest_values_without_deleted_keys(
     finally:
         await changelog.close()
 
-    states = await new_changelog().read(topic, [0, 1, 2])
+    states = await new_changelog().read([topic], [0, 1, 2])
     expected = dict(many)
     expected[b"user-1"] = b"newer"
     del expected[b"user-2"], expected[b"user-3"]
-    assert states == {0: {}, 1: expected, 2: {b"user-1": b"other partition"}}
+    assert states == {topic: {0: {}, 1: expected, 2: {b"user-1": b"other partition"}}}
