@@ -11,6 +11,14 @@ usually `to`; see api/routes/):
 QUIP_MAX_EVENT_AGE_DAYS old, so a closed day can still change, and is then at most
 `closed_ttl_s` stale.
 
+Stale while revalidating: for `closed_stale_s` (300 s) or `open_stale_s` (30 s) past its
+TTL an entry is still returned, marked stale, so that the caller can answer with it and
+refresh it in the background (api/results.py). Today's queries read every event of the
+day so far (the events endpoint is an exact distinct count over them) and slow down as
+the day fills; without this, every request after the 5 s TTL waited for one. An answer
+is then at most TTL + stale window old, and only when nobody asked for it meanwhile:
+a refresh starts at the first request past the TTL.
+
 Bounds: at most `max_entries` entries and `max_bytes` of values; the least recently used
 entries go first, expired ones are dropped when met. A value larger than `max_bytes` is
 not stored.
@@ -41,6 +49,8 @@ from api.metrics import CACHE_HIT_RATIO, CACHE_LOOKUPS
 
 CLOSED_TTL_S: Final = 300.0
 OPEN_TTL_S: Final = 5.0
+CLOSED_STALE_S: Final = 300.0
+OPEN_STALE_S: Final = 30.0
 MAX_ENTRIES: Final = 512
 MAX_BYTES: Final = 64 * 1024 * 1024
 
@@ -60,6 +70,13 @@ class CacheKey:
 class _Entry:
     value: bytes
     expires_at: float
+    stale_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    value: bytes
+    stale: bool  # past its TTL, within its stale window: refresh it
 
 
 class QueryCache:
@@ -70,6 +87,8 @@ class QueryCache:
         max_bytes: int = MAX_BYTES,
         closed_ttl_s: float = CLOSED_TTL_S,
         open_ttl_s: float = OPEN_TTL_S,
+        closed_stale_s: float = CLOSED_STALE_S,
+        open_stale_s: float = OPEN_STALE_S,
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = utc_today,
         hit_ratio_gauge: Gauge | None = CACHE_HIT_RATIO,
@@ -80,6 +99,8 @@ class QueryCache:
         self.max_bytes = max_bytes
         self.closed_ttl_s = closed_ttl_s
         self.open_ttl_s = open_ttl_s
+        self.closed_stale_s = closed_stale_s
+        self.open_stale_s = open_stale_s
         self._clock = clock
         self._today = today
         self._gauge = hit_ratio_gauge
@@ -95,23 +116,29 @@ class QueryCache:
         """closed_ttl_s when `last_day` is before today (UTC), else open_ttl_s."""
         return self.closed_ttl_s if last_day < self._today() else self.open_ttl_s
 
-    def get(self, key: CacheKey) -> bytes | None:
-        """The stored value, or None when absent or expired. Counts a lookup."""
+    def stale_window_for(self, last_day: date) -> float:
+        return self.closed_stale_s if last_day < self._today() else self.open_stale_s
+
+    def get(self, key: CacheKey) -> Cached | None:
+        """The stored value (stale past its TTL), or None when absent or past its stale
+        window. Counts a lookup; a stale value counts as a hit (it is what is served)."""
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.expires_at <= now:
+            if entry is not None and entry.stale_until <= now:
                 self._drop(key)
                 entry = None
+            stale = entry is not None and entry.expires_at <= now
             if entry is not None:
                 self._entries.move_to_end(key)
                 self._hits += 1
             self._lookups += 1
             ratio = self._hits / self._lookups
-        CACHE_LOOKUPS.labels("hit" if entry is not None else "miss").inc()
+        result = "miss" if entry is None else "stale" if stale else "hit"
+        CACHE_LOOKUPS.labels(result).inc()
         if self._gauge is not None:
             self._gauge.set(ratio)
-        return entry.value if entry is not None else None
+        return None if entry is None else Cached(entry.value, stale)
 
     def generation(self, project: str) -> int:
         with self._lock:
@@ -121,17 +148,19 @@ class QueryCache:
     def put(
         self, key: CacheKey, value: bytes, last_day: date, *, generation: int | None = None
     ) -> bool:
-        """Store `value` for ttl_for(last_day). Returns False, storing nothing, when the
-        value is larger than max_bytes or `generation` is older than the project's."""
+        """Store `value` for ttl_for(last_day), then stale for stale_window_for(last_day).
+        Returns False, storing nothing, when the value is larger than max_bytes or
+        `generation` is older than the project's."""
         if len(value) > self.max_bytes:
             return False
         expires_at = self._clock() + self.ttl_for(last_day)
+        stale_until = expires_at + self.stale_window_for(last_day)
         with self._lock:
             if generation is not None and generation != self._generations.get(key.project, 0):
                 return False
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = _Entry(value, expires_at)
+            self._entries[key] = _Entry(value, expires_at, stale_until)
             self._bytes += len(value)
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 oldest = next(iter(self._entries))

@@ -12,7 +12,9 @@ CACHE_HIT_RATIO = Gauge(
     multiprocess_mode="liveall",
 )
 CACHE_LOOKUPS = Counter(
-    "api_cache_lookups", "Query-API result cache lookups, by result (hit or miss)", ["result"]
+    "api_cache_lookups",
+    "Query-API result cache lookups, by result (hit, stale or miss)",
+    ["result"],
 )
 QUERY_DURATION = Histogram(
     "api_query_duration_seconds",

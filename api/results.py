@@ -2,6 +2,9 @@
 serialize through the endpoint's response model → cache → JSON response.
 
 - Hit: the stored bytes, `X-Cache: hit`.
+- Stale (past the TTL, within the stale window; api/cache.py): the stored bytes at once,
+  `X-Cache: stale`, and the query starts in the background (or is already running) to
+  replace them, so a slow query of today's growing data delays no request once cached.
 - Miss: the query runs in the engine pool as its own task; concurrent requests for the
   same key wait for that task instead of querying again, and a client that disconnects
   does not cancel it. The result goes through the response model's TypeAdapter
@@ -60,9 +63,9 @@ class Results:
         answer besides the project); `last_day` is the last UTC day the answer depends on
         (the cache's closed/open rule)."""
         key = CacheKey(endpoint, project, params)
-        body = self.cache.get(key)
-        if body is not None:
-            return JSONBytes(body, headers={"X-Cache": "hit"})
+        cached = self.cache.get(key)
+        if cached is not None and not cached.stale:
+            return JSONBytes(cached.value, headers={"X-Cache": "hit"})
         # A query started before an invalidation (erasure) is not joined by later requests.
         flight = (key, self.cache.generation(project))
         task = self._inflight.get(flight)
@@ -72,6 +75,8 @@ class Results:
             )
             self._inflight[flight] = task
             task.add_done_callback(lambda done: self._finished(flight, done))
+        if cached is not None:
+            return JSONBytes(cached.value, headers={"X-Cache": "stale"})
         body = await asyncio.shield(task)
         return JSONBytes(body, headers={"X-Cache": "miss"})
 

@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.cache import QueryCache, utc_today
 from api.pool import EnginePool
 from ingest.producer import BusUnavailable, OutgoingRecord
 from quip.settings import Settings
@@ -381,6 +382,63 @@ async def test_same_question_at_once_runs_one_query(
     again = await client.get(url, headers=READ)
     assert again.headers["x-cache"] == "hit"
     assert len([sql for sql in engine.queries if "uniqExact" in sql]) == 1
+
+
+class TodaysCount(FakeClickHouse):
+    """Answers the events query with one count that the test changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 1
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        rows = super().execute(sql, params)
+        if "uniqExact" in sql and params is not None:
+            return [(str(params["day_from"]), "page_view", self.count)]
+        return rows
+
+
+async def test_a_stale_answer_is_sent_at_once_while_one_query_refreshes_it() -> None:
+    engine = TodaysCount()
+    now = [1000.0]
+    cache = QueryCache(clock=lambda: now[0], hit_ratio_gauge=None)
+    application = create_app(settings(), engine, cache=cache)
+    today = utc_today().isoformat()
+    url = f"/v1/metrics/events?from={today}&to={today}"
+
+    def answered(response: httpx.Response) -> tuple[str, int]:
+        return response.headers["x-cache"], response.json()[0]["count"]
+
+    def queries() -> int:
+        return len([sql for sql in engine.queries if "uniqExact" in sql])
+
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            assert answered(await client.get(url, headers=READ)) == ("miss", 1)
+            engine.count = 2
+            engine.gate = threading.Event()  # the refresh query blocks until released
+            now[0] += cache.open_ttl_s + 1
+            assert answered(await client.get(url, headers=READ)) == ("stale", 1)
+            for _ in range(100):
+                if queries() == 2:
+                    break
+                await asyncio.sleep(0.02)
+            for _ in range(2):
+                assert answered(await client.get(url, headers=READ)) == ("stale", 1)
+            assert queries() == 2, "one refresh for the three stale answers"
+            engine.gate.set()
+            for _ in range(100):
+                response = await client.get(url, headers=READ)
+                if response.headers["x-cache"] == "hit":
+                    break
+                await asyncio.sleep(0.02)
+            assert answered(response) == ("hit", 2)
+            now[0] += cache.open_ttl_s + cache.open_stale_s
+            engine.count = 3
+            assert answered(await client.get(url, headers=READ)) == ("miss", 3), (
+                "past the stale window the request waits for the query"
+            )
 
 
 async def test_erasure_drops_the_projects_cached_answers(client: httpx.AsyncClient) -> None:

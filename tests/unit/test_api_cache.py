@@ -1,5 +1,5 @@
-"""The query API's result cache: TTL by closed/open range (injected clock and day), LRU
-bounds, hit ratio and its gauge, project invalidation, and concurrent use."""
+"""The query API's result cache: TTL and stale window by closed/open range (injected clock
+and day), LRU bounds, hit ratio and its gauge, project invalidation, and concurrent use."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from datetime import date, timedelta
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from api.cache import CLOSED_TTL_S, OPEN_TTL_S, CacheKey, QueryCache
+from api.cache import (
+    CLOSED_STALE_S,
+    CLOSED_TTL_S,
+    OPEN_STALE_S,
+    OPEN_TTL_S,
+    Cached,
+    CacheKey,
+    QueryCache,
+)
 
 TODAY = date(2026, 10, 10)
 YESTERDAY = TODAY - timedelta(days=1)
@@ -28,30 +36,51 @@ def key(endpoint: str = "active-users", project: str = "p", **params: str) -> Ca
     return CacheKey(endpoint, project, tuple(sorted(params.items())))
 
 
+def value(cache: QueryCache, k: CacheKey) -> bytes | None:
+    cached = cache.get(k)
+    return None if cached is None else cached.value
+
+
 def make_cache(clock: Clock, **options: object) -> QueryCache:
     gauge = Gauge("cache_hit_ratio_under_test", "test", registry=CollectorRegistry())
     return QueryCache(clock=clock, today=lambda: TODAY, hit_ratio_gauge=gauge, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("last_day", "ttl"),
+    ("last_day", "ttl", "stale_window"),
     [
-        pytest.param(YESTERDAY, CLOSED_TTL_S, id="range ended yesterday: closed, 300 s"),
-        pytest.param(TODAY - timedelta(days=40), CLOSED_TTL_S, id="long past: closed"),
-        pytest.param(TODAY, OPEN_TTL_S, id="range includes today: open, 5 s"),
-        pytest.param(TODAY + timedelta(days=3), OPEN_TTL_S, id="range ends in the future: open"),
+        pytest.param(YESTERDAY, CLOSED_TTL_S, CLOSED_STALE_S, id="ended yesterday: closed"),
+        pytest.param(TODAY - timedelta(days=40), CLOSED_TTL_S, CLOSED_STALE_S, id="long past"),
+        pytest.param(TODAY, OPEN_TTL_S, OPEN_STALE_S, id="range includes today: open"),
+        pytest.param(TODAY + timedelta(days=3), OPEN_TTL_S, OPEN_STALE_S, id="ends in the future"),
     ],
 )
-def test_entry_lives_for_the_ttl_of_its_range(last_day: date, ttl: float) -> None:
+def test_entry_is_fresh_for_its_ttl_then_stale_for_its_window(
+    last_day: date, ttl: float, stale_window: float
+) -> None:
     clock = Clock()
     cache = make_cache(clock)
-    assert cache.ttl_for(last_day) == ttl
+    assert (cache.ttl_for(last_day), cache.stale_window_for(last_day)) == (ttl, stale_window)
     assert cache.put(key(), b"[1]", last_day)
     clock.now += ttl - 0.01
-    assert cache.get(key()) == b"[1]"
+    assert cache.get(key()) == Cached(b"[1]", stale=False)
+    clock.now += 0.01
+    assert cache.get(key()) == Cached(b"[1]", stale=True)
+    clock.now += stale_window - 0.01
+    assert cache.get(key()) == Cached(b"[1]", stale=True)
     clock.now += 0.01
     assert cache.get(key()) is None
-    assert cache.size == 0, "an expired entry is dropped when met"
+    assert cache.size == 0, "an entry past its stale window is dropped when met"
+
+
+def test_storing_again_makes_a_stale_entry_fresh() -> None:
+    clock = Clock()
+    cache = make_cache(clock)
+    cache.put(key(), b"old", TODAY)
+    clock.now += OPEN_TTL_S + 1
+    assert cache.get(key()) == Cached(b"old", stale=True)
+    cache.put(key(), b"new", TODAY)
+    assert cache.get(key()) == Cached(b"new", stale=False)
 
 
 def test_closed_and_open_follow_the_injected_day() -> None:
@@ -67,11 +96,11 @@ def test_least_recently_used_entry_goes_first() -> None:
     cache = make_cache(Clock(), max_entries=3)
     for name in "abc":
         cache.put(key(x=name), name.encode(), YESTERDAY)
-    assert cache.get(key(x="a")) == b"a"  # a is now the most recent
+    assert value(cache, key(x="a")) == b"a"  # a is now the most recent
     cache.put(key(x="d"), b"d", YESTERDAY)
     assert cache.size == 3
-    assert cache.get(key(x="b")) is None
-    assert [cache.get(key(x=name)) for name in "acd"] == [b"a", b"c", b"d"]
+    assert value(cache, key(x="b")) is None
+    assert [value(cache, key(x=name)) for name in "acd"] == [b"a", b"c", b"d"]
 
 
 def test_size_in_bytes_is_bounded_too() -> None:
@@ -80,9 +109,9 @@ def test_size_in_bytes_is_bounded_too() -> None:
     cache.put(key(x="b"), b"bbbb", YESTERDAY)
     cache.put(key(x="c"), b"cccc", YESTERDAY)  # 12 bytes > 10: a goes
     assert cache.size_bytes == 8
-    assert cache.get(key(x="a")) is None
+    assert value(cache, key(x="a")) is None
     assert not cache.put(key(x="big"), b"x" * 11, YESTERDAY), "larger than the whole cache"
-    assert cache.get(key(x="big")) is None
+    assert value(cache, key(x="big")) is None
     cache.put(key(x="b"), b"bb", YESTERDAY)  # replacing an entry adjusts the byte count
     assert cache.size_bytes == 6
 
@@ -117,12 +146,12 @@ def test_invalidating_a_project_drops_its_entries_and_refuses_older_results() ->
     cache.put(key(project="q"), b"q", YESTERDAY)
     started = cache.generation("p")  # a query of project p starts here ...
     assert cache.invalidate_project("p") == 2  # ... a user of p is erased meanwhile
-    assert cache.get(key(project="p")) is None
-    assert cache.get(key(project="q")) == b"q"
+    assert value(cache, key(project="p")) is None
+    assert value(cache, key(project="q")) == b"q"
     assert not cache.put(key(project="p"), b"stale", YESTERDAY, generation=started)
-    assert cache.get(key(project="p")) is None
+    assert value(cache, key(project="p")) is None
     assert cache.put(key(project="p"), b"fresh", YESTERDAY, generation=cache.generation("p"))
-    assert cache.get(key(project="p")) == b"fresh"
+    assert value(cache, key(project="p")) == b"fresh"
 
 
 def test_bad_bounds_are_refused() -> None:
