@@ -67,6 +67,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable
 from sys import intern
 from typing import Final
@@ -228,7 +230,9 @@ class PlayState(msgspec.Struct, kw_only=True):
     last_ts: int
     last_received_at: int
     event_count: int = 0
-    event_ids: set[int] = msgspec.field(default_factory=set)
+    # Sorted 64-bit hashes, 8 bytes each: a set of ints costs ~70 bytes an event, and an
+    # open play (never at rest) of a long video collects hundreds of them.
+    event_ids: array = msgspec.field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
     positions: dict[int, int] = msgspec.field(default_factory=dict)
     closed: bool = False
     emitted_version: int = 0
@@ -336,13 +340,41 @@ class _RestingPlay(PlayState, array_like=True):
     third of the changelog encoding and of the object it stands for."""
 
 
-_play_encoder = msgspec.msgpack.Encoder()
-_play_decoder = msgspec.msgpack.Decoder(PlayState)
-_resting_decoder = msgspec.msgpack.Decoder(_RestingPlay)
+def _ids_as_list(value: object) -> list[int]:
+    """The changelog keeps event ids as a msgpack array of integers."""
+    if isinstance(value, array):
+        return value.tolist()
+    raise NotImplementedError(type(value))
+
+
+def _ids_as_bytes(value: object) -> bytes:
+    """At rest (this process only), event ids are their machine bytes."""
+    if isinstance(value, array):
+        return value.tobytes()
+    raise NotImplementedError(type(value))
+
+
+def _ids_from(kind: type, value: object) -> array:  # type: ignore[type-arg]
+    if kind is not array:
+        raise NotImplementedError(kind)
+    ids = array("Q")
+    if isinstance(value, bytes):
+        ids.frombytes(value)
+    elif isinstance(value, list) and all(isinstance(item, int) for item in value):
+        ids.extend(sorted(value))  # an older state's set came out in any order
+    else:
+        raise msgspec.ValidationError(f"event ids: expected an array of integers, got {value!r}")
+    return ids
+
+
+_play_encoder = msgspec.msgpack.Encoder(enc_hook=_ids_as_list)
+_resting_encoder = msgspec.msgpack.Encoder(enc_hook=_ids_as_bytes)
+_play_decoder = msgspec.msgpack.Decoder(PlayState, dec_hook=_ids_from)
+_resting_decoder = msgspec.msgpack.Decoder(_RestingPlay, dec_hook=_ids_from)
 
 
 def _to_rest(state: PlayState) -> bytes:
-    return _play_encoder.encode(msgspec.structs.astuple(state))
+    return _resting_encoder.encode(msgspec.structs.astuple(state))
 
 
 def _from_rest(blob: bytes) -> PlayState:
@@ -747,9 +779,11 @@ def _new_state(project: str, play_id: str, partition: int, event: Event) -> Play
 def _apply(state: PlayState, event: Event, received_at: int) -> bool:
     """Fold one event into the play; False when it was already applied (same event_id)."""
     event_hash = _event_hash(event.event_id)
-    if event_hash in state.event_ids:
+    ids = state.event_ids
+    index = bisect_left(ids, event_hash)
+    if index < len(ids) and ids[index] == event_hash:
         return False
-    state.event_ids.add(event_hash)
+    ids.insert(index, event_hash)
     state.event_count += 1
     state.last_ts = max(state.last_ts, event.ts)
     state.last_received_at = max(state.last_received_at, received_at)

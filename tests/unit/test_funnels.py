@@ -745,3 +745,35 @@ def test_times_only_complete_days_could_use_are_not_kept() -> None:
     feeder.send([ev(next_day + 9 * S, "c")])
     assert [row[5] for row in feeder.flush()] == [3]
     assert len(processor.take_state_changes()[state_key("p1", "u1")] or b"") < 2 * complete_size
+
+
+def test_state_at_rest_round_trips_exactly() -> None:
+    """Between flushes a user's state rests in a compact form of its own (times as gaps,
+    funnels by number, project and user id from the key, where the user id may hold ':').
+    Resting between two records must not change the changelog value or the rows."""
+    user = "tenant:7:u1"
+    events = [ev(n * S, "a", user=user) for n in range(0, 40, 4)]
+    events += [ev(n * S, "b", user=user) for n in range(1, 40, 4)]
+    events += [ev(41 * S, "c", user=user), ev(3 * 86_400 * S, "page_view", user=user)]
+    rnd = random.Random(5)
+    rnd.shuffle(events)
+    definitions = [ABC, PINCH, PAGE_TWICE]
+
+    straight = Feeder(FunnelsProcessor(definitions))
+    for event in events:
+        straight.send([event])
+    straight.flush()
+    resting = Feeder(FunnelsProcessor(definitions))
+    for event in events:
+        resting.send([event])
+        resting.flush()  # back to rest after every record
+
+    key = state_key("p1", user)
+    value = straight.processor.take_state_changes()[key]
+    assert value is not None
+    assert resting.processor.take_state_changes()[key] == value
+    assert {(row[0], row[3]) for row in resting.rows} == {("p1", user)}
+    assert levels_from_progress(resting.rows, "abc", DAY0, DAY0) == {user: 3}
+    held = resting.processor._users[key]
+    assert isinstance(held, bytes)
+    assert len(held) < len(value) * 2 / 3

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 
 from quip.settings import Settings
@@ -715,3 +716,43 @@ def test_qoe_fields_leave_out_undefined_values() -> None:
         "watch_ms": 0,
     }
     assert qoe_fields([])["plays"] == 0
+
+
+def test_event_ids_from_an_older_changelog_still_deduplicate() -> None:
+    """Older states stored event ids as a set, i.e. a msgpack array in any order; they are
+    kept sorted now, so a loaded list must be sorted for a retry to be recognised."""
+    feed = Feed()
+    feed.send(*NORMAL[:-1])
+    feed.flush(T0 + 30_000)
+    key = play_state_key(PROJECT, "pl-1")
+    value = feed.processor.take_state_changes()[key]
+    assert value is not None
+    state = msgspec.msgpack.decode(value)
+    state["event_ids"] = sorted(state["event_ids"], reverse=True)
+    assert len(state["event_ids"]) == len(NORMAL) - 1
+
+    restored = Feed(offset=feed.offset)
+    restored.processor.load_state(key, msgspec.msgpack.encode(state))
+    restored.send(*NORMAL[:-1])  # a client retry of everything already applied
+    restored.send(NORMAL[-1])
+    restored.flush(FAR)
+    assert restored.final_rows()["pl-1"] == closed_row(*NORMAL)
+
+
+def test_long_play_counts_each_event_once_whatever_the_order() -> None:
+    beats = [
+        ev("heartbeat", T0 + 1_000 + n * 10_000, played_ms=10_000, bitrate_kbps=3000)
+        for n in range(400)
+    ]
+    shuffled = random.Random(11).sample(beats, len(beats))
+    feed = Feed()
+    feed.send(NORMAL[0])
+    for chunk in range(0, len(shuffled), 7):
+        feed.send(*shuffled[chunk : chunk + 7])
+    feed.flush(T0 + 60_000)
+    feed.processor.take_state_changes()  # nothing rests while open: objects stay objects
+    for chunk in range(0, len(beats), 50):
+        feed.send(*beats[chunk : chunk + 50])  # every one of them again
+    feed.flush(FAR)
+    assert feed.final_rows()["pl-1"]["event_count"] == len(beats) + 1
+    assert feed.final_rows()["pl-1"]["played_ms"] == len(beats) * 10_000
