@@ -40,9 +40,10 @@ toStartOfInterval, range(a, b) or DateTime64):
   on every table first to measure the fully merged state.
 
 Measurement, per engine, for each query of QUERIES (realistic dashboard parameters):
-  - through the API: httpx.AsyncClient over ASGITransport to create_app(settings, engine)
-    with a read key of the project (in-process, no sockets: HTTP parsing, auth, validation,
-    the engine pool's worker thread and serialization are included);
+  - through the API: httpx.AsyncClient over ASGITransport to create_app(settings, engine),
+    run inside the app's lifespan as uvicorn runs it (its start-up settings apply), with a
+    read key of the project (in-process, no sockets: HTTP parsing, auth, validation, the
+    engine pool's worker thread and serialization are included);
       first = the very first request of that query shape on the engine;
       cold  = --repeat requests, the API cache cleared before each (X-Cache: miss);
       warm  = --warm-repeat requests answered from the API cache (X-Cache: hit);
@@ -774,7 +775,10 @@ async def measure_engine(
     context = cast(ApiContext, app.state.context)
     transport = httpx.ASGITransport(app=app)
     results = []
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
+    ):
         for spec in specs:
             measured = Measured(spec)
             context.cache.clear()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api.app import create_app
+from api.app import GC_YOUNG_THRESHOLD, create_app
 from api.cache import QueryCache, utc_today
 from api.pool import EnginePool
 from ingest.producer import BusUnavailable, OutgoingRecord
@@ -439,6 +440,14 @@ async def test_a_stale_answer_is_sent_at_once_while_one_query_refreshes_it() -> 
             assert answered(await client.get(url, headers=READ)) == ("miss", 3), (
                 "past the stale window the request waits for the query"
             )
+
+
+async def test_a_running_app_collects_young_objects_less_often_and_restores_it() -> None:
+    application = create_app(settings(), FakeClickHouse())
+    before = gc.get_threshold()
+    async with application.router.lifespan_context(application):
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
 
 
 async def test_erasure_drops_the_projects_cached_answers(client: httpx.AsyncClient) -> None:
