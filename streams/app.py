@@ -2,9 +2,9 @@
 sinks, and /health, /ready, /metrics on the Faust web port (6066).
 
 `analytics.events` is consumed by the Faust consumer (group membership, assignment,
-offset commits) but its messages skip Faust's streams: the consumer hands
-them in fetched lists to `EventPipeline` (streams/pipeline.py), which acks them once
-stored. The service topics go through a regular Faust agent.
+offset commits) but its records skip Faust's streams and messages: the consumer hands
+aiokafka's records in fetched lists to `EventPipeline` (streams/pipeline.py), which acks
+them once stored. The service topics go through a regular Faust agent.
 
 Consumers read `isolation_level=read_committed`: the gateway writes each request inside a
 Kafka transaction, and a request it answered 503 must never be counted.
@@ -20,19 +20,23 @@ state lives in Kafka changelogs, nothing there has to survive a restart.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaProducer
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quip.settings import Settings
@@ -64,6 +68,17 @@ log = logging.getLogger(__name__)
 WORKER_WEB_PORT = 6066
 CRASH_EXIT_STATUS = 70  # EX_SOFTWARE
 
+# In a running worker CPython's automatic cyclic GC is off and a full collection runs every
+# GC_INTERVAL_S instead. The heap is mostly long-lived processor state (users, plays,
+# funnel progress) plus each batch's records and rows, which live a second or two: both
+# survive young collections, so the default thresholds kept scanning them again, about a
+# third of the worker's CPU (benchmarks/streams.py, 600k users, µs of worker CPU per event:
+# 46 with the default thresholds, 15 of them in the GC; 34 with old generations collected
+# 10x less often; 29 like this). Reference counting frees all else; the worker makes few
+# reference cycles (a few hundred objects/s under load), which wait at most this long. A
+# collection holds the loop about 0.3 s with 600k users' state.
+GC_INTERVAL_S = 60.0
+
 
 DirectHandler = Callable[[list[Any], int], Awaitable[None]]
 
@@ -93,12 +108,12 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
         try:
             while not (should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
-                batch = [item async for item in self.getmany(timeout=1.0)]
-                if batch and not self.should_stop:
+                fetched = await self._fetch(within_s=1.0)
+                if fetched and not self.should_stop:
                     # No await since the fetch returned: a rebalance has either not begun
                     # or already taken the revoked partitions out of the active set.
                     generation = self.app.rebalancing_count
-                    handed, streamed = self._read(batch)
+                    handed, streamed = self._read(fetched)
                     await self.wait_first(
                         self._deliver(handed, streamed, generation), self.suspend_flow.wait()
                     )
@@ -118,28 +133,63 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
-    def _read(self, batch: list[tuple[Any, Any]]) -> tuple[dict[str, list[Any]], list[Any]]:
+    async def _fetch(self, within_s: float) -> list[tuple[Any, list[Any]]]:
+        """Faust's `Consumer.getmany` by partition instead of by record: the fetched
+        aiokafka records of each active (or buffered) partition. Its per-record steps (an
+        async generator, the end offset sent to the monitor, a Faust message built) cost
+        more than the events pipeline's own work on a record; here they are once per
+        partition, and `_read` builds Faust messages for the streams' topics only. Empty
+        when stopping, and when the flow is stopped (then, like Faust, it seeks back to
+        the committed offsets)."""
+        records, active_partitions = await self._wait_next_records(within_s)
+        if records is None or self.should_stop:
+            return []
+        if not self.flow_active:
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning("exception performing seek when flow not active: %r", exc)
+            return []
+        buffered = self._buffered_partitions
+        track_end_offset = self.app.monitor.track_tp_end_offset
+        fetched = []
+        for tp, tp_records in records.items():
+            if active_partitions is None or tp in active_partitions or tp in buffered:
+                track_end_offset(tp, self.highwater(tp))
+                fetched.append((tp, tp_records))
+        return fetched
+
+    def _read(self, fetched: list[tuple[Any, list[Any]]]) -> tuple[dict[str, list[Any]], list[Any]]:
         """Records the read offsets (and the gaps between them) of a fetched batch and
-        splits it into the direct handlers' messages, by topic, and the streams' messages.
-        Synchronous on purpose: a revocation clears the read offsets, and one written back
-        afterwards would make the refetched records look delivered."""
+        splits it into the direct handlers' records (aiokafka's, by topic) and the
+        streams' Faust messages. Synchronous on purpose: a revocation clears the read
+        offsets, and one written back afterwards would make the refetched records look
+        delivered."""
         read_offsets = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
         handlers: dict[str, DirectHandler] = getattr(self.app, "direct_handlers", {})
         handed: dict[str, list[Any]] = {}
         streamed: list[Any] = []
-        for tp, message in batch:
-            offset = message.offset
+        for tp, records in fetched:
             read = read_offsets[tp]
-            if read is not None and offset < read:
-                continue  # already delivered (Faust drops these too)
-            if read is not None and offset - read > 1 and acks_enabled_for(message.topic):
-                self._add_gap_between(tp, read, offset)
-            if message.topic in handlers:
-                handed.setdefault(message.topic, []).append(message)
+            gaps = acks_enabled_for(tp.topic)
+            unread = []
+            for record in records:
+                offset = record.offset
+                if read is not None:
+                    if offset < read:
+                        continue  # already delivered (Faust drops these too)
+                    if gaps and offset - read > 1:
+                        self._add_gap_between(tp, read, offset)
+                unread.append(record)
+                read = offset
+            if not unread:
+                continue
+            read_offsets[tp] = read
+            if tp.topic in handlers:
+                handed.setdefault(tp.topic, []).extend(unread)
             else:
-                streamed.append(message)
-            read_offsets[tp] = offset
+                streamed.extend(self._to_message(tp, record) for record in unread)
         return handed, streamed
 
     async def _deliver(
@@ -156,6 +206,31 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
         handlers: dict[str, DirectHandler] = getattr(app, "direct_handlers", {})
         for topic, messages in handed.items():
             await handlers[topic](messages, generation)
+
+    def ack_records(self, records: Iterable[Any]) -> None:
+        """`Consumer.ack` for records handed to a direct handler (they have no Faust
+        message, so no `acked` flag: an offset already acked, or below the committed one,
+        is skipped like Faust skips it), one step per partition under Faust's ack lock."""
+        offsets: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
+        for record in records:
+            offsets[record.topic, record.partition].append(record.offset)
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        with ack_lock:
+            for (topic, partition), tp_offsets in offsets.items():
+                if not acks_enabled_for(topic):
+                    continue
+                tp = self._new_topicpartition(topic, partition)
+                committed = self._committed_offset[tp]
+                acked_index = self._acked_index[tp]
+                new = [
+                    offset
+                    for offset in dict.fromkeys(tp_offsets)
+                    if (committed is None or offset >= committed) and offset not in acked_index
+                ]
+                acked_index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
 
     def _add_gap_between(self, tp: Any, read: int, offset: int) -> None:
         """The offsets after the last read and *before* the fetched record: transaction
@@ -177,10 +252,11 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class WorkerApp(faust.App):
-    """`direct_handlers`: topics whose fetched messages go to a handler in batches, as
-    fetched, instead of through Faust's channels, streams and events one message at a
-    time. The handler acks them (`consumer.ack`) once they are processed; Faust commits
-    acked offsets as usual."""
+    """`direct_handlers`: topics whose fetched records (aiokafka's `ConsumerRecord`, no
+    Faust message) go to a handler in batches, as fetched, instead of through Faust's
+    channels, streams and events one message at a time. The handler acks them
+    (`consumer.ack_records`) once they are processed; Faust commits acked offsets as
+    usual."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -289,6 +365,15 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     app.direct_handlers[ANALYTICS_EVENTS.name] = pipeline.enqueue
     app.task(_supervised(state, pipeline.name, lambda _app: pipeline.run()))
 
+    async def _no_automatic_gc() -> None:
+        gc.disable()
+
+    app.task(_no_automatic_gc)  # in a running worker only, not in an app merely created
+
+    @app.timer(interval=GC_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def _collect_cycles() -> None:
+        gc.collect()
+
     service_topics = app.topic(
         *SERVICE_TOPICS,
         key_type=bytes,
@@ -354,43 +439,48 @@ class PlayMetrics:
     observed once (bounded memory of plays: after a restart a play may be observed again;
     these are live indicators, the API is exact)."""
 
+    _READ = ("deleted", "project", "play_id", "started", "watch_ms", "startup_ms", "rebuffer_ms")
+
     def __init__(self, remember_at_most: int = 50_000) -> None:
         self._counted_watch_ms: dict[int, int] = {}
         self._remember_at_most = remember_at_most
-        self._index = {name: n for n, name in enumerate(PLAY_COLUMNS)}
+        # Labelled children looked up once: `labels()` per closed play was most of this.
+        self._startup_seconds = VIDEO_PLAYBACK_QUALITY.labels("startup_seconds")
+        self._rebuffer_ratio = VIDEO_PLAYBACK_QUALITY.labels("rebuffer_ratio")
+        self._columns = tuple(PLAY_COLUMNS.index(name) for name in self._READ)
 
     def observe(self, output: ProcessorOutput) -> None:
-        col = self._index
+        deleted, project, play_id, started, watch, startup, rebuffer = self._columns
+        counted_watch_ms = self._counted_watch_ms
+        hours_watched = 0.0
         for table in output.tables:
             if table.table != PLAYS_TABLE:
                 continue
             for row in table.rows:
-                if row[col["deleted"]]:
+                if row[deleted]:
                     continue
-                key = hash((row[col["project"]], row[col["play_id"]]))
-                seen_before = key in self._counted_watch_ms
-                if not seen_before and len(self._counted_watch_ms) >= self._remember_at_most:
-                    self._counted_watch_ms.clear()
-                watch_ms = row[col["watch_ms"]]
-                counted = self._counted_watch_ms.get(key, 0)
+                key = hash((row[project], row[play_id]))
+                seen_before = key in counted_watch_ms
+                if not seen_before and len(counted_watch_ms) >= self._remember_at_most:
+                    counted_watch_ms.clear()
+                watch_ms = row[watch]
+                counted = counted_watch_ms.get(key, 0)
                 if watch_ms > counted:
-                    VIDEO_HOURS_WATCHED.inc((watch_ms - counted) / 3_600_000)
-                self._counted_watch_ms[key] = max(watch_ms, counted)
+                    hours_watched += (watch_ms - counted) / 3_600_000
+                counted_watch_ms[key] = max(watch_ms, counted)
                 if seen_before:
                     continue
-                if row[col["started"]]:
-                    VIDEO_PLAYBACK_QUALITY.labels("startup_seconds").observe(
-                        row[col["startup_ms"]] / 1000
-                    )
+                if row[started]:
+                    self._startup_seconds.observe(row[startup] / 1000)
                 if watch_ms:
-                    VIDEO_PLAYBACK_QUALITY.labels("rebuffer_ratio").observe(
-                        row[col["rebuffer_ms"]] / watch_ms
-                    )
+                    self._rebuffer_ratio.observe(row[rebuffer] / watch_ms)
+        if hours_watched:
+            VIDEO_HOURS_WATCHED.inc(hours_watched)
 
 
-def _acker(app: faust.App) -> Callable[[Any], None]:
-    def ack(message: Any) -> None:
-        app.consumer.ack(message)
+def _acker(app: faust.App) -> Callable[[list[Any]], None]:
+    def ack(records: list[Any]) -> None:
+        cast(_ReadCommittedConsumer, app.consumer).ack_records(records)
 
     return ack
 

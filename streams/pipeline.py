@@ -1,8 +1,9 @@
 """The worker's loops: decode → pure processors → batch → sink flush → changelog → ack.
 
 `EventPipeline` is the one consumer of `analytics.events`. The Faust consumer hands it
-the messages as fetched, in lists (no Faust stream, channel or event per message: that
-machinery cost more than everything else a small record needs, benchmarks/README.md).
+aiokafka's records as fetched, in lists (no Faust message, stream, channel or event per
+record: that machinery cost more than everything else a small record needs,
+benchmarks/README.md).
 Each record is decoded once and fed to every processor (events, activity, plays,
 funnels). Batches close by records, bytes or time. A batch's messages are acked, so that
 Faust may commit their offsets, only after *every* sink has the batch and the state
@@ -111,8 +112,8 @@ class Stage:
 class EventPipeline:
     """The `analytics.events` loop. Fetched messages arrive in lists through `enqueue`
     (the consumer hands them over as fetched, see streams/app.py); `run` takes batches of
-    them, feeds every stage, flushes, changelogs, and only then acks the batch's messages
-    so their offsets can be committed."""
+    them, feeds every stage, flushes, changelogs, and only then acks the batch's messages,
+    with one call of `ack` per batch, so their offsets can be committed."""
 
     def __init__(
         self,
@@ -120,7 +121,7 @@ class EventPipeline:
         writer: SinkWriter,
         *,
         dead_letters: Any = None,
-        ack: Callable[[Any], None] | None = None,
+        ack: Callable[[list[Any]], None] | None = None,
         changelog: Changelog | None = None,
         generation: Callable[[], int] = lambda: 0,
     ) -> None:
@@ -228,6 +229,7 @@ class EventPipeline:
         count = 0
         undecodable: list[tuple[Any, Exception]] = []
         stages = self.stages
+        by_partition: dict[int, list[EventProcessor]] = {}
         for message in messages:
             try:
                 record = decode_record(message.value)
@@ -235,7 +237,11 @@ class EventPipeline:
                 undecodable.append((message, exc))
                 continue
             partition = message.partition
-            processors = [stage.processor(partition) for stage in stages]
+            processors = by_partition.get(partition)
+            if processors is None:
+                processors = by_partition[partition] = [
+                    stage.processor(partition) for stage in stages
+                ]
             count += apply_record(record, Position(partition, message.offset), processors)
         return count, undecodable
 
@@ -396,9 +402,8 @@ class EventPipeline:
                 await self.changelog.write(sends)
         for message, exc in undecodable:
             await self._undecodable(message, exc)
-        if self.ack is not None and generation == self.generation():
-            for message in batch:
-                self.ack(message)
+        if self.ack is not None and batch and generation == self.generation():
+            self.ack(batch)
         if count:
             for stage in self.stages:
                 EVENTS_PROCESSED.labels(stage.name).inc(count)

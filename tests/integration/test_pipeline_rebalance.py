@@ -73,7 +73,7 @@ class Worker:
                 ),
             ],
             SinkWriter(lambda: ServerClickHouse(clickhouse_url), None, SinkHealth()),
-            ack=self.acked.append,
+            ack=self.acked.extend,
             changelog=self.changelog,
             generation=generation,
         )
