@@ -335,9 +335,43 @@ class SeriesState(msgspec.Struct):
     plays: dict[str, QoeContribution] = msgspec.field(default_factory=dict)
 
 
-class _RestingPlay(PlayState, array_like=True):
-    """A closed play at rest: PlayState's fields as a msgpack array (no field names), a
-    third of the changelog encoding and of the object it stands for."""
+class _RestingPlay(msgspec.Struct, array_like=True):
+    """A closed play at rest (this process only, so free to change): a msgpack array
+    without what the key or the rest of the play already says. Project and play id come
+    from the key, `closed` is always true, `series_key` is either None or the key the
+    play's own fields give (`in_series`), an event id equal to the first event's is None,
+    and times are offsets from `first_ts`, which msgpack writes in 1 to 5 bytes instead of
+    9."""
+
+    partition: int
+    first_ts: int
+    first_event_id: str
+    user_id: str
+    device_model: str
+    app_version: str
+    region: str
+    content_id: str
+    content_ts: int | None
+    content_event_id: str | None
+    start_ts: int | None
+    start_event_id: str | None
+    startup_ms: int
+    played_ms: int
+    rebuffer_ms: int
+    rebuffer_count: int
+    bitrate_switches: int
+    bitrate_weighted_sum: int
+    bitrate_weight_ms: int
+    first_fatal_ts: int | None
+    has_end: bool
+    last_ts: int
+    last_received_at: int
+    event_count: int
+    event_ids: bytes
+    positions: dict[int, int]
+    emitted_version: int
+    emitted_first_ts: int | None
+    in_series: bool
 
 
 def _ids_as_list(value: object) -> list[int]:
@@ -347,20 +381,11 @@ def _ids_as_list(value: object) -> list[int]:
     raise NotImplementedError(type(value))
 
 
-def _ids_as_bytes(value: object) -> bytes:
-    """At rest (this process only), event ids are their machine bytes."""
-    if isinstance(value, array):
-        return value.tobytes()
-    raise NotImplementedError(type(value))
-
-
 def _ids_from(kind: type, value: object) -> array:  # type: ignore[type-arg]
     if kind is not array:
         raise NotImplementedError(kind)
     ids = array("Q")
-    if isinstance(value, bytes):
-        ids.frombytes(value)
-    elif isinstance(value, list) and all(isinstance(item, int) for item in value):
+    if isinstance(value, list) and all(isinstance(item, int) for item in value):
         ids.extend(sorted(value))  # an older state's set came out in any order
     else:
         raise msgspec.ValidationError(f"event ids: expected an array of integers, got {value!r}")
@@ -368,18 +393,108 @@ def _ids_from(kind: type, value: object) -> array:  # type: ignore[type-arg]
 
 
 _play_encoder = msgspec.msgpack.Encoder(enc_hook=_ids_as_list)
-_resting_encoder = msgspec.msgpack.Encoder(enc_hook=_ids_as_bytes)
 _play_decoder = msgspec.msgpack.Decoder(PlayState, dec_hook=_ids_from)
-_resting_decoder = msgspec.msgpack.Decoder(_RestingPlay, dec_hook=_ids_from)
+_resting_encoder = msgspec.msgpack.Encoder()
+_resting_decoder = msgspec.msgpack.Decoder(_RestingPlay)
 
 
-def _to_rest(state: PlayState) -> bytes:
-    return _resting_encoder.encode(msgspec.structs.astuple(state))
+def _offset(ts: int | None, first_ts: int) -> int | None:
+    return None if ts is None else ts - first_ts
 
 
-def _from_rest(blob: bytes) -> PlayState:
-    # A PlayState again (not the subclass): the changelog keeps the map encoding.
-    return PlayState(**msgspec.structs.asdict(_resting_decoder.decode(blob)))
+def _time(offset: int | None, first_ts: int) -> int | None:
+    return None if offset is None else first_ts + offset
+
+
+def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
+    """`buffer` is scratch space: `encode` would return bytes that keep the spare room of
+    its growing buffer (a fifth to a half more than the play), a copy out of the buffer
+    has the exact size."""
+    first_ts, first_event_id = state.first_ts, state.first_event_id
+    _resting_encoder.encode_into(
+        (
+            state.partition,
+            first_ts,
+            first_event_id,
+            state.user_id,
+            state.device_model,
+            state.app_version,
+            state.region,
+            state.content_id,
+            _offset(state.content_ts, first_ts),
+            None if state.content_event_id == first_event_id else state.content_event_id,
+            _offset(state.start_ts, first_ts),
+            None if state.start_event_id == first_event_id else state.start_event_id,
+            state.startup_ms,
+            state.played_ms,
+            state.rebuffer_ms,
+            state.rebuffer_count,
+            state.bitrate_switches,
+            state.bitrate_weighted_sum,
+            state.bitrate_weight_ms,
+            _offset(state.first_fatal_ts, first_ts),
+            state.has_end,
+            state.last_ts - first_ts,
+            state.last_received_at - first_ts,
+            state.event_count,
+            state.event_ids.tobytes(),
+            state.positions,
+            state.emitted_version,
+            _offset(state.emitted_first_ts, first_ts),
+            state.series_key is not None,
+        ),
+        buffer,
+    )
+    return bytes(buffer)
+
+
+def _from_rest(key: tuple[str, str], blob: bytes) -> PlayState:
+    rest = _resting_decoder.decode(blob)
+    project, play_id = key
+    first_ts, first_event_id = rest.first_ts, rest.first_event_id
+    content_id, device_model = intern(rest.content_id), intern(rest.device_model)
+    event_ids = array("Q")
+    event_ids.frombytes(rest.event_ids)
+    return PlayState(
+        project=project,
+        play_id=play_id,
+        partition=rest.partition,
+        first_ts=first_ts,
+        first_event_id=first_event_id,
+        user_id=rest.user_id,
+        device_model=device_model,
+        app_version=intern(rest.app_version),
+        region=intern(rest.region),
+        content_id=content_id,
+        content_ts=_time(rest.content_ts, first_ts),
+        content_event_id=(
+            first_event_id if rest.content_event_id is None else rest.content_event_id
+        ),
+        start_ts=_time(rest.start_ts, first_ts),
+        start_event_id=first_event_id if rest.start_event_id is None else rest.start_event_id,
+        startup_ms=rest.startup_ms,
+        played_ms=rest.played_ms,
+        rebuffer_ms=rest.rebuffer_ms,
+        rebuffer_count=rest.rebuffer_count,
+        bitrate_switches=rest.bitrate_switches,
+        bitrate_weighted_sum=rest.bitrate_weighted_sum,
+        bitrate_weight_ms=rest.bitrate_weight_ms,
+        first_fatal_ts=_time(rest.first_fatal_ts, first_ts),
+        has_end=rest.has_end,
+        last_ts=first_ts + rest.last_ts,
+        last_received_at=first_ts + rest.last_received_at,
+        event_count=rest.event_count,
+        event_ids=event_ids,
+        positions=rest.positions,
+        closed=True,
+        emitted_version=rest.emitted_version,
+        emitted_first_ts=_time(rest.emitted_first_ts, first_ts),
+        series_key=(
+            (project, rest.partition, _minute(first_ts), content_id, device_model)
+            if rest.in_series
+            else None
+        ),
+    )
 
 
 _series_decoder = msgspec.msgpack.Decoder(SeriesState)
@@ -421,6 +536,44 @@ def _minute(ts: int) -> int:
 # ---------------------------------------------------------------- processor
 
 
+_PlayKey = tuple[str, str]
+_DEADLINE_BUCKET_MS: Final = 1_000
+
+
+class _Deadlines:
+    """Play keys by a time, for "which are due": buckets of `_DEADLINE_BUCKET_MS` in a
+    dict of lists, plus a heap of the bucket numbers. A key costs a list slot (8 bytes)
+    where a heap of (time, key) entries cost 64 (the tuple and its slot), once per index
+    for every held play. The time itself is not kept: the caller reads it from the play,
+    and puts back what is not due yet."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[_PlayKey]] = {}
+        self._order: list[int] = []
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._buckets.values())
+
+    def add(self, time: int, key: _PlayKey) -> None:
+        bucket = time // _DEADLINE_BUCKET_MS
+        keys = self._buckets.get(bucket)
+        if keys is None:
+            self._buckets[bucket] = [key]
+            heapq.heappush(self._order, bucket)
+        else:
+            keys.append(key)
+
+    def take(self, latest: int) -> list[tuple[int, list[_PlayKey]]]:
+        """Removes and returns (bucket, keys) for every bucket that may hold a time at or
+        before `latest`; the last may also hold later times."""
+        taken = []
+        order, buckets = self._order, self._buckets
+        while order and order[0] * _DEADLINE_BUCKET_MS <= latest:
+            bucket = heapq.heappop(order)
+            taken.append((bucket, buckets.pop(bucket)))
+        return taken
+
+
 class PlaysProcessor:
     """Pure `StatefulProcessor` for SPEC §4 playback quality (see the module docstring for
     the full contract). Not thread-safe: one runner task owns an instance."""
@@ -441,22 +594,23 @@ class PlaysProcessor:
         # (`_to_rest`): in a backlog, every play is held for the grace period after it
         # closes, and that is most of the processor's memory.
         self._plays: dict[tuple[str, str], PlayState | bytes] = {}
+        self._resting_buffer = bytearray()
         self._open: set[tuple[str, str]] = set()
         # Deadline indexes, so a flush looks only at plays that are due, not at every held
         # play: open plays by last ts and by last received_at (idle closing), closed plays
         # by last received_at, then by last ts (forgetting needs both past the grace).
-        # Entries are (time, key). An open play has at most one entry per idle index
-        # (`_idle_indexed`): when it comes up with an older time than the play's, it goes
-        # back in with the current one. An expiry entry whose time no longer matches the
-        # play is stale and skipped (the play was changed and indexed again).
-        self._idle_by_ts: list[tuple[int, tuple[str, str]]] = []
-        self._idle_by_received: list[tuple[int, tuple[str, str]]] = []
-        self._idle_indexed: dict[str, set[tuple[str, str]]] = {
-            "last_ts": set(),
-            "last_received_at": set(),
-        }
-        self._expiry_by_received: list[tuple[int, tuple[str, str]]] = []
-        self._expiry_by_ts: list[tuple[int, tuple[str, str]]] = []
+        # An index holds keys only (`_Deadlines`); the time is read from the play. A play
+        # gets its idle entries at the flush after it opens (`_opened`, a list emptied at
+        # each flush: a set of every indexed play kept its peak size for good); an entry
+        # that comes up before the play is due goes back in under the play's current
+        # time, one for a play no longer open is dropped. A play that re-opens while an
+        # old entry is still queued has two for a while: the first to come due closes
+        # it, the other finds it closed.
+        self._idle_by_ts = _Deadlines()
+        self._idle_by_received = _Deadlines()
+        self._opened: list[tuple[str, str]] = []
+        self._expiry_by_received = _Deadlines()
+        self._expiry_by_ts = _Deadlines()
         self._touched: set[tuple[str, str]] = set()
         self._series: dict[SeriesKey, SeriesState] = {}
         self._pending_series: set[SeriesKey] = set()
@@ -501,6 +655,7 @@ class PlaysProcessor:
                 state.last_received_at = received_at
                 self._plays[key] = state
                 self._open.add(key)
+                self._opened.append(key)
             elif state.positions.get(position.partition, -1) >= position.offset:
                 continue  # a replay of what this state already reflects
             applied = False
@@ -514,6 +669,7 @@ class PlaysProcessor:
             if state.closed and not state.ends_itself:
                 state.closed = False  # idle-closed, and it turns out not to be over
                 self._open.add(key)
+                self._opened.append(key)
 
     def erase(self, project: str, user_id: str) -> None:
         """Drops the user's plays and their contributions to the QoE series (re-sent
@@ -542,12 +698,15 @@ class PlaysProcessor:
         for key in list(self._touched):  # new or changed since the last flush: index them
             state = self._held(key)
             if state.closed:
-                heapq.heappush(self._expiry_by_received, (state.last_received_at, key))
+                self._expiry_by_received.add(state.last_received_at, key)
             elif state.ends_itself:
                 self._close(key, state)
-            else:
-                self._index_idle(self._idle_by_ts, "last_ts", key, state)
-                self._index_idle(self._idle_by_received, "last_received_at", key, state)
+        for key in self._opened:
+            opened = self._plays.get(key)  # open plays never rest as bytes
+            if isinstance(opened, PlayState) and not opened.closed:
+                self._idle_by_ts.add(opened.last_ts, key)
+                self._idle_by_received.add(opened.last_received_at, key)
+        self._opened.clear()
         self._close_idle(self._idle_by_ts, "last_ts", self._watermark)
         self._close_idle(self._idle_by_received, "last_received_at", now_ms)
 
@@ -576,7 +735,7 @@ class PlaysProcessor:
         """The held play, as an object from now on (it is about to change)."""
         state = self._plays.get(key)
         if isinstance(state, bytes):
-            state = self._plays[key] = _from_rest(state)
+            state = self._plays[key] = _from_rest(key, state)
         return state
 
     def _held(self, key: tuple[str, str]) -> PlayState:
@@ -587,61 +746,66 @@ class PlaysProcessor:
     def _peek(self, key: tuple[str, str]) -> PlayState | None:
         """The held play, read only (a resting play stays at rest)."""
         state = self._plays.get(key)
-        return _resting_decoder.decode(state) if isinstance(state, bytes) else state
+        return _from_rest(key, state) if isinstance(state, bytes) else state
+
+    def _closed_times(self, key: tuple[str, str]) -> tuple[int, int] | None:
+        """(last ts, last received_at) of a closed play, None if it is not held or open."""
+        state = self._plays.get(key)
+        if isinstance(state, bytes):
+            rest = _resting_decoder.decode(state)
+            return rest.first_ts + rest.last_ts, rest.first_ts + rest.last_received_at
+        if state is None or not state.closed:
+            return None
+        return state.last_ts, state.last_received_at
 
     def _close(self, key: tuple[str, str], state: PlayState) -> None:
         state.closed = True
         self._open.discard(key)
         self._touched.add(key)
         self._changed_plays.add(key)
-        heapq.heappush(self._expiry_by_received, (state.last_received_at, key))
+        self._expiry_by_received.add(state.last_received_at, key)
 
-    def _index_idle(
-        self,
-        index: list[tuple[int, tuple[str, str]]],
-        field: str,
-        key: tuple[str, str],
-        state: PlayState,
-    ) -> None:
-        indexed = self._idle_indexed[field]
-        if key not in indexed:
-            indexed.add(key)
-            heapq.heappush(index, (getattr(state, field), key))
-
-    def _close_idle(self, index: list[tuple[int, tuple[str, str]]], field: str, clock: int) -> None:
+    def _close_idle(self, index: _Deadlines, field: str, clock: int) -> None:
         """Close the open plays whose `field` + idle timeout is before `clock`."""
-        indexed = self._idle_indexed[field]
-        while index and index[0][0] + self.idle_timeout_ms < clock:
-            _, key = heapq.heappop(index)
-            state = self._plays.get(key)  # open plays never rest as bytes
-            if not isinstance(state, PlayState) or state.closed:
-                indexed.discard(key)
-            elif getattr(state, field) + self.idle_timeout_ms < clock:
-                indexed.discard(key)
-                self._close(key, state)
-            else:  # it moved on since it was indexed
-                heapq.heappush(index, (getattr(state, field), key))
+        timeout = self.idle_timeout_ms
+        for _, keys in index.take(clock - timeout - 1):
+            for key in keys:
+                state = self._plays.get(key)  # open plays never rest as bytes
+                if not isinstance(state, PlayState) or state.closed:
+                    continue
+                time = getattr(state, field)
+                if time + timeout < clock:
+                    self._close(key, state)
+                else:  # not due yet, or it moved on since it was indexed
+                    index.add(time, key)
 
     def _forget_expired(self) -> None:
         """Forget closed plays past the grace period in both event and arrival time."""
         grace = self.grace_ms
         by_received, by_ts = self._expiry_by_received, self._expiry_by_ts
-        while by_received and by_received[0][0] + grace < self._received_watermark:
-            at, key = heapq.heappop(by_received)
-            state = self._peek(key)
-            if state is not None and state.closed and state.last_received_at == at:
-                heapq.heappush(by_ts, (state.last_ts, key))
-        while by_ts and by_ts[0][0] + grace < self._watermark:
-            at, key = heapq.heappop(by_ts)
-            state = self._peek(key)
-            if (
-                state is not None
-                and state.closed
-                and state.last_ts == at
-                and state.last_received_at + grace < self._received_watermark
-            ):
-                del self._plays[key]
-                self._changed_plays.add(key)
+        # An entry whose play's time is no longer in its bucket is stale: the play changed
+        # and was indexed again under its new time. A play due in event time but no longer
+        # in arrival time took a late event: it is back in `by_received`.
+        received_watermark, watermark = self._received_watermark, self._watermark
+        for bucket, keys in by_received.take(received_watermark - grace - 1):
+            for key in keys:
+                times = self._closed_times(key)
+                if times is None or times[1] // _DEADLINE_BUCKET_MS != bucket:
+                    continue
+                if times[1] + grace < received_watermark:
+                    by_ts.add(times[0], key)
+                else:
+                    by_received.add(times[1], key)
+        for bucket, keys in by_ts.take(watermark - grace - 1):
+            for key in keys:
+                times = self._closed_times(key)
+                if times is None or times[0] // _DEADLINE_BUCKET_MS != bucket:
+                    continue
+                if times[0] + grace >= watermark:
+                    by_ts.add(times[0], key)
+                elif times[1] + grace < received_watermark:
+                    del self._plays[key]
+                    self._changed_plays.add(key)
 
     def _sync_series(self, state: PlayState) -> None:
         new_key: SeriesKey = (
@@ -722,7 +886,7 @@ class PlaysProcessor:
                 None if state is None else _play_encoder.encode(state)
             )
             if state is not None and state.closed and play_key not in self._touched:
-                self._plays[play_key] = _to_rest(state)
+                self._plays[play_key] = _to_rest(state, self._resting_buffer)
         for key in sorted(self._changed_series):
             series = self._series.get(key)
             changes[series_state_key(key)] = (
@@ -741,6 +905,7 @@ class PlaysProcessor:
             self._plays[play_key] = state
             if not state.closed:
                 self._open.add(play_key)
+                self._opened.append(play_key)
             self._touched.add(play_key)  # re-sync its series, write it if still unwritten
             self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
             self._received_watermark = max(self._received_watermark, state.last_received_at)

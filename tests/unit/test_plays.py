@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,10 @@ from streams.processors.plays import (
     PLAYS_TABLE,
     QOE_MEASUREMENT,
     PlaysProcessor,
+    PlayState,
     QoeContribution,
+    _from_rest,
+    _to_rest,
     avg_bitrate_kbps,
     play_state_key,
     play_watch_ms,
@@ -465,6 +469,9 @@ def test_a_play_that_keeps_going_stays_open_and_idles_out_after_its_last_event()
         feed.send(ev("heartbeat", at, played_ms=10_000, bitrate_kbps=1), received_at=at)
         assert feed.rows(feed.flush(at + 1)) == []
     assert feed.processor.open_plays() == 1
+    # One idle entry per index however often it was touched: it goes back in when it
+    # comes up early, it is not indexed again at each flush.
+    assert len(feed.processor._idle_by_ts) == len(feed.processor._idle_by_received) == 1
     assert feed.rows(feed.flush(at + IDLE)) == []
     (row,) = feed.rows(feed.flush(at + IDLE + 2))
     assert (row["event_count"], row["played_ms"]) == (41, 400_000)
@@ -482,6 +489,22 @@ def test_idle_closed_play_re_opens_when_it_turns_out_not_to_be_over() -> None:
     feed.send(ev("end", resumed + 1_000, played_ms=1_000), received_at=resumed + 1_000)
     (final,) = feed.rows(feed.flush(resumed + 2_000))
     assert (final["event_count"], final["played_ms"], final["version"]) == (3, 11_000, 6)
+
+
+def test_a_play_started_again_after_an_erasure_idles_out_on_its_own_times() -> None:
+    """The erased play's idle entries are still queued, with later times than the new
+    play's; they must not hold it open past its own idle timeout."""
+    arrived = T0 + 100_000
+    feed = Feed()
+    feed.send(ev("start", arrived, startup_ms=100, bitrate_kbps=1), received_at=arrived)
+    feed.flush(arrived)
+    feed.processor.erase(PROJECT, "u-1")
+    feed.send(ev("request", T0), received_at=arrived)
+    assert feed.rows(feed.flush(arrived)) == []
+    later = T0 + IDLE + 1  # past the new play's last ts + timeout, not the erased one's
+    feed.send(ev("request", later, play_id="pl-2"), received_at=later)
+    (row,) = feed.rows(feed.flush(later))
+    assert (row["play_id"], row["event_count"], row["exit_before_start"]) == ("pl-1", 1, 1)
 
 
 def test_late_earlier_event_moving_the_play_to_another_day_writes_a_tombstone() -> None:
@@ -515,6 +538,26 @@ def test_closed_plays_are_forgotten_after_the_grace_period() -> None:
     feed.flush(later + 1_000)
     assert feed.processor.held_plays() == 2
     assert feed.processor.take_state_changes()[play_state_key(PROJECT, "pl-1")] is None
+
+
+def test_plays_closed_within_the_same_second_are_each_forgotten_on_time() -> None:
+    """The deadline indexes group plays by second: the one not due yet stays queued."""
+    feed = Feed()
+    ends = {"pl-a": T0 + 23_100, "pl-b": T0 + 23_900}
+    for play, at in ends.items():
+        feed.send(ev("end", at, play_id=play, played_ms=1), received_at=at)
+    feed.flush(T0 + 24_000)
+    feed.processor.take_state_changes()
+    grace = 2 * IDLE
+    forgotten = []
+    for play, at in [("pl-c", ends["pl-a"] + grace + 1), ("pl-d", ends["pl-b"] + grace + 1)]:
+        feed.send(ev("request", at, play_id=play), received_at=at)
+        feed.flush(at)
+        changes = feed.processor.take_state_changes()
+        forgotten.append(
+            [gone for gone in ends if changes.get(play_state_key(PROJECT, gone), 0) is None]
+        )
+    assert forgotten == [["pl-a"], ["pl-b"]]
 
 
 # ---------------------------------------------------------------- state
@@ -571,6 +614,102 @@ def test_state_round_trip_mid_play_gives_identical_output() -> None:
     assert straight.outputs[1:] == restored.outputs
     assert straight.final_rows() == restored.final_rows()
     assert len(straight.final_rows()) == 4
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param(
+            PlayState(
+                project=PROJECT,
+                play_id="pl-1",
+                partition=3,
+                first_ts=T0,
+                first_event_id="ev-first",
+                user_id="u-1",
+                device_model="quest3",
+                app_version="3.0.0",
+                region="eu",
+                content_id="c-1",
+                content_ts=T0 + 5,
+                content_event_id="ev-content",
+                start_ts=T0 + 800,
+                start_event_id="ev-start",
+                startup_ms=800,
+                played_ms=22_000,
+                rebuffer_ms=500,
+                rebuffer_count=1,
+                bitrate_switches=2,
+                bitrate_weighted_sum=90_000_000,
+                bitrate_weight_ms=20_000,
+                first_fatal_ts=T0 + 30_000,
+                has_end=True,
+                last_ts=T0 + 31_000,
+                last_received_at=T0 - 5_000,  # a client clock running ahead
+                event_count=3,
+                event_ids=array("Q", [1, 2**63, 2**64 - 1]),
+                positions={3: 17, 4: 2},
+                closed=True,
+                emitted_version=4,
+                emitted_first_ts=T0 + DAY_MS,
+                series_key=(PROJECT, 3, T0 // MINUTE_MS * MINUTE_MS, "c-1", "quest3"),
+            ),
+            id="every field set, event ids other than the first event's",
+        ),
+        pytest.param(
+            PlayState(
+                project=PROJECT,
+                play_id="pl-2",
+                partition=0,
+                first_ts=T0,
+                first_event_id="ev-1",
+                user_id="u-1",
+                device_model="",
+                app_version="",
+                region="",
+                content_id="c-1",
+                content_ts=T0,
+                content_event_id="ev-1",
+                start_ts=T0,
+                start_event_id="ev-1",
+                last_ts=T0,
+                last_received_at=T0 + 50,
+                event_count=1,
+                event_ids=array("Q", [7]),
+                positions={0: 1},
+                closed=True,
+            ),
+            id="one event: start and content from the first event, never written",
+        ),
+        pytest.param(
+            PlayState(
+                project=PROJECT,
+                play_id="pl-3",
+                partition=1,
+                first_ts=T0,
+                first_event_id="ev-1",
+                user_id="u-1",
+                device_model="quest3",
+                app_version="3.0.0",
+                region="eu",
+                last_ts=T0 + 1,
+                last_received_at=T0 + 50,
+                event_count=2,
+                event_ids=array("Q", [7, 8]),
+                positions={1: 1},
+                closed=True,
+                emitted_version=4,
+                emitted_first_ts=T0,
+            ),
+            id="no start, no content, out of the live view",
+        ),
+    ],
+)
+def test_a_closed_play_comes_back_from_rest_unchanged(state: PlayState) -> None:
+    blob = _to_rest(state, bytearray())
+    assert _from_rest((state.project, state.play_id), blob) == state
+    assert state.play_id.encode() not in blob  # the key says it
+    assert blob.count(state.first_event_id.encode()) == 1
 
 
 def test_load_state_refuses_unknown_keys() -> None:
