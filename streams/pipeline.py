@@ -61,6 +61,10 @@ BATCH_MAX_RECORDS = 10_000
 BATCH_MAX_BYTES = 4 * 1024 * 1024  # of record values: bounds the decoded events in memory
 BATCH_WITHIN_S = 0.5
 SERVICE_BATCH_MAX_RECORDS = 2_000
+# Feeding a batch takes a few hundred ms of CPU; without a pause the previous batch's
+# store could not send its changelog or ack until the feed ended, and the loop then sat
+# waiting for them (the worker used ~2/3 of a core under a backlog).
+FEED_SLICE_RECORDS = 500
 
 EVENTS_AGENT = "events"
 
@@ -171,7 +175,10 @@ class EventPipeline:
             async with self._lock:
                 if generation != self.generation():
                     continue  # partitions were revoked while the batch was collected
-                count, undecodable = self._feed(batch)
+                fed = await self._feed(batch, generation)
+                if fed is None:
+                    continue  # partitions were revoked while the batch was fed
+                count, undecodable = fed
                 taken = self._take()
                 await self._stored()
                 self._storing = asyncio.create_task(
@@ -225,12 +232,24 @@ class EventPipeline:
             size += sum(len(message.value or b"") for message in more)
         return generation, batch
 
-    def _feed(self, messages: Sequence[Any]) -> tuple[int, list[tuple[Any, Exception]]]:
+    async def _feed(
+        self, messages: Sequence[Any], generation: int
+    ) -> tuple[int, list[tuple[Any, Exception]]] | None:
+        """Feeds the batch to the processors, letting the loop in every FEED_SLICE_RECORDS
+        so that the previous batch's store (its changelog write and acks) and the fetches
+        go on meanwhile. None if the partitions were revoked at one of those points: the
+        processors fed so far have been dropped, their state is read again from the
+        changelog; rows the shared stages took are written again by the next owner's
+        replay, which the idempotent sinks absorb."""
         count = 0
         undecodable: list[tuple[Any, Exception]] = []
         stages = self.stages
         by_partition: dict[int, list[EventProcessor]] = {}
-        for message in messages:
+        for n, message in enumerate(messages, 1):
+            if n % FEED_SLICE_RECORDS == 0:
+                await asyncio.sleep(0)
+                if generation != self.generation():
+                    return None
             try:
                 record = decode_record(message.value)
             except Exception as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -24,7 +24,8 @@ from sinks.migrate import migrate
 from sinks.queries.funnels import predefined_funnel
 from sinks.writer import SinkHealth, SinkWriter
 from streams.changelog import Changelog
-from streams.pipeline import EventPipeline, Stage
+from streams.pipeline import FEED_SLICE_RECORDS, EventPipeline, Stage
+from streams.processors.base import Position, ProcessorOutput
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
 from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, services
@@ -168,6 +169,78 @@ async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
         await worker.pipeline.enqueue([refetched], generation)
         await until(lambda: refetched in worker.acked, "the new generation's record to be acked")
         assert revoked not in worker.acked
+    finally:
+        await worker.stop()
+
+
+class RebalanceAt:
+    """A processor at whose `at`-th record the group starts a rebalance."""
+
+    def __init__(self, at: int, rebalance: Callable[[], None]) -> None:
+        self.at = at
+        self.seen = 0
+        self.rebalance = rebalance
+
+    def process(self, record: EventRecord, position: Position) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            self.rebalance()
+
+    def erase(self, project: str, user_id: str) -> None:
+        pass
+
+    def flush(self, now_ms: int) -> ProcessorOutput:
+        return ProcessorOutput()
+
+
+async def test_a_batch_revoked_while_it_is_fed_stops_and_counts_once_when_replayed(
+    server_clickhouse: ServerClickHouse, clickhouse_url: str, unique_name: str, project: str
+) -> None:
+    """The feed lets the loop in between slices of the batch, where a rebalance can begin:
+    the rest of the batch is not fed, so no processor of a partition the worker may no
+    longer own comes back, nothing is acked, and the records fetched again from the
+    committed offsets count once."""
+    now = int(time.time() * 1000) - 60_000
+    generation = 1
+
+    revoked: list[asyncio.Task[None]] = []
+
+    def rebalance() -> None:
+        """As Faust: the generation moves on, and the revocation comes in next."""
+        nonlocal generation
+        generation = 2
+        revoked.append(asyncio.create_task(worker.pipeline.revoke()))
+
+    worker = Worker(clickhouse_url, unique_name, lambda: generation)
+    rebalance_at = RebalanceAt(FEED_SLICE_RECORDS // 2, rebalance)
+    worker.pipeline.stages.append(Stage("rebalance", lambda: rebalance_at))
+    funnels = worker.pipeline.stages[1]
+    users = FEED_SLICE_RECORDS * 2
+    batch = [
+        *(step(project, f"u{n}", "step_a", n, now) for n in range(users)),
+        *(replace(step(project, f"v{n}", "step_a", n, now), partition=1) for n in range(users)),
+    ]
+    try:
+        await worker.pipeline.revoke()
+        worker.pipeline.assign([0, 1])
+        await worker.pipeline.enqueue(batch, generation)
+        await until(lambda: bool(revoked), "the rebalance to begin")
+        await revoked[0]
+        worker.pipeline.assign([0])  # partition 1 went to another worker
+        await asyncio.sleep(1.0)  # room for the revoked feed to go on, were it to
+        assert worker.acked == []
+        assert set(funnels.processors) == {0}
+
+        rebalance_at.at = 0  # the refetched batch goes through
+        await worker.pipeline.enqueue(batch, generation)
+        await until(lambda: len(worker.acked) == users, "the refetched batch to be acked")
+        assert {message.partition for message in worker.acked} == {0}
+        today = datetime.now(UTC).date()
+        levels = [
+            row["users"]
+            for row in predefined_funnel(server_clickhouse, project, FUNNEL, today, today)
+        ]
+        assert levels == [users, 0, 0]
     finally:
         await worker.stop()
 
