@@ -635,10 +635,13 @@ def parse_metrics(text: str) -> dict[str, Any]:
     processed: dict[str, float] = {}
     sums: dict[str, dict[str, dict[str, float]]] = {"sink_write_seconds": {}, "sink_batch_rows": {}}
     scalars: dict[str, float] = {}
+    loop: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "analytics_events_processed_total":
                 processed[sample.labels["agent"]] = sample.value
+            elif sample.name == "events_loop_seconds_total":
+                loop[sample.labels["phase"]] = sample.value
             elif family.name in sums and sample.name.endswith(("_sum", "_count")):
                 target = f"{sample.labels['sink']}:{sample.labels['target']}"
                 part = "sum" if sample.name.endswith("_sum") else "count"
@@ -649,7 +652,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
                 "analytics_records_undecodable_total",
             ):
                 scalars[sample.name] = scalars.get(sample.name, 0.0) + sample.value
-    return {"processed": processed, **sums, **scalars}
+    return {"processed": processed, "events_loop_seconds": loop, **sums, **scalars}
 
 
 @dataclass
@@ -1000,6 +1003,21 @@ def sink_summary(after: dict[str, Any], before: dict[str, Any] | None = None) ->
     return sink
 
 
+def loop_summary(after: dict[str, Any], before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The events loop's seconds per phase, and each phase's share of their sum."""
+    old = (before or {}).get("events_loop_seconds", {})
+    seconds = {
+        phase: value - old.get(phase, 0.0)
+        for phase, value in after.get("events_loop_seconds", {}).items()
+    }
+    total = sum(seconds.values())
+    return {
+        phase: {"seconds": round(value, 2), "percent": round(100 * value / total, 1)}
+        for phase, value in seconds.items()
+        if total
+    }
+
+
 def worker_metrics(worker: QuipProcess) -> dict[str, Any]:
     try:
         return parse_metrics(httpx.get(f"{worker.url}/metrics", timeout=10).text)
@@ -1155,6 +1173,7 @@ def measure_throughput(run: Run) -> dict[str, Any]:
         },
         "per_agent": per_agent,
         "sink_writes": sink,
+        "events_loop": loop_summary(metrics),
         "rows_stored": tables,
         "worker_rss": {**sampler.rss(t_ready, t_end), "hwm_mb": round((hwm or 0) / 1024, 1)},
         "cpu_percent_of_one_core": sampler.cpu_percent(t_ready, events_done or t_end),
@@ -1590,6 +1609,10 @@ def print_summary(results: dict[str, Any]) -> None:
                 f"{num(per_event['events_per_s_at_one_full_core'])} events/s if it had a "
                 "whole core to itself (it is one event loop: one core is its ceiling)"
             )
+        loop = phase1.get("events_loop") or {}
+        if loop:
+            shares = ", ".join(f"{phase} {part['percent']}%" for phase, part in loop.items())
+            lines.append(f"events loop {shares} (of its wall time)")
         for target, sink in phase1["sink_writes"].items():
             lines.append(
                 f"  sink {target:<32} {sink['writes']:>6} writes, mean "

@@ -27,6 +27,13 @@ DAILY_ACTIVE_USERS = Gauge("daily_active_users", "Users active today (UTC)", ["p
 MONTHLY_ACTIVE_USERS = Gauge(
     "monthly_active_users", "Users active in the last 30 days", ["project"]
 )
+EVENTS_LOOP_SECONDS = Counter(
+    "events_loop_seconds",
+    "Where the events loop's time goes, by phase: waiting for records (the fetch),"
+    " feeding them to the processors, taking the processors' output, waiting for the"
+    " previous batch's store (sinks, changelog)",
+    ["phase"],
+)
 CONSUMER_LAG = Gauge(
     "consumer_lag", "Records between the committed offset and the end", ["topic", "partition"]
 )

@@ -40,6 +40,7 @@ from sinks.writer import SinkWriter
 from streams.changelog import Changelog, ChangelogSend
 from streams.metrics import (
     CONTENT_CREATION_RATE,
+    EVENTS_LOOP_SECONDS,
     EVENTS_PROCESSED,
     SOCIAL_MESSAGES_DELIVERED,
     UNDECODABLE_RECORDS,
@@ -63,8 +64,14 @@ BATCH_WITHIN_S = 0.5
 SERVICE_BATCH_MAX_RECORDS = 2_000
 # Feeding a batch takes a few hundred ms of CPU; without a pause the previous batch's
 # store could not send its changelog or ack until the feed ended, and the loop then sat
-# waiting for them (the worker used ~2/3 of a core under a backlog).
+# waiting for them (benchmarks/streams.py: the worker used 68 % of a core under a
+# backlog, 83 % with the pauses).
 FEED_SLICE_RECORDS = 500
+
+_WAITING_FOR_RECORDS = EVENTS_LOOP_SECONDS.labels("records")
+_FEEDING = EVENTS_LOOP_SECONDS.labels("feed")
+_TAKING = EVENTS_LOOP_SECONDS.labels("take")
+_WAITING_FOR_STORE = EVENTS_LOOP_SECONDS.labels("store")
 
 EVENTS_AGENT = "events"
 
@@ -164,7 +171,9 @@ class EventPipeline:
         """Batch N+1 is decoded and processed while batch N is being stored. Storing is
         chained (sinks, then changelog, then acks; one batch after the other), so offsets
         are acked in order, each only once everything up to it is stored."""
+        clock = time.perf_counter
         while True:
+            started = clock()
             generation, batch = await self._next_batch()
             if not await self._state_loaded(generation):
                 continue  # partitions were revoked while the state was read
@@ -175,12 +184,19 @@ class EventPipeline:
             async with self._lock:
                 if generation != self.generation():
                     continue  # partitions were revoked while the batch was collected
+                collected = clock()
+                _WAITING_FOR_RECORDS.inc(collected - started)
                 fed = await self._feed(batch, generation)
                 if fed is None:
                     continue  # partitions were revoked while the batch was fed
                 count, undecodable = fed
+                feeding_done = clock()
+                _FEEDING.inc(feeding_done - collected)
                 taken = self._take()
+                taking_done = clock()
+                _TAKING.inc(taking_done - feeding_done)
                 await self._stored()
+                _WAITING_FOR_STORE.inc(clock() - taking_done)
                 self._storing = asyncio.create_task(
                     self._store(taken, generation, batch, count, undecodable)
                 )

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from schemas.events import Event, EventRecord, encode_record
 from schemas.funnels import FunnelDefinition, FunnelStep
@@ -232,8 +233,13 @@ async def test_a_batch_revoked_while_it_is_fed_stops_and_counts_once_when_replay
         assert set(funnels.processors) == {0}
 
         rebalance_at.at = 0  # the refetched batch goes through
+        fed_before = REGISTRY.get_sample_value("events_loop_seconds_total", {"phase": "feed"})
         await worker.pipeline.enqueue(batch, generation)
         await until(lambda: len(worker.acked) == users, "the refetched batch to be acked")
+        fed_after = REGISTRY.get_sample_value("events_loop_seconds_total", {"phase": "feed"})
+        assert fed_before is not None
+        assert fed_after is not None
+        assert fed_after > fed_before
         assert {message.partition for message in worker.acked} == {0}
         today = datetime.now(UTC).date()
         levels = [
