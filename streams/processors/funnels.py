@@ -46,13 +46,20 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from functools import cache
 from itertools import accumulate, pairwise
 from typing import Final
 
 import msgspec
 
-from schemas.events import Event, EventRecord
-from schemas.funnels import DAY_MS, PROGRESS_COLUMNS, PROGRESS_TABLE, FunnelDefinition
+from schemas.events import EventRecord
+from schemas.funnels import (
+    DAY_MS,
+    PROGRESS_COLUMNS,
+    PROGRESS_TABLE,
+    FunnelDefinition,
+    FunnelStep,
+)
 from streams.processors.base import Position, ProcessorOutput, TableRows
 
 HOUR_MS: Final = 3_600_000
@@ -107,6 +114,8 @@ def state_key(project: str, user_id: str) -> str:
 
 
 def _gaps(times: list[int]) -> list[int]:
+    if len(times) < 2:
+        return times  # most steps hold one time: no copy
     return times[:1] + [later - earlier for earlier, later in pairwise(times)]
 
 
@@ -145,11 +154,11 @@ class FunnelsProcessor:
         self._names = list(self._definitions)  # a funnel's number in the resting state
         self._numbers = {name: number for number, name in enumerate(self._names)}
         self._fingerprints = {d.name: d.fingerprint for d in definitions}
-        # event type -> [(funnel name, step index)]
-        self._steps_by_type: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        # event type -> [(funnel name, step index, step)]
+        self._steps_by_type: dict[str, list[tuple[str, int, FunnelStep]]] = defaultdict(list)
         for definition in definitions:
             for index, step in enumerate(definition.steps):
-                self._steps_by_type[step.event].append((definition.name, index))
+                self._steps_by_type[step.event].append((definition.name, index, step))
         lateness = max_event_age_days * DAY_MS if lateness_ms is None else lateness_ms
         longest_window = max((d.window_ms for d in definitions), default=0)
         self.horizon_ms = lateness + longest_window + clock_slack_ms
@@ -175,23 +184,26 @@ class FunnelsProcessor:
         partition = position.partition
         if record.received_at > self._watermarks.get(partition, -1):
             self._watermarks[partition] = record.received_at
-        by_user: dict[str, list[Event]] = defaultdict(list)
+        # Matching first: a user's state is only read back from rest for a matching event.
+        matched: dict[str, list[tuple[str, int, int]]] = {}  # user -> (funnel, step, time)
+        steps_by_type = self._steps_by_type
         for event in record.events:
-            by_user[event.user_id].append(event)
-        for user_id, events in by_user.items():
-            key = state_key(record.project, user_id)
+            candidates = steps_by_type.get(event.type)
+            if candidates is None:
+                continue
+            for funnel, index, step in candidates:
+                if step.matches(event.type, event.props):
+                    matched.setdefault(event.user_id, []).append((funnel, index, event.ts))
+        project = record.project
+        for user_id, steps in matched.items():
+            key = state_key(project, user_id)
             state = self._user(key)
-            if (
-                state is not None
-                and state.partition == partition
-                and (position.offset <= state.offset)
-            ):
+            if state is None:
+                state = self._users[key] = _UserState(project, user_id)
+                self._decoded.add(key)
+            elif state.partition == partition and position.offset <= state.offset:
                 continue  # already reflected in the state: a replay
-            changed = False
-            for event in events:
-                state, added = self._apply(key, record.project, user_id, event, state)
-                changed = changed or added
-            if state is not None and changed:
+            if self._apply(key, state, steps):
                 # Records that change nothing need no position: replaying them is a no-op.
                 state.partition, state.offset = partition, position.offset
                 self._touched.add(key)
@@ -292,28 +304,19 @@ class FunnelsProcessor:
         length = rest.project_length
         return _UserState(key[:length], key[length + 1 :], rest.partition, rest.offset, funnels)
 
-    def _apply(
-        self, key: str, project: str, user_id: str, event: Event, state: _UserState | None
-    ) -> tuple[_UserState | None, bool]:
-        """Add the event's time to every step it matches; True if any time was new."""
+    def _apply(self, key: str, state: _UserState, steps: list[tuple[str, int, int]]) -> bool:
+        """Add each matched step's time; True if any time was new."""
         added = False
-        for funnel, index in self._steps_by_type.get(event.type, ()):
+        for funnel, index, ts in steps:
             definition = self._definitions[funnel]
-            if not definition.steps[index].matches(event.type, event.props):
-                continue
-            if state is None:
-                state = self._user(key)
-                if state is None:
-                    state = self._users[key] = _UserState(project, user_id)
-                    self._decoded.add(key)
             funnel_state = state.funnels.get(funnel)
             if funnel_state is None:
                 funnel_state = state.funnels[funnel] = _FunnelState(
                     self._fingerprints[funnel], [[] for _ in definition.steps], {}
                 )
-            if self._add_time(key, funnel, definition, funnel_state, index, event.ts):
+            if self._add_time(key, funnel, definition, funnel_state, index, ts):
                 added = True
-        return state, added
+        return added
 
     def _add_time(
         self,
@@ -406,5 +409,6 @@ class FunnelsProcessor:
                     self._prune(key)
 
 
+@cache  # a flush's rows fall on a few days
 def _date(epoch_day: int) -> date:
     return datetime.fromtimestamp(epoch_day * 86_400, UTC).date()
