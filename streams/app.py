@@ -20,6 +20,7 @@ state lives in Kafka changelogs, nothing there has to survive a restart.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -81,6 +82,24 @@ GC_INTERVAL_S = 60.0
 
 
 DirectHandler = Callable[[list[Any], int], Awaitable[None]]
+
+
+def malloc_trim() -> Callable[[], None]:
+    """glibc's `malloc_trim(0)`: hands the free pages inside malloc's arenas back to the
+    system. The worker's batches (rows, sink buffers, fetched records) come and go beside
+    long-lived state, and glibc keeps what they freed: in a 60-minute soak 48 of the 115 MB
+    that malloc held were free (benchmarks/README.md). A no-op where there is no glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+
+    def release() -> None:
+        trim(0)
+
+    return release
 
 
 class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -370,9 +389,12 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
     app.task(_no_automatic_gc)  # in a running worker only, not in an app merely created
 
+    release_free_memory = malloc_trim()
+
     @app.timer(interval=GC_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def _collect_cycles() -> None:
         gc.collect()
+        release_free_memory()
 
     service_topics = app.topic(
         *SERVICE_TOPICS,
