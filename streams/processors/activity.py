@@ -40,11 +40,12 @@ class ActivityProcessor:
     def process(self, record: EventRecord, position: Position) -> None:
         del position  # idempotent output: replays need no bookkeeping
         project = record.project
+        emitted, pending = self._emitted, self._pending
         for event in record.events:
-            day_number = event.ts // DAY_MS
-            key = hash((project, event.user_id, day_number))
-            if key not in self._emitted and key not in self._pending:
-                self._pending[key] = (project, event.user_id, day_number)
+            row = (project, event.user_id, event.ts // DAY_MS)
+            key = hash(row)
+            if key not in emitted and key not in pending:
+                pending[key] = row
 
     def erase(self, project: str, user_id: str) -> None:
         self._pending = {

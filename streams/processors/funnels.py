@@ -114,8 +114,6 @@ def state_key(project: str, user_id: str) -> str:
 
 
 def _gaps(times: list[int]) -> list[int]:
-    if len(times) < 2:
-        return times  # most steps hold one time: no copy
     return times[:1] + [later - earlier for earlier, later in pairwise(times)]
 
 
@@ -159,6 +157,7 @@ class FunnelsProcessor:
         for definition in definitions:
             for index, step in enumerate(definition.steps):
                 self._steps_by_type[step.event].append((definition.name, index, step))
+        self._step_counts = {d.name: len(d.steps) for d in definitions}
         lateness = max_event_age_days * DAY_MS if lateness_ms is None else lateness_ms
         longest_window = max((d.window_ms for d in definitions), default=0)
         self.horizon_ms = lateness + longest_window + clock_slack_ms
@@ -172,7 +171,7 @@ class FunnelsProcessor:
         self._outbox: dict[str, bytes] = {}
         self._watermarks: dict[int, int] = {}  # partition -> highest received_at seen
         self._swept_at: dict[int, int] = {}  # partition -> watermark at the last sweep
-        self._pending: set[tuple[str, str, int]] = set()  # (user key, funnel, day) to emit
+        self._pending: dict[str, set[tuple[str, int]]] = {}  # user key -> (funnel, day) to emit
         self._touched: set[str] = set()  # users changed since the last flush
         self._changed: set[str] = set()  # users changed since take_state_changes
 
@@ -215,29 +214,34 @@ class FunnelsProcessor:
             self._changed.add(key)
         self._decoded.discard(key)
         self._touched.discard(key)
-        self._pending = {pending for pending in self._pending if pending[0] != key}
+        self._pending.pop(key, None)
 
     def flush(self, now_ms: int) -> ProcessorOutput:
-        rows = []
-        for key, funnel, day in sorted(self._pending):
+        # One pass over the users the batch decoded, each taken from memory once: its rows,
+        # its pruning, its encodings (a pass per step cost a cache miss per user each).
+        rows: list[tuple[object, ...]] = []
+        pending, touched = self._pending, self._touched
+        fingerprints = self._fingerprints
+        for key in list(self._decoded):
             state = self._user(key)
-            funnel_state = state.funnels.get(funnel) if state is not None else None
-            level = funnel_state.levels.get(day) if funnel_state is not None else None
-            if state is None or level is None:
-                continue  # replaced by load_state since: that state's rows were written
-            fingerprint = self._fingerprints[funnel]
-            rows.append((state.project, funnel, fingerprint, state.user_id, _date(day), level))
-        self._pending.clear()
-        for key in self._touched:
-            self._prune(key)
-        self._touched.clear()
-        self._sweep_idle_users()
-        for key in self._decoded:
-            held = self._users.get(key)
-            if isinstance(held, _UserState):
-                if key in self._changed:
-                    self._outbox[key] = _encoder.encode(held)
-                self._users[key] = self._to_rest(held)
+            if state is None:
+                continue
+            for funnel, day in pending.get(key, ()):
+                funnel_state = state.funnels.get(funnel)
+                level = funnel_state.levels.get(day) if funnel_state is not None else None
+                if level is None:
+                    continue  # replaced by load_state since: that state's rows were written
+                rows.append(
+                    (state.project, funnel, fingerprints[funnel], state.user_id, _date(day), level)
+                )
+            if key in touched and not self._prune(key, state):
+                continue
+            self._put_to_rest(key, state)
+        pending.clear()
+        touched.clear()
+        self._decoded.clear()
+        for key, state in self._sweep_idle_users():
+            self._put_to_rest(key, state)
         self._decoded.clear()
         if not rows:
             return ProcessorOutput()
@@ -265,7 +269,7 @@ class FunnelsProcessor:
         state.funnels = {
             name: funnel
             for name, funnel in state.funnels.items()
-            if funnel.definition == self._fingerprints.get(name)
+            if funnel.definition == self._fingerprints.get(name) and any(funnel.times)
         }
         self._users[key] = self._to_rest(state)
         self._outbox.pop(key, None)
@@ -279,18 +283,26 @@ class FunnelsProcessor:
             self._decoded.add(key)
         return state
 
+    def _put_to_rest(self, key: str, state: _UserState) -> None:
+        if key in self._changed:
+            self._outbox[key] = _encoder.encode(state)
+        self._users[key] = self._to_rest(state)
+
     def _to_rest(self, state: _UserState) -> bytes:
+        """`_RestingUser`'s encoding, written from lists (the same msgpack arrays as the
+        array-like structs, without building them)."""
         numbers = self._numbers
         return _encoder.encode(
-            _RestingUser(
+            [
                 len(state.project),
                 state.partition,
                 state.offset,
                 [
-                    _RestingFunnel(numbers[name], [_gaps(times) for times in f.times], f.levels)
+                    # Most steps hold one time or none: no copy, no call.
+                    [numbers[name], [t if len(t) < 2 else _gaps(t) for t in f.times], f.levels]
                     for name, f in state.funnels.items()
                 ],
-            )
+            ]
         )
 
     def _from_rest(self, key: str, blob: bytes) -> _UserState:
@@ -299,7 +311,8 @@ class FunnelsProcessor:
         funnels: dict[str, _FunnelState] = {}
         for funnel in rest.funnels:
             name = names[funnel.index]
-            times = [list(accumulate(gaps)) for gaps in funnel.gaps]
+            # The decoded lists are the state's own: one holding a single time is kept.
+            times = [g if len(g) < 2 else list(accumulate(g)) for g in funnel.gaps]
             funnels[name] = _FunnelState(fingerprints[name], times, funnel.levels)
         length = rest.project_length
         return _UserState(key[:length], key[length + 1 :], rest.partition, rest.offset, funnels)
@@ -307,14 +320,14 @@ class FunnelsProcessor:
     def _apply(self, key: str, state: _UserState, steps: list[tuple[str, int, int]]) -> bool:
         """Add each matched step's time; True if any time was new."""
         added = False
+        funnels = state.funnels
         for funnel, index, ts in steps:
-            definition = self._definitions[funnel]
-            funnel_state = state.funnels.get(funnel)
+            funnel_state = funnels.get(funnel)
             if funnel_state is None:
-                funnel_state = state.funnels[funnel] = _FunnelState(
-                    self._fingerprints[funnel], [[] for _ in definition.steps], {}
+                funnel_state = funnels[funnel] = _FunnelState(
+                    self._fingerprints[funnel], [[] for _ in range(self._step_counts[funnel])], {}
                 )
-            if self._add_time(key, funnel, definition, funnel_state, index, ts):
+            if self._add_time(key, funnel, self._definitions[funnel], funnel_state, index, ts):
                 added = True
         return added
 
@@ -335,7 +348,7 @@ class FunnelsProcessor:
         # matter any more: it is not kept. Without this, a funnel ending in a frequent event
         # (playback_heartbeat) kept every one of them for the whole horizon.
         earliest_start = ts if index == 0 else ts - window
-        if all(
+        if levels and all(
             levels.get(day, 0) == complete
             for day in range(earliest_start // DAY_MS, ts // DAY_MS + 1)
         ):
@@ -360,43 +373,62 @@ class FunnelsProcessor:
             level = reached_level(state.times, start, window)
             if level > current:
                 levels[day] = level
-                self._pending.add((key, funnel, day))
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = set()
+                pending.add((funnel, day))
         return True
 
-    def _prune(self, key: str) -> None:
-        state = self._user(key)
-        if state is None or state.partition not in self._watermarks:
-            return
-        cutoff = self._watermarks[state.partition] - self.horizon_ms
+    def _prune(self, key: str, state: _UserState) -> bool:
+        """Drops the user's times and levels past the horizon; False if nothing is left
+        (the user is deleted)."""
+        watermark = self._watermarks.get(state.partition)
+        if watermark is None:
+            return True
+        cutoff = watermark - self.horizon_ms
         cutoff_day = cutoff // DAY_MS
         changed = False
-        for name in list(state.funnels):
-            funnel = state.funnels[name]
+        funnels = state.funnels
+        emptied = []
+        for name, funnel in funnels.items():
+            pruned = False
             for step_times in funnel.times:
                 if step_times and step_times[0] < cutoff:
                     del step_times[: bisect_left(step_times, cutoff)]
-                    changed = True
-            for day in [day for day in funnel.levels if day < cutoff_day]:
-                del funnel.levels[day]
+                    pruned = True
+            levels = funnel.levels
+            if levels and min(levels) < cutoff_day:
+                for day in [day for day in levels if day < cutoff_day]:
+                    del levels[day]
                 changed = True
-            if not any(funnel.times):
-                del state.funnels[name]
-        if not state.funnels:
+            # A funnel's state is created with a time, and only pruning empties it.
+            if pruned:
+                changed = True
+                if not any(funnel.times):
+                    emptied.append(name)
+        for name in emptied:
+            del funnels[name]
+        if not funnels:
             del self._users[key]
-            changed = True
+            self._changed.add(key)
+            return False
         if changed:
             self._changed.add(key)
+        return True
 
-    def _sweep_idle_users(self) -> None:
+    def _sweep_idle_users(self) -> list[tuple[str, _UserState]]:
+        """Prunes the idle users of partitions due for a sweep; returns those it changed
+        but kept, to go back to rest."""
         due = {
             partition
             for partition, watermark in self._watermarks.items()
             if watermark - self._swept_at.get(partition, -SWEEP_EVERY_MS) >= SWEEP_EVERY_MS
         }
         if not due:
-            return
+            return []
         for partition in due:
             self._swept_at[partition] = self._watermarks[partition]
+        kept_changed = []
         for key, held in list(self._users.items()):
             state = self._from_rest(key, held) if isinstance(held, bytes) else held
             if state.partition in due:
@@ -405,8 +437,9 @@ class FunnelsProcessor:
                     (times[-1] for f in state.funnels.values() for times in f.times if times),
                     default=None,
                 )
-                if newest is None or newest < cutoff:
-                    self._prune(key)
+                if (newest is None or newest < cutoff) and self._prune(key, state):
+                    kept_changed.append((key, state))
+        return kept_changed
 
 
 @cache  # a flush's rows fall on a few days
