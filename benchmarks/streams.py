@@ -527,16 +527,18 @@ class QuipProcess:
         extra_args: Sequence[str] = (),
         gc_mode: str = "default",
         tracemalloc_frames: int = 0,
+        name: str | None = None,
     ) -> None:
         self.command = command
+        self.name = name or command  # its log file and its key in the results
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
-        self.log = workdir / f"{command}.log"
+        self.log = workdir / f"{self.name}.log"
         pythonpath = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
         self.env = {**os.environ, "PYTHONPATH": pythonpath, **env}
-        self.trace_request = workdir / f"{command}.tracemalloc.request"
-        self.trace_output = workdir / f"{command}.tracemalloc.txt"
+        self.trace_request = workdir / f"{self.name}.tracemalloc.request"
+        self.trace_output = workdir / f"{self.name}.tracemalloc.txt"
         entry = ["-m", "quip"]
         if gc_mode in GC_LAUNCHERS or tracemalloc_frames:
             prelude = GC_LAUNCHERS.get(gc_mode, "")
@@ -666,13 +668,15 @@ class Sample:
 @dataclass
 class Sampler:
     """Every `interval` s: worker RSS, CPU of the watched processes, and the worker's
-    per-agent processed counters (its /metrics)."""
+    per-agent processed counters (its /metrics). With `more_workers` (--workers), the
+    workers' RSS, CPU (as "worker") and counters are their sums."""
 
     worker: QuipProcess
-    watch: dict[str, int]  # name -> root pid
+    watch: dict[str, int]  # name -> root pid, besides the workers
     interval: float = 1.0
+    more_workers: list[QuipProcess] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
-    last_metrics: str = ""
+    last_metrics: list[str] = field(default_factory=list)  # per worker
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -691,19 +695,25 @@ class Sampler:
                 self.take(client)
                 self._stop.wait(self.interval)
 
+    @property
+    def workers(self) -> list[QuipProcess]:
+        return [self.worker, *self.more_workers]
+
     def take(self, client: httpx.Client) -> Sample:
         t = time.monotonic()
         processed: dict[str, float] = {}
         try:
-            text = client.get(f"{self.worker.url}/metrics").text
-            self.last_metrics = text
-            processed = parse_metrics(text)["processed"]
+            texts = [client.get(f"{worker.url}/metrics").text for worker in self.workers]
+            self.last_metrics = texts
+            processed = merged_metrics(texts)["processed"]
         except (httpx.HTTPError, ValueError):
             pass
+        workers = self.workers
         sample = Sample(
             t=t,
-            rss_mb=tree_rss_mb(self.worker.pid),
+            rss_mb=sum(tree_rss_mb(worker.pid) for worker in workers),
             cpu_s={
+                "worker": sum(tree_cpu_s(worker.pid) for worker in workers),
                 **{name: tree_cpu_s(pid) for name, pid in list(self.watch.items())},
                 "machine (all processes)": machine_busy_s(),
             },
@@ -734,6 +744,22 @@ class Sampler:
             "peak_mb": round(max(s.rss_mb for s in inside), 1),
             "final_mb": round(inside[-1].rss_mb, 1),
         }
+
+
+def merged_metrics(texts: Sequence[str]) -> dict[str, Any]:
+    """`parse_metrics` of several workers, their numbers added up."""
+
+    def add(into: dict[str, Any], more: dict[str, Any]) -> None:
+        for key, value in more.items():
+            if isinstance(value, dict):
+                add(into.setdefault(key, {}), value)
+            else:
+                into[key] = into.get(key, 0) + value
+
+    merged: dict[str, Any] = {}
+    for text in texts:
+        add(merged, parse_metrics(text))
+    return merged
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:
@@ -930,6 +956,7 @@ class Run:
     clickhouse_url: str
     workdir: Path
     worker: QuipProcess | None = None
+    more_workers: list[QuipProcess] = field(default_factory=list)  # --workers N > 1
     gateway: QuipProcess | None = None
     sampler: Sampler | None = None
 
@@ -961,12 +988,23 @@ def start_worker(run: Run) -> QuipProcess:
     )
     worker.start()
     run.worker = worker
-    watch = {"worker": worker.pid, **service_pids()}
+    watch = service_pids()
     if run.gateway is not None:
         watch["gateway"] = run.gateway.pid
     run.sampler = Sampler(worker, watch)
     run.sampler.start()
     return worker
+
+
+def start_more_workers(run: Run) -> None:
+    """Workers 2..N of --workers, in the first one's consumer group: each joins once the
+    one before it is ready (a rebalance each), while the first already consumes."""
+    assert run.sampler is not None
+    for number in range(2, run.args.workers + 1):
+        worker = QuipProcess("worker", worker_env(run), run.workdir, name=f"worker-{number}")
+        worker.start()
+        run.more_workers.append(worker)
+        run.sampler.more_workers.append(worker)
 
 
 POLL_ERRORS: Counter[str] = Counter()
@@ -1035,10 +1073,17 @@ def cpu_per_event(
         return {}
     busy = inside[-1].cpu_s["worker"] - inside[0].cpu_s["worker"]
     share = events * (inside[-1].t - inside[0].t) / max(t_done - t_ready, 1e-9)
+    machine = "machine (all processes)"
+    machine_busy = inside[-1].cpu_s[machine] - inside[0].cpu_s[machine]
+    cores = os.cpu_count() or 1
     return {
         "cpu_seconds": round(busy, 2),
         "us_per_event": round(1e6 * busy / max(share, 1), 1),
         "events_per_s_at_one_full_core": round(share / max(busy, 1e-9)),
+        # Everything on the box (ClickHouse and Kafka too): the rate that every core
+        # busy would allow, however the work were spread over processes.
+        "machine_us_per_event": round(1e6 * machine_busy / max(share, 1), 1),
+        "events_per_s_at_all_cores": round(cores * share / max(machine_busy, 1e-9)),
     }
 
 
@@ -1074,6 +1119,13 @@ def measure_throughput(run: Run) -> dict[str, Any]:
         f"  worker pid {worker.pid} ready in {t_ready - worker.spawned_at:.1f} s; consuming ...",
         flush=True,
     )
+    start_more_workers(run)
+    if run.more_workers:
+        print(
+            f"  workers 2..{args.workers} ready {time.monotonic() - t_ready:.1f} s after the first",
+            flush=True,
+        )
+    workers = sampler.workers
     profile: subprocess.Popen[bytes] | None = None
     profile_path = Path(tempfile.gettempdir()) / f"quip-bench-streams-{run.nonce}.profile.txt"
     profile_started = 0.0
@@ -1086,8 +1138,9 @@ def measure_throughput(run: Run) -> dict[str, Any]:
     agents = [a for a in AGENTS if not (a == "funnels" and args.no_funnels)]
     deadline = t_ready + args.throughput_timeout
     while time.monotonic() < deadline:
-        if not worker.alive():
-            raise RuntimeError(f"worker exited during phase 1:\n{worker.tail()}")
+        for each in workers:
+            if not each.alive():
+                raise RuntimeError(f"{each.name} exited during phase 1:\n{each.tail()}")
         now = time.monotonic()
         if args.profile and profile is None and now - t_ready >= args.profile_delay:
             profile = start_profile(
@@ -1135,7 +1188,7 @@ def measure_throughput(run: Run) -> dict[str, Any]:
     t_end = time.monotonic()
     with httpx.Client(timeout=5) as client:
         final = sampler.take(client)
-    metrics = parse_metrics(sampler.last_metrics) if sampler.last_metrics else {}
+    metrics = merged_metrics(sampler.last_metrics)
 
     per_agent: dict[str, Any] = {}
     for agent in agents:
@@ -1156,13 +1209,14 @@ def measure_throughput(run: Run) -> dict[str, Any]:
     }
     clickhouse.close()
 
-    hwm = status_kb(worker.pid, "VmHWM")
+    hwm = sum(status_kb(each.pid, "VmHWM") or 0 for each in workers)
     allocations = worker.allocation_summary() if args.worker_tracemalloc else None
     result: dict[str, Any] = {
         "project": spec.project,
         "events": spec.events,
         "users": spec.users,
         "preload": loaded,
+        "workers": len(workers),
         "worker_start_to_ready_s": round(t_ready - worker.spawned_at, 2),
         "events_table": rate_summary(events_points, spec.events, t_ready),
         "activity_tables": rate_summary(users_points, spec.users, t_ready),
@@ -1175,12 +1229,14 @@ def measure_throughput(run: Run) -> dict[str, Any]:
         "sink_writes": sink,
         "events_loop": loop_summary(metrics),
         "rows_stored": tables,
-        "worker_rss": {**sampler.rss(t_ready, t_end), "hwm_mb": round((hwm or 0) / 1024, 1)},
+        # The sum over the workers when there are several.
+        "worker_rss": {**sampler.rss(t_ready, t_end), "hwm_mb": round(hwm / 1024, 1)},
         "cpu_percent_of_one_core": sampler.cpu_percent(t_ready, events_done or t_end),
         "worker_cpu_seconds": metrics.get("process_cpu_seconds_total"),
         "worker_cpu_per_event": cpu_per_event(sampler, t_ready, end_to_end, spec.events),
         "undecodable_records": metrics.get("analytics_records_undecodable_total", 0),
-        # Records other jobs wrote to analytics.events during the run (processed too).
+        # Records other jobs wrote to analytics.events during the run (processed too); with
+        # several workers, also the records replayed after the rebalances as they join.
         "foreign_events_processed": max(
             int(max(final.processed.values(), default=0)) - spec.events, 0
         ),
@@ -1506,12 +1562,15 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, Any]:
     phase1 = results.get("throughput")
     if phase1:
         rate = phase1["end_to_end"]["events_per_s"] or phase1["events_table"].get("events_per_s")
+        workers = phase1.get("workers", 1)
+        per_worker = round(rate / workers) if rate is not None else None
         targets["events_per_s_per_worker"] = {
             "target": f">= {TARGET_EVENTS_PER_S:,}",
-            "value": rate,
-            "met": rate is not None and rate >= TARGET_EVENTS_PER_S,
+            "value": per_worker,
+            "met": per_worker is not None and per_worker >= TARGET_EVENTS_PER_S,
         }
         peak = phase1["worker_rss"].get("hwm_mb") or phase1["worker_rss"].get("peak_mb")
+        peak = round(peak / workers, 1) if peak is not None else None  # a worker's share
         targets["worker_rss_mb"] = {
             "target": f"< {TARGET_RSS_MB:g} MB with {TARGET_RSS_USERS:,} distinct users",
             "value": peak,
@@ -1561,6 +1620,11 @@ def print_summary(results: dict[str, Any]) -> None:
             f"{pre['mean_record_bytes']} B) at {pre['events_per_s']:,} events/s"
         )
         e2e, ev, act = phase1["end_to_end"], phase1["events_table"], phase1["activity_tables"]
+        if phase1.get("workers", 1) > 1:
+            lines.append(
+                f"workers     {phase1['workers']} processes in one group: the rates are theirs "
+                "together; RSS and worker CPU are their sums"
+            )
         lines.append(
             f"end to end  {num(e2e['events_per_s'])} events/s "
             f"({e2e['seconds_from_ready']} s from worker ready; start-to-ready "
@@ -1601,13 +1665,24 @@ def print_summary(results: dict[str, Any]) -> None:
             f"{results['machine']['cpu_count']} cores = "
             f"{100 * (results['machine']['cpu_count'] or 1)}%)"
         )
-        lines.extend(contamination(phase1.get("foreign_events_processed", 0), phase1["events"]))
+        if phase1.get("workers", 1) > 1:
+            lines.append(
+                f"  replayed  {phase1.get('foreign_events_processed', 0):,} events processed "
+                "twice: replays after the rebalances as workers joined (or other jobs' events)"
+            )
+        else:
+            lines.extend(contamination(phase1.get("foreign_events_processed", 0), phase1["events"]))
         per_event = phase1.get("worker_cpu_per_event") or {}
         if per_event:
             lines.append(
                 f"worker CPU  {per_event['us_per_event']} µs per event -> "
                 f"{num(per_event['events_per_s_at_one_full_core'])} events/s if it had a "
                 "whole core to itself (it is one event loop: one core is its ceiling)"
+            )
+            lines.append(
+                f"machine CPU {per_event['machine_us_per_event']} µs per event (every process) "
+                f"-> {num(per_event['events_per_s_at_all_cores'])} events/s with all "
+                f"{results['machine']['cpu_count']} cores busy"
             )
         loop = phase1.get("events_loop") or {}
         if loop:
@@ -1673,6 +1748,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--users", type=int, default=1_000_000, help="U distinct users (<= M)")
     group.add_argument("--batch", type=int, default=100, help="events per simulated request")
     group.add_argument("--days", type=float, default=3.0, help="event times within the last N")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes in the group (RSS, CPU and counters are their sums; "
+        "the targets are per worker: 1)",
+    )
     group.add_argument(
         "--preload-inflight",
         type=int,
@@ -1869,10 +1951,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if run.sampler is not None:
             run.sampler.stop()
-        for process in (run.gateway, run.worker):
+        for process in (run.gateway, run.worker, *run.more_workers):
             if process is not None:
                 code = process.stop()
-                results.setdefault("exit_status", {})[process.command] = code
+                results.setdefault("exit_status", {})[process.name] = code
                 if failed:
                     print(
                         f"--- {process.command} log tail ({process.log}):\n{process.tail()}",
