@@ -157,7 +157,6 @@ class FunnelsProcessor:
         for definition in definitions:
             for index, step in enumerate(definition.steps):
                 self._steps_by_type[step.event].append((definition.name, index, step))
-        self._step_counts = {d.name: len(d.steps) for d in definitions}
         lateness = max_event_age_days * DAY_MS if lateness_ms is None else lateness_ms
         longest_window = max((d.window_ms for d in definitions), default=0)
         self.horizon_ms = lateness + longest_window + clock_slack_ms
@@ -222,7 +221,7 @@ class FunnelsProcessor:
         rows: list[tuple[object, ...]] = []
         pending, touched = self._pending, self._touched
         fingerprints = self._fingerprints
-        for key in list(self._decoded):
+        for key in self._decoded:
             state = self._user(key)
             if state is None:
                 continue
@@ -240,9 +239,7 @@ class FunnelsProcessor:
         pending.clear()
         touched.clear()
         self._decoded.clear()
-        for key, state in self._sweep_idle_users():
-            self._put_to_rest(key, state)
-        self._decoded.clear()
+        self._sweep_idle_users()
         if not rows:
             return ProcessorOutput()
         return ProcessorOutput(tables=[TableRows(PROGRESS_TABLE, PROGRESS_COLUMNS, rows)])
@@ -322,12 +319,13 @@ class FunnelsProcessor:
         added = False
         funnels = state.funnels
         for funnel, index, ts in steps:
+            definition = self._definitions[funnel]
             funnel_state = funnels.get(funnel)
             if funnel_state is None:
                 funnel_state = funnels[funnel] = _FunnelState(
-                    self._fingerprints[funnel], [[] for _ in range(self._step_counts[funnel])], {}
+                    self._fingerprints[funnel], [[] for _ in definition.steps], {}
                 )
-            if self._add_time(key, funnel, self._definitions[funnel], funnel_state, index, ts):
+            if self._add_time(key, funnel, definition, funnel_state, index, ts):
                 added = True
         return added
 
@@ -416,19 +414,18 @@ class FunnelsProcessor:
             self._changed.add(key)
         return True
 
-    def _sweep_idle_users(self) -> list[tuple[str, _UserState]]:
-        """Prunes the idle users of partitions due for a sweep; returns those it changed
-        but kept, to go back to rest."""
+    def _sweep_idle_users(self) -> None:
+        """Deletes the users of partitions due for a sweep whose every time is past the
+        horizon: pruning would leave them no funnel."""
         due = {
             partition
             for partition, watermark in self._watermarks.items()
             if watermark - self._swept_at.get(partition, -SWEEP_EVERY_MS) >= SWEEP_EVERY_MS
         }
         if not due:
-            return []
+            return
         for partition in due:
             self._swept_at[partition] = self._watermarks[partition]
-        kept_changed = []
         for key, held in list(self._users.items()):
             state = self._from_rest(key, held) if isinstance(held, bytes) else held
             if state.partition in due:
@@ -437,9 +434,9 @@ class FunnelsProcessor:
                     (times[-1] for f in state.funnels.values() for times in f.times if times),
                     default=None,
                 )
-                if (newest is None or newest < cutoff) and self._prune(key, state):
-                    kept_changed.append((key, state))
-        return kept_changed
+                if newest is None or newest < cutoff:
+                    del self._users[key]
+                    self._changed.add(key)
 
 
 @cache  # a flush's rows fall on a few days
