@@ -665,6 +665,9 @@ class Sample:
     processed: dict[str, float]
 
 
+MACHINE = "machine (all processes)"  # the sampled CPU of every process on the box
+
+
 @dataclass
 class Sampler:
     """Every `interval` s: worker RSS, CPU of the watched processes, and the worker's
@@ -715,7 +718,7 @@ class Sampler:
             cpu_s={
                 "worker": sum(tree_cpu_s(worker.pid) for worker in workers),
                 **{name: tree_cpu_s(pid) for name, pid in list(self.watch.items())},
-                "machine (all processes)": machine_busy_s(),
+                MACHINE: machine_busy_s(),
             },
             processed=processed,
         )
@@ -956,7 +959,6 @@ class Run:
     clickhouse_url: str
     workdir: Path
     worker: QuipProcess | None = None
-    more_workers: list[QuipProcess] = field(default_factory=list)  # --workers N > 1
     gateway: QuipProcess | None = None
     sampler: Sampler | None = None
 
@@ -1002,8 +1004,11 @@ def start_more_workers(run: Run) -> None:
     assert run.sampler is not None
     for number in range(2, run.args.workers + 1):
         worker = QuipProcess("worker", worker_env(run), run.workdir, name=f"worker-{number}")
-        worker.start()
-        run.more_workers.append(worker)
+        try:
+            worker.start()
+        except BaseException:
+            worker.stop()  # not among the workers the run stops yet
+            raise
         run.sampler.more_workers.append(worker)
 
 
@@ -1073,8 +1078,7 @@ def cpu_per_event(
         return {}
     busy = inside[-1].cpu_s["worker"] - inside[0].cpu_s["worker"]
     share = events * (inside[-1].t - inside[0].t) / max(t_done - t_ready, 1e-9)
-    machine = "machine (all processes)"
-    machine_busy = inside[-1].cpu_s[machine] - inside[0].cpu_s[machine]
+    machine_busy = inside[-1].cpu_s[MACHINE] - inside[0].cpu_s[MACHINE]
     cores = os.cpu_count() or 1
     return {
         "cpu_seconds": round(busy, 2),
@@ -1120,7 +1124,7 @@ def measure_throughput(run: Run) -> dict[str, Any]:
         flush=True,
     )
     start_more_workers(run)
-    if run.more_workers:
+    if sampler.more_workers:
         print(
             f"  workers 2..{args.workers} ready {time.monotonic() - t_ready:.1f} s after the first",
             flush=True,
@@ -1951,13 +1955,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if run.sampler is not None:
             run.sampler.stop()
-        for process in (run.gateway, run.worker, *run.more_workers):
+        more_workers = run.sampler.more_workers if run.sampler is not None else []
+        for process in (run.gateway, run.worker, *more_workers):
             if process is not None:
                 code = process.stop()
                 results.setdefault("exit_status", {})[process.name] = code
                 if failed:
                     print(
-                        f"--- {process.command} log tail ({process.log}):\n{process.tail()}",
+                        f"--- {process.name} log tail ({process.log}):\n{process.tail()}",
                         file=sys.stderr,
                     )
         if not args.keep:
