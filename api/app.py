@@ -130,6 +130,7 @@ def create_app(
             await publisher.start()
         thresholds = gc.get_threshold()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+        context.start()
         try:
             yield
         finally:
@@ -165,7 +166,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "Cache-Control"],
             max_age=600,
         )
     known = _route_paths(app.routes) + _route_paths(r for router in ROUTERS for r in router.routes)

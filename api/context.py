@@ -13,6 +13,7 @@ from datetime import date
 from typing import Final
 
 from api.cache import QueryCache
+from api.freshness import ChangeWatcher
 from api.pool import EnginePool
 from api.results import Results
 from ingest.app import Publisher
@@ -41,10 +42,19 @@ class ApiContext:
     today: Callable[[], date]
     publisher: Publisher | None = None  # where erasures go for the workers (api/app.py)
     results: Results = field(init=False)
+    changes: ChangeWatcher = field(init=False)
     _watchers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self.results = Results(self.pool, self.cache)
+        self.changes = ChangeWatcher(self.pool, self.cache)
+
+    def start(self) -> None:
+        """Start following the stores' data versions (the cache's freshness); `close`
+        stops it."""
+        task = asyncio.create_task(self.changes.run())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     def erased(self, project: str) -> None:
         """A user of `project` was just erased: drop the project's cached answers now, and

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, cast
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, Header, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.context import ApiContext
@@ -108,3 +108,19 @@ async def requested_days(
 
 
 Days = Annotated[DayRange, Depends(requested_days)]
+
+
+async def wants_fresh(
+    cache_control: Annotated[
+        str | None,
+        Header(description="`no-cache`: answer from the stores, not from the API's cache"),
+    ] = None,
+) -> bool:
+    """True when the request says `Cache-Control: no-cache` (or `no-store`, `max-age=0`)."""
+    if not cache_control:
+        return False
+    directives = {part.strip().lower() for part in cache_control.split(",")}
+    return bool(directives & {"no-cache", "no-store", "max-age=0"})
+
+
+Fresh = Annotated[bool, Depends(wants_fresh)]

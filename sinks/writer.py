@@ -7,6 +7,11 @@ failing, which the worker's `/ready` shows. Each part of an output (one table, o
 series) is written once and retried on its own: after a partial failure only the missing
 parts are retried.
 Every table written here deduplicates by key, so a retry after an ambiguous failure is safe.
+
+Once every part is stored, the (project, day) pairs the batch's rows belong to are
+recorded in `data_changes` (sinks/changes.py), retried the same way: the query API drops
+its cached answers for those days, so `write` returning means the batch shows in answers
+within the API's poll interval.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from prometheus_client import Histogram
 
+from sinks.changes import DATA_CHANGES_TABLE, record_changes, touched_days
 from sinks.clickhouse import ClickHouse
 from sinks.influx import InfluxWriter
 from sinks.queries.erasure import erase_users
@@ -87,6 +94,9 @@ class SinkWriter:
         if output.points and self._influx is not None:
             parts.append(self._retrying(self._write_points, output.points))
         await asyncio.gather(*parts)
+        changes = touched_days(output.tables)
+        if changes:
+            await self._retrying(self._record_changes, changes)
 
     async def _retrying(self, write: Callable[[Any], None], part: Any) -> None:
         attempt = 0
@@ -104,28 +114,35 @@ class SinkWriter:
 
     def _insert(self, table: TableRows) -> None:
         started = time.perf_counter()
-        try:
-            client = self._clients.get(table.table)
-            if client is None:
-                client = self._clients[table.table] = self._clickhouse_factory()
-            client.insert(table.table, table.columns, table.rows)
-        except Exception as exc:
-            self.health.failing("clickhouse", f"insert into {table.table} failed: {exc}")
-            self._clients.pop(table.table, None)  # reconnect on the next attempt
-            raise
-        self.health.ok("clickhouse")
+        self._on_clickhouse(
+            table.table,
+            f"insert into {table.table}",
+            lambda client: client.insert(table.table, table.columns, table.rows),
+        )
         SINK_WRITE_SECONDS.labels("clickhouse", table.table).observe(time.perf_counter() - started)
         SINK_BATCH_ROWS.labels("clickhouse", table.table).observe(len(table.rows))
 
     def _erase(self, users: list[tuple[str, str]]) -> None:
+        self._on_clickhouse(ERASURES, "erasure", lambda client: erase_users(client, users))
+
+    def _record_changes(self, changes: set[tuple[str, date]]) -> None:
+        self._on_clickhouse(
+            DATA_CHANGES_TABLE, "data version", lambda client: record_changes(client, changes)
+        )
+
+    def _on_clickhouse(
+        self, connection: str, what: str, call: Callable[[ClickHouse], Any]
+    ) -> None:
+        """`call` on the connection named `connection` (opened on first use); a failure
+        marks ClickHouse failing and drops the connection, so the next attempt reconnects."""
         try:
-            client = self._clients.get(ERASURES)
+            client = self._clients.get(connection)
             if client is None:
-                client = self._clients[ERASURES] = self._clickhouse_factory()
-            erase_users(client, users)
+                client = self._clients[connection] = self._clickhouse_factory()
+            call(client)
         except Exception as exc:
-            self.health.failing("clickhouse", f"erasure failed: {exc}")
-            self._clients.pop(ERASURES, None)
+            self.health.failing("clickhouse", f"{what} failed: {exc}")
+            self._clients.pop(connection, None)
             raise
         self.health.ok("clickhouse")
 

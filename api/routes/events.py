@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
-from api.deps import Context, Days, ReadProject
+from api.deps import Context, Days, Fresh, ReadProject
 from api.errors import ERROR_RESPONSES
 from api.models import EventCount
 from sinks.queries.events import EventInterval, event_counts
@@ -23,14 +23,17 @@ async def get_events(
     project: ReadProject,
     days: Days,
     context: Context,
+    fresh: Fresh,
     interval: Annotated[EventInterval, Query(description="bucket size (UTC)")] = "day",
 ) -> Response:
     """Distinct events (by event_id) per (bucket, type), for buckets and types that have
     events, ordered by t then type."""
     return await context.results.respond(
+        fresh=fresh,
         endpoint="events",
         project=project,
         params=(*days.key(), ("interval", interval)),
+        first_day=days.day_from,
         last_day=days.day_to,
         adapter=ANSWER,
         query=lambda ch: event_counts(ch, project, days.day_from, days.day_to, interval),

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
-from api.deps import DEFAULT_PROJECT, Context, Days, KeyProject, ReadProject, authorize
+from api.deps import DEFAULT_PROJECT, Context, Days, Fresh, KeyProject, ReadProject, authorize
 from api.errors import ERROR_RESPONSES
 from api.models import (
     ErrorResponse,
@@ -69,6 +69,7 @@ def _funnel_result(steps: object) -> dict[str, object]:
 async def query_funnel(
     key_project: KeyProject,
     context: Context,
+    fresh: Fresh,
     body: Annotated[FunnelQuery, Body()],
     project: Annotated[
         str | None, Query(description="the project, unless the body names it; default: default")
@@ -88,9 +89,11 @@ async def query_funnel(
         raise BadRequest(str(exc)) from None
     window = body.window_seconds
     return await context.results.respond(
+        fresh=fresh,
         endpoint="funnel-query",
         project=chosen,
         params=(*days.key(), ("steps", _canonical_steps(steps)), ("window", str(window))),
+        first_day=days.day_from,
         last_day=settles_on(days, window),
         adapter=ANSWER,
         query=lambda ch: _funnel_result(
@@ -122,6 +125,7 @@ async def get_funnel(
     project: ReadProject,
     days: Days,
     context: Context,
+    fresh: Fresh,
     name: Annotated[str, Path(description="a funnel name of QUIP_FUNNELS_FILE")],
 ) -> Response:
     """A predefined funnel as computed live by the worker, for chains starting on a day of
@@ -130,9 +134,11 @@ async def get_funnel(
     if definition is None:
         raise HTTPException(404, f"no predefined funnel named {shown(name)}")
     return await context.results.respond(
+        fresh=fresh,
         endpoint="funnel",
         project=project,
         params=(*days.key(), ("name", name), ("definition", definition.fingerprint)),
+        first_day=days.day_from,
         last_day=settles_on(days, definition.window_seconds),
         adapter=ANSWER,
         query=lambda ch: _funnel_result(

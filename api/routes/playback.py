@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
-from api.deps import Context, Days, ReadProject
+from api.deps import Context, Days, Fresh, ReadProject
 from api.errors import ERROR_RESPONSES
 from api.models import PlaybackPoint, PlaybackSummaryRow
 from api.params import MAX_MINUTE_RANGE_DAYS, limit_range
@@ -28,6 +28,7 @@ async def get_playback(
     project: ReadProject,
     days: Days,
     context: Context,
+    fresh: Fresh,
     group_by: Annotated[GroupBy, Query(description="one row per value, or one row 'all'")] = (
         "none"
     ),
@@ -42,9 +43,11 @@ async def get_playback(
     # playback_summary builds exactly the model's fields and types: orjson writes the
     # bytes pydantic would, without validating ~20k content rows again.
     return await context.results.respond(
+        fresh=fresh,
         endpoint="playback",
         project=project,
         params=(*days.key(), ("group_by", group_by), ("limit", str(limit or ""))),
+        first_day=days.day_from,
         last_day=days.day_to,
         adapter=SUMMARY,
         query=lambda ch: playback_summary(ch, project, days.day_from, days.day_to, group_by, limit),
@@ -57,6 +60,7 @@ async def get_playback_timeseries(
     project: ReadProject,
     days: Days,
     context: Context,
+    fresh: Fresh,
     interval: Annotated[
         Interval,
         Query(description=f"bucket size (UTC); minute covers ≤ {MAX_MINUTE_RANGE_DAYS} days"),
@@ -67,9 +71,11 @@ async def get_playback_timeseries(
     if interval == "minute":
         days = limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
     return await context.results.respond(
+        fresh=fresh,
         endpoint="playback-timeseries",
         project=project,
         params=(*days.key(), ("interval", interval)),
+        first_day=days.day_from,
         last_day=days.day_to,
         adapter=SERIES,
         query=lambda ch: playback_timeseries(ch, project, days.day_from, days.day_to, interval),

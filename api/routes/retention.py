@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
-from api.deps import Context, Days, ReadProject
+from api.deps import Context, Days, Fresh, ReadProject
 from api.errors import ERROR_RESPONSES
 from api.models import RetentionCohort
 from sinks.queries.activity import retention
@@ -23,6 +23,7 @@ async def get_retention(
     project: ReadProject,
     days: Days,
     context: Context,
+    fresh: Fresh,
     period: Annotated[
         Literal["day", "week"], Query(description="cohort and retention period (ISO weeks)")
     ] = "day",
@@ -32,6 +33,7 @@ async def get_retention(
     as an open range (5 s)."""
     today = context.today()
     return await context.results.respond(
+        fresh=fresh,
         endpoint="retention",
         project=project,
         params=(*days.key(), ("period", period), ("today", today.isoformat())),

@@ -152,6 +152,9 @@
     busy: new Set(), // sections loading now
     errors: new Map(), // section -> message
     loads: 0,
+    // Set while the Load button's requests go out: the user asked for the stores' numbers,
+    // not the API's cache (SPEC §5, `Cache-Control: no-cache`).
+    noCache: false,
   };
 
   // ------------------------------------------------------------------ API client
@@ -194,6 +197,7 @@
   async function api(path, { method = 'GET', body } = {}) {
     const headers = { Accept: 'application/json' };
     if (state.key) headers.Authorization = `Bearer ${state.key}`;
+    if (state.noCache) headers['Cache-Control'] = 'no-cache';
     const init = { method, headers, cache: 'no-store' };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -983,7 +987,7 @@
     window.history.replaceState(null, '', url);
   }
 
-  async function loadAll() {
+  async function loadAll({ fresh = false } = {}) {
     if (!state.key) {
       state.errors.set('key', 'Enter the read key (from QUIP_READ_KEYS) and press Save key.');
       renderBanner();
@@ -1002,10 +1006,16 @@
     const load = ++state.loads;
     document.body.dataset.state = 'loading';
     setStatus(`Loading ${state.project} · ${state.from} → ${state.to} …`);
-    const results = await Promise.all([
-      loadActive(), loadRetention(), loadPredefined(), rerunFunnel(),
-      loadPlayback(), loadEvents(), loadServices(),
-    ]);
+    state.noCache = fresh;
+    let results;
+    try {
+      results = await Promise.all([
+        loadActive(), loadRetention(), loadPredefined(), rerunFunnel(),
+        loadPlayback(), loadEvents(), loadServices(),
+      ]);
+    } finally {
+      if (load === state.loads) state.noCache = false;
+    }
     if (load !== state.loads) return;
     const time = new Date().toISOString().slice(11, 19);
     const failed = results.filter((ok) => !ok).length;
@@ -1034,7 +1044,7 @@
     $('#controls').addEventListener('submit', (event) => {
       event.preventDefault();
       if ($('#read-key').value.trim()) saveKey();
-      loadAll();
+      loadAll({ fresh: true });
     });
     $('#key-save').addEventListener('click', () => {
       if (saveKey()) loadAll();

@@ -3,7 +3,8 @@ agents → chDB, with processor state and the bus position committed together.
 
 Per batch of frames: feed every record to the processors (bus position = the record's
 global sequence number, one partition) → flush → insert each table (idempotent sinks) →
-one SQLite transaction storing the stateful processors' state changes *and* the new bus
+the stored (project, day) pairs in `data_changes` (the API's cache follows them) → one
+SQLite transaction storing the stateful processors' state changes *and* the new bus
 position; then the bus segments wholly before that position are deleted. A crash anywhere
 before that commit replays the batch from the old position onto the old state, so nothing
 is lost and the idempotent tables count nothing twice; open plays and funnel progress
@@ -22,6 +23,7 @@ from pathlib import Path
 from quip.embedded.bus import LocalBus
 from schemas.events import decode_record
 from schemas.topics import ANALYTICS_EVENTS
+from sinks.changes import DATA_CHANGES_TABLE, record_changes, touched_days
 from sinks.clickhouse import ClickHouse
 from sinks.queries.erasure import erase_users
 from streams.metrics import EVENTS_PROCESSED, UNDECODABLE_RECORDS
@@ -157,6 +159,10 @@ class EmbeddedRunner:
                             self.clickhouse.insert, table.table, table.columns, table.rows
                         )
                         done.add(table.table)
+                if DATA_CHANGES_TABLE not in done:
+                    changes = touched_days(output.tables)
+                    await asyncio.to_thread(record_changes, self.clickhouse, changes)
+                    done.add(DATA_CHANGES_TABLE)
                 self.last_error = None
                 return
             except Exception as exc:

@@ -353,6 +353,28 @@ def test_dashboard_shows_the_api_numbers(
     assert page.url.endswith(f"?project={project}&from={day_from}&to={day_to}")
 
 
+def test_load_button_asks_for_the_stores_numbers(page: Any, api_server: LiveServer) -> None:
+    """The Load button's requests say `Cache-Control: no-cache` (SPEC §5: answered from the
+    stores); a section's own reload afterwards may be answered from the cache."""
+    open_dashboard(page, f"{api_server.url}/", READ_KEY)
+    sent: list[tuple[str, str | None]] = []
+
+    def record(request: Any) -> None:
+        if "/v1/" in request.url:
+            sent.append((request.url, request.headers.get("cache-control")))
+
+    page.on("request", record)
+    page.get_by_test_id("load-button").click()
+    page.wait_for_selector("body[data-state=ready]")
+    loaded = list(sent)
+    assert len(loaded) >= 7, loaded  # every section asked
+    assert {header for _, header in loaded} == {"no-cache"}, loaded
+    sent.clear()
+    page.get_by_test_id("retention-period-week").check()
+    wait_ready(page, "retention")
+    assert [header for url, header in sent if "/v1/metrics/retention" in url] == [None], sent
+
+
 def test_errors_show_in_a_banner_not_a_blank_page(
     page: Any, api_server: LiveServer, artifacts_dir: Path
 ) -> None:

@@ -144,14 +144,52 @@ def test_invalidating_a_project_drops_its_entries_and_refuses_older_results() ->
     cache.put(key(project="p"), b"p1", YESTERDAY)
     cache.put(key(endpoint="events", project="p"), b"p2", YESTERDAY)
     cache.put(key(project="q"), b"q", YESTERDAY)
-    started = cache.generation("p")  # a query of project p starts here ...
+    started = cache.epoch()  # a query of project p starts here ...
     assert cache.invalidate_project("p") == 2  # ... a user of p is erased meanwhile
     assert value(cache, key(project="p")) is None
     assert value(cache, key(project="q")) == b"q"
-    assert not cache.put(key(project="p"), b"stale", YESTERDAY, generation=started)
+    assert not cache.put(key(project="p"), b"stale", YESTERDAY, epoch=started)
     assert value(cache, key(project="p")) is None
-    assert cache.put(key(project="p"), b"fresh", YESTERDAY, generation=cache.generation("p"))
+    assert cache.put(key(project="p"), b"fresh", YESTERDAY, epoch=cache.epoch())
     assert value(cache, key(project="p")) == b"fresh"
+
+
+def test_a_change_of_a_covered_day_drops_the_answer_at_once() -> None:
+    """A late event for a closed day: the 300 s TTL does not keep the old answer."""
+    clock = Clock()
+    cache = make_cache(clock)
+    old = TODAY - timedelta(days=10)
+    cache.put(key(x="range"), b"old", YESTERDAY, first_day=old, epoch=cache.epoch())
+    cache.put(key(x="before"), b"b", old - timedelta(days=1), first_day=old - timedelta(days=5))
+    cache.put(key(x="other project", project="q"), b"q", YESTERDAY, first_day=old)
+    clock.now += 1
+    cache.note_changes([("p", old)])
+    assert value(cache, key(x="range")) is None, "answer covering the changed day is dropped"
+    assert value(cache, key(x="before")) == b"b", "answers of other days stay"
+    assert value(cache, key(x="other project", project="q")) == b"q", "other projects stay"
+
+
+def test_an_answer_whose_query_started_before_a_change_is_not_kept() -> None:
+    cache = make_cache(Clock())
+    started = cache.epoch()  # the query starts, reads the stores ...
+    cache.note_changes([("p", YESTERDAY)])  # ... a batch of that day is stored meanwhile
+    assert not cache.put(key(), b"maybe without it", YESTERDAY, first_day=YESTERDAY, epoch=started)
+    assert value(cache, key()) is None
+    assert cache.changed_epoch("p", YESTERDAY, YESTERDAY) > started
+    assert cache.changed_epoch("p", TODAY, TODAY) == 0, "no change on today"
+    after = cache.epoch()
+    assert cache.put(key(), b"with it", YESTERDAY, first_day=YESTERDAY, epoch=after)
+    assert value(cache, key()) == b"with it"
+
+
+def test_a_stale_entry_is_served_only_while_its_days_are_unchanged() -> None:
+    clock = Clock()
+    cache = make_cache(clock)
+    cache.put(key(), b"v", YESTERDAY, first_day=YESTERDAY, epoch=cache.epoch())
+    clock.now += CLOSED_TTL_S + 1
+    assert cache.get(key()) == Cached(b"v", stale=True)
+    cache.note_changes([("p", YESTERDAY)])
+    assert cache.get(key()) is None
 
 
 def test_bad_bounds_are_refused() -> None:
