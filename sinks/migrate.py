@@ -57,13 +57,14 @@ def applied_versions(clickhouse: ClickHouse) -> set[int]:
     return {int(row[0]) for row in clickhouse.execute("SELECT version FROM schema_migrations")}
 
 
-def migrate(clickhouse: ClickHouse) -> list[Migration]:
-    """Apply pending migrations; return the ones applied by this call."""
+def migrate(clickhouse: ClickHouse, up_to: int | None = None) -> list[Migration]:
+    """Apply pending migrations (those numbered at most `up_to` when given: tests of a
+    migration start from the schema before it); return the ones applied by this call."""
     caps = Capabilities(clickhouse.server_version())
     done = applied_versions(clickhouse)
     applied = []
     for migration in discover():
-        if migration.version in done:
+        if migration.version in done or (up_to is not None and migration.version > up_to):
             continue
         for statement in migration.statements(caps):
             clickhouse.execute(statement)

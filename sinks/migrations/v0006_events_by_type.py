@@ -28,12 +28,12 @@ table (2 cores, load average 1.1-1.3): 14.4 s on chDB, 11.1 s on clickhouse-serv
 
 from __future__ import annotations
 
-import time
 from datetime import date
 from typing import Final
 
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
+from sinks.migrations.steps import wait_for_mutations
 
 EVENT_RETENTION_DAYS: Final = 90
 SORTING_KEY: Final = "project, type, event_id"
@@ -43,7 +43,6 @@ COLUMNS: Final = (
     "project, event_id, type, user_id, ts, received_at, session_id, device_model, "
     "app_version, region, props, time, day, user_hash"
 )
-MUTATION_WAIT_S: Final = 600.0
 
 
 def statements(caps: Capabilities) -> list[str]:
@@ -84,7 +83,7 @@ def apply(ch: ClickHouse, caps: Capabilities) -> None:
         ch.execute(f"RENAME TABLE events TO {OLD_TABLE}, {NEW_TABLE} TO events")
     if _sorting_key(ch, OLD_TABLE) is None:
         return
-    _wait_for_mutations(ch, OLD_TABLE)
+    wait_for_mutations(ch, OLD_TABLE)
     days = [row[0] for row in ch.execute(f"SELECT DISTINCT day FROM {OLD_TABLE} ORDER BY day")]
     for day in days:
         params = {"day": _as_date(day)}
@@ -103,24 +102,6 @@ def _sorting_key(ch: ClickHouse, table: str) -> str | None:
         {"database": ch.database, "table": table},
     )
     return str(rows[0][0]) if rows else None
-
-
-def _wait_for_mutations(ch: ClickHouse, table: str) -> None:
-    deadline = time.monotonic() + MUTATION_WAIT_S
-    while True:
-        rows = ch.execute(
-            "SELECT count() FROM system.mutations "
-            "WHERE database = %(database)s AND table = %(table)s AND is_done = 0",
-            {"database": ch.database, "table": table},
-        )
-        if not int(rows[0][0]):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{table} still has pending mutations after {MUTATION_WAIT_S:.0f} s; "
-                "run the migration again once they are done"
-            )
-        time.sleep(0.5)
 
 
 def _as_date(value: object) -> date:
