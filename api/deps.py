@@ -19,7 +19,7 @@ from fastapi import Depends, Header, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.context import ApiContext
-from api.params import DayRange, day_range, shown
+from api.params import BadRequest, DayRange, day_range, shown
 
 DEFAULT_PROJECT: Final = "default"
 
@@ -73,6 +73,15 @@ async def read_project(key_project: KeyProject, project: ProjectParam = DEFAULT_
 
 
 ReadProject = Annotated[str, Depends(read_project)]
+
+
+def body_project(key_project: str, in_body: str | None, in_query: str | None) -> str:
+    """The project of a request that may name it in its body or its query string (both
+    must then agree; default "default"), authorized for the key's project."""
+    if in_body is not None and in_query is not None and in_body != in_query:
+        raise BadRequest("project differs between the query string and the body")
+    requested = in_body if in_body is not None else in_query
+    return authorize(key_project, requested if requested is not None else DEFAULT_PROJECT)
 
 
 async def admin_project(

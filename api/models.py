@@ -38,10 +38,30 @@ class RetentionCohort(BaseModel):
     )
 
 
+# ----------------------------------------------------------------------------- filters
+# SPEC §5.1. Filters, ops and breakdowns are checked by sinks/queries/properties.py (one
+# place for the language); the models only give the shapes.
+
+FilterValue = StrictStr | StrictBool | StrictInt | StrictFloat
+
+
+class PropertyFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    property: StrictStr = Field(
+        description="type, device_model, app_version, os, region, source, session_id, "
+        "or props.<path> (dots reach nested props)"
+    )
+    op: StrictStr = Field(
+        description="eq, neq, in, not_in, contains, not_contains, gt, gte, lt, lte, is_set, "
+        "is_not_set"
+    )
+    value: FilterValue | list[FilterValue] | None = Field(
+        default=None, description="a list for in/not_in, a number for gt..lte, none for is_set"
+    )
+
+
 # ----------------------------------------------------------------------------- funnels
-
-PropFilterValue = StrictStr | StrictBool | StrictInt | StrictFloat
-
 
 class FunnelStepSpec(BaseModel):
     """An event type with optional equality filters on its props (schemas/funnels.py)."""
@@ -49,7 +69,7 @@ class FunnelStepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event: str = Field(description="event type, [a-z][a-z0-9_.]{0,63}")
-    where: dict[str, PropFilterValue] = Field(
+    where: dict[str, FilterValue] = Field(
         default_factory=dict,
         description="prop -> value; a string, number or bool equal to the event's prop",
     )
@@ -71,6 +91,17 @@ class FunnelQuery(BaseModel):
     project: StrictStr | None = Field(
         default=None, description="defaults to the `project` query parameter, else default"
     )
+    filters: list[PropertyFilter] = Field(
+        default_factory=list, max_length=20, description="every step's events must match"
+    )
+    breakdown: list[StrictStr] = Field(
+        default_factory=list,
+        max_length=1,
+        description="one property: its value on the user's earliest step-1 event in range",
+    )
+    breakdown_limit: StrictInt | None = Field(
+        default=None, description="values listed one by one (1..100, default 25)"
+    )
 
 
 class FunnelStepResult(BaseModel):
@@ -78,10 +109,25 @@ class FunnelStepResult(BaseModel):
     users: int = Field(description="users whose furthest step is at least this one")
     conversion_from_start: float = Field(description="users / users of the first step")
     conversion_from_previous: float = Field(description="users / users of the previous step")
+    median_time_to_convert_s: float | None = Field(
+        default=None,
+        description="median over users reaching the step of their shortest time from step 1 "
+        "(null for step 1, for nobody, and for predefined funnels)",
+    )
+    avg_time_to_convert_s: float | None = Field(default=None, description="the mean of the same")
 
 
 class FunnelResult(BaseModel):
     steps: list[FunnelStepResult]
+
+
+class FunnelGroupResult(BaseModel):
+    breakdown: dict[str, str] = Field(description="property -> value ($none, $other)")
+    steps: list[FunnelStepResult]
+
+
+class FunnelBreakdownResult(BaseModel):
+    breakdown: list[FunnelGroupResult]
 
 
 class FunnelDefinitionOut(BaseModel):
@@ -166,3 +212,140 @@ class ServiceMetrics(BaseModel):
 
 class ErasureScheduled(BaseModel):
     status: Literal["scheduled"] = "scheduled"
+
+
+# ----------------------------------------------------------------------------- insights
+
+class InsightBody(BaseModel):
+    """What every insight body has: the project and the days."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    project: StrictStr | None = Field(
+        default=None, description="defaults to the `project` query parameter, else default"
+    )
+    from_: StrictStr | None = Field(default=None, alias="from", description="YYYY-MM-DD")
+    to: StrictStr | None = Field(default=None, description="YYYY-MM-DD, inclusive")
+    filters: list[PropertyFilter] = Field(default_factory=list, max_length=20)
+    breakdown: list[StrictStr] = Field(default_factory=list, description="0, 1 or 2 properties")
+    breakdown_limit: StrictInt | None = Field(
+        default=None, description="combinations listed one by one (1..100, default 25)"
+    )
+
+
+class TrendSeriesSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: StrictStr | None = Field(description="an event type, or null for any")
+    math: StrictStr = Field(
+        default="total",
+        description="total, unique_users, per_user_avg, sum, avg, min, max, median, p90, "
+        "p95, p99",
+    )
+    property: StrictStr | None = Field(
+        default=None, description="the numeric property of sum..p99 (props.<path>)"
+    )
+    filters: list[PropertyFilter] = Field(default_factory=list, max_length=20)
+
+
+class TrendsBody(InsightBody):
+    interval: Literal["hour", "day", "week", "month"] = "day"
+    series: list[TrendSeriesSpec] = Field(min_length=1, max_length=10)
+
+
+class TrendPoint(BaseModel):
+    t: str = Field(description="the interval's start: 2026-10-01, or 2026-10-01T13:00:00Z")
+    value: float
+
+
+class TrendSeries(BaseModel):
+    index: int = Field(description="the series' position in the request")
+    event: str | None
+    math: str
+    breakdown: dict[str, str] | None = Field(
+        description="property -> value ($none when missing, $other for the rest)"
+    )
+    points: list[TrendPoint]
+    total: float = Field(description="the math over the whole range")
+
+
+class TrendsResult(BaseModel):
+    series: list[TrendSeries]
+
+
+class SchemaEvent(BaseModel):
+    type: str
+    count: int = Field(description="distinct events in the range")
+    users: int = Field(description="distinct users with such an event")
+    last_seen: str = Field(description="time of the latest one, ISO 8601 UTC")
+
+
+class SchemaValue(BaseModel):
+    value: str
+    count: int
+
+
+class SchemaProperty(BaseModel):
+    property: str = Field(description="as the filters name it: os, props.a.b ...")
+    type: Literal["string", "number", "bool"]
+    count: int = Field(description="distinct events that have it")
+    top_values: list[SchemaValue] = Field(description="10 most frequent, string properties only")
+
+
+class LifecyclePoint(BaseModel):
+    t: date = Field(description="the period's first day (a week's Monday)")
+    new: int = Field(description="users whose first-ever event is in the period")
+    returning: int = Field(description="active in the period and the one before, not new")
+    resurrecting: int = Field(
+        description="active in the period, not in the one before, first seen before that"
+    )
+    dormant: int = Field(description="active in the period before and not in this one")
+
+
+class StickinessPoint(BaseModel):
+    days: int = Field(description="k, 1..n")
+    users: int = Field(description="users active on exactly k days of the range")
+
+
+class SessionsBody(InsightBody):
+    pass
+
+
+class SessionsDay(BaseModel):
+    day: date
+    breakdown: dict[str, str] | None = Field(description="the first event's values, or null")
+    sessions: int
+    users: int
+    duration_s_avg: float = Field(description="last event time - first, in seconds")
+    duration_s_median: float
+    events_per_session: float
+    bounce_rate: float = Field(description="sessions of one event / sessions")
+
+
+class ActiveUsersBody(InsightBody):
+    pass
+
+
+class ActiveUsersGroupDay(BaseModel):
+    day: date
+    breakdown: dict[str, str] | None
+    dau: int = Field(description="users with a matching event on the day")
+    wau: int = Field(description="... on any day of [day-6, day]")
+    mau: int = Field(description="... on any day of [day-29, day]")
+
+
+class RetentionBody(InsightBody):
+    period: Literal["day", "week"] = "day"
+    start_event: StrictStr | None = Field(
+        default=None, description="the event that puts a user in a cohort; null: any"
+    )
+    return_event: StrictStr | None = Field(
+        default=None, description="the event that counts as coming back; null: any"
+    )
+
+
+class RetentionGroupCohort(BaseModel):
+    cohort: date = Field(description="the cohort's day, or its week's Monday")
+    breakdown: dict[str, str] | None = Field(description="the first start event's values")
+    size: int
+    retained: list[int] = Field(description="retained[k]: cohort users returning in period k")

@@ -297,6 +297,7 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False
         self.reusable = True
         self._read_to_close: tuple[int, int] | None = None  # (status, body start)
+        self.retry_after_s: float | None = None  # of the last response
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -326,6 +327,12 @@ class HttpConnection(asyncio.Protocol):
         head = bytes(buf[:end]).lower()
         status = int(head[9:12])
         start = end + 4
+        self.retry_after_s = None
+        at = head.find(b"\r\nretry-after:")
+        if at >= 0:
+            eol = head.find(b"\r\n", at + 2)
+            with contextlib.suppress(ValueError):
+                self.retry_after_s = float(head[at + 14 : eol if eol >= 0 else len(head)])
         at = head.find(b"\r\ncontent-length:")
         if at >= 0:
             eol = head.find(b"\r\n", at + 2)
@@ -409,7 +416,9 @@ class LoadStats:
     rejected: int = 0
     status: Counter[int] = field(default_factory=Counter)
     connection_errors: int = 0
+    timeouts: int = 0  # requests given up after --timeout
     latencies_ms: array[float] = field(default_factory=lambda: array("d"))
+    accepted_latencies_ms: array[float] = field(default_factory=lambda: array("d"))  # 200s
     queue_delays_ms: array[float] = field(default_factory=lambda: array("d"))
     per_second_events: list[int] = field(default_factory=list)  # by completion second
     last_done_s: float = 0.0  # last counted completion, seconds after the window start
@@ -433,6 +442,7 @@ class LoadProcess:
         self.port = parts.port or 80
         self.path = (parts.path or "/v1/events") + (f"?{parts.query}" if parts.query else "")
         self.counter = 0
+        self.jitter = random.Random(plan.id_prefix)  # noqa: S311 (timing, not secrets)
         self.stats = LoadStats()
         self.stopping = False
         self.win_start = self.win_end = 0.0  # perf_counter() bounds of the measured window
@@ -544,15 +554,23 @@ class LoadProcess:
                         status, body = await conn.request(data)
                 except (OSError, TimeoutError) as exc:
                     if scheduled >= self.win_start:
-                        stats.connection_errors += 1
+                        if isinstance(exc, TimeoutError):
+                            stats.timeouts += 1
+                        else:
+                            stats.connection_errors += 1
                         stats.sample(f"request: {exc!r}")
                     conn.close()
                     conn = None
                     continue
                 done = time.perf_counter()
-                if scheduled < self.win_start:
-                    continue
-                self._record(scheduled, sent, done, status, body, len(data))
+                if scheduled >= self.win_start:
+                    self._record(scheduled, sent, done, status, body, len(data))
+                if status in (429, 503) and conn.retry_after_s:
+                    # As the SDKs do: a refused connection waits Retry-After before its next
+                    # try, with jitter (up to twice as long) so that refused clients do not
+                    # all come back in the same instant.
+                    pause = conn.retry_after_s * (1 + self.jitter.random())
+                    await asyncio.sleep(min(pause, max(0.0, self.win_end - done)))
         finally:
             if conn is not None:
                 conn.close()
@@ -568,6 +586,7 @@ class LoadProcess:
         stats.latencies_ms.append((done - scheduled) * 1000)
         stats.queue_delays_ms.append((sent - scheduled) * 1000)
         if status == 200:
+            stats.accepted_latencies_ms.append((done - scheduled) * 1000)
             answer = orjson.loads(body)
             accepted = int(answer.get("accepted", 0))
             stats.accepted += accepted
@@ -982,8 +1001,15 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def run_load(
-    args: argparse.Namespace, url: str, key: str, templates: list[Template], run_nonce: str
+    args: argparse.Namespace,
+    url: str,
+    key: str,
+    templates: list[Template],
+    run_nonce: str,
+    first_process_index: int = 0,
 ) -> tuple[list[LoadStats], dict[str, Any]]:
+    """One load level: `args.connections` connections. Event ids stay unique across levels
+    of one run when each level starts its process indexes after the previous one's."""
     context = multiprocessing.get_context("fork")
     start_wall = time.time() + 1.0 + 0.2 * args.processes
     share_rate = args.rate / args.processes if args.rate else 0.0
@@ -1001,7 +1027,7 @@ def run_load(
             timeout_s=args.timeout,
             use_gzip=args.gzip,
             gzip_level=args.gzip_level,
-            id_prefix=id_prefix_for(run_nonce, index),
+            id_prefix=id_prefix_for(run_nonce, first_process_index + index),
         )
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
@@ -1048,6 +1074,9 @@ def summarize_load(args: argparse.Namespace, stats: list[LoadStats]) -> dict[str
     requests = sum(s.requests for s in stats)
     accepted = sum(s.accepted for s in stats)
     latencies = [v for s in stats for v in s.latencies_ms]
+    accepted_latencies = [v for s in stats for v in s.accepted_latencies_ms]
+    timeouts = sum(s.timeouts for s in stats)
+    sent = requests + timeouts
     queue_delays = [v for s in stats for v in s.queue_delays_ms]
     width = max(len(s.per_second_events) for s in stats)
     per_second = [
@@ -1068,9 +1097,15 @@ def summarize_load(args: argparse.Namespace, stats: list[LoadStats]) -> dict[str
             "503": status.get(503, 0),
             "other": sum(n for code, n in status.items() if code not in (200, 429, 503)),
             "connection_errors": sum(s.connection_errors for s in stats),
+            "client_timeouts": timeouts,
         },
+        # Of the requests sent in the window (answered or timed out): refused 503 (shed, or
+        # the bus down) and given up by the client.
+        "share_503": round(status.get(503, 0) / sent, 4) if sent else None,
+        "share_timeouts": round(timeouts / sent, 4) if sent else None,
         "other_status_codes": {str(c): n for c, n in status.items() if c not in (200, 429, 503)},
         "latency_ms": latency_summary(latencies),
+        "accepted_latency_ms": latency_summary(accepted_latencies),
         "accepted_events_per_second_timeline": per_second,
         "mean_wire_bytes_per_request": round(sum(s.wire_bytes for s in stats) / requests, 1)
         if requests
@@ -1157,12 +1192,19 @@ def print_summary(results: dict[str, Any]) -> None:
         f"throughput {load['accepted_events_per_s']:,.0f} accepted events/s, "
         f"{load['requests_per_s']:,.0f} requests/s over {load['window_s']:.1f} s",
         f"status     200={st['200']:,} 429={st['429']:,} 503={st['503']:,} other={st['other']:,} "
-        f"conn-errors={st['connection_errors']:,} rejected-events={load['rejected_events']:,}",
+        f"conn-errors={st['connection_errors']:,} timeouts={st['client_timeouts']:,} "
+        f"rejected-events={load['rejected_events']:,}",
     ]
     if lat:
         lines.append(
             f"latency    p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
             f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"
+        )
+    accepted_lat = load["accepted_latency_ms"]
+    if accepted_lat:
+        lines.append(
+            f"200s       p50 {accepted_lat['p50']:.1f} ms, p95 {accepted_lat['p95']:.1f} ms, "
+            f"p99 {accepted_lat['p99']:.1f} ms; 503 share {load['share_503']:.2%}"
         )
     if "offered_fraction" in load:
         qd = load.get("generator_queue_delay_ms") or {}
@@ -1232,6 +1274,31 @@ def print_summary(results: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+def connection_levels(text: str) -> list[int]:
+    levels = [int(part) for part in text.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("connections: positive integers, comma-separated")
+    return levels
+
+
+def print_levels(levels: Sequence[dict[str, Any]]) -> None:
+    """One line per --connections level: accepted throughput, latency of the accepted
+    requests, and what was refused or lost."""
+    print(
+        f"\n{'connections':>11} {'accepted ev/s':>13} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'503 share':>9} {'timeouts':>8} {'conn err':>8}"
+    )
+    for level in levels:
+        load = level["load"]
+        lat = load["accepted_latency_ms"] or {"p50": math.nan, "p95": math.nan, "p99": math.nan}
+        print(
+            f"{level['connections']:>11,} {load['accepted_events_per_s']:>13,.0f} "
+            f"{lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f} "
+            f"{(load['share_503'] or 0):>9.2%} {load['status']['client_timeouts']:>8,} "
+            f"{load['status']['connection_errors']:>8,}"
+        )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Drive a running ingest gateway and compare with Kafka's producer ceiling.",
@@ -1248,7 +1315,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--project", default="bench", help="the key's project, only used to size Kafka records"
     )
-    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
+    parser.add_argument(
+        "--connections",
+        type=connection_levels,
+        default=[32],
+        help="keep-alive connections; a comma list (32,1000,5000) measures each level in "
+        "turn, same workload, and prints a line per level",
+    )
     parser.add_argument("--batch", type=int, default=100, help="events per request (B)")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds (T)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
@@ -1316,8 +1389,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.batch <= 1000:
         parser.error("--batch must be 1..1000 (SPEC §2)")
-    if args.processes < 1 or args.connections < args.processes:
+    if args.processes < 1 or min(args.connections) < args.processes:
         parser.error("need --processes >= 1 and --connections >= --processes")
+    if args.processes * len(args.connections) > 99:  # id_prefix_for's two digits
+        parser.error("--processes x --connections levels must be <= 99")
     if args.users < 1:
         parser.error("--users must be >= 1")
     return args
@@ -1372,13 +1447,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"events: {text[:600]}",
             file=sys.stderr,
         )
-    print(
-        f"load: {args.connections} connections x B={args.batch} for {args.warmup:g}+"
-        f"{args.duration:g} s against {url} ...",
-        flush=True,
-    )
-
-    stats, machine = run_load(args, url, key, templates, run_nonce)
+    levels: list[dict[str, Any]] = []
+    for number, connections in enumerate(args.connections):
+        level_args = argparse.Namespace(**{**vars(args), "connections": connections})
+        print(
+            f"load: {connections} connections x B={args.batch} for {args.warmup:g}+"
+            f"{args.duration:g} s against {url} ...",
+            flush=True,
+        )
+        stats, machine = run_load(
+            level_args, url, key, templates, run_nonce, number * args.processes
+        )
+        levels.append(
+            {
+                "connections": connections,
+                "load": summarize_load(level_args, stats),
+                "generator": summarize_generator(stats),
+                "machine": machine,
+            }
+        )
     sink_cpu = None
     if sink is not None:
         sink[1].send("stop")
@@ -1398,11 +1485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": sys.version.split()[0],
             "implementation": platform.python_implementation(),
-            **machine,
+            **levels[-1]["machine"],
         },
         "workload": {
             "batch": args.batch,
-            "connections": args.connections,
+            "connections": args.connections[0] if len(args.connections) == 1 else args.connections,
             "processes": args.processes,
             "users": args.users,
             "users_per_request": args.users_per_request,
@@ -1416,9 +1503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mean_record_bytes": round(estimate.mean_record_bytes, 1),
             "record_size_method": estimate.method,
         },
-        "load": summarize_load(args, stats),
-        "generator": summarize_generator(stats),
+        "load": levels[-1]["load"],
+        "generator": levels[-1]["generator"],
     }
+    if len(levels) > 1:
+        # Per level; `load`, `generator` and `machine` above are the last level's.
+        results["levels"] = levels
     if sink_cpu is not None:
         results["self_test_server_cpu_percent_of_one_core"] = round(
             100 * sink_cpu / (args.warmup + args.duration), 1
@@ -1430,7 +1520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["ratio_gateway_to_kafka"] = (
                 results["load"]["accepted_events_per_s"] / kafka["events_per_s"]
             )
-    results["targets"] = {} if args.self_test else evaluate_targets(args, results)
+    results["targets"] = (
+        {} if args.self_test or len(levels) > 1 else evaluate_targets(args, results)
+    )
 
     output: Path = args.output or (
         REPO / "benchmarks" / "results" / f"ingest-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -1439,6 +1531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["output"] = str(output)
     output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     print_summary(results)
+    if len(levels) > 1:
+        print_levels(levels)
     return 0
 
 

@@ -1,6 +1,8 @@
 """The ingest gateway: native, Segment and PostHog endpoints → one validation path → Kafka.
 
-Request path, cheapest refusals first: per-IP rate limit → header key (401) → body read
+Request path, cheapest refusals first: admission (503 with Retry-After while the process
+already works on QUIP_INGEST_MAX_IN_FLIGHT requests: shed, not queued) → per-IP rate
+limit → header key (401) → body read
 under the 1 MB decompressed limit (413) → parse and normalize (400) → body key (401) →
 per-key rate limit (429) → per-event validation → one all-or-nothing publish of the
 accepted events and the dead letters (503 on failure) → 200 with per-event errors.
@@ -24,16 +26,26 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingest.admission import Admission
 from ingest.auth import KeyRing, key_from_authorization
 from ingest.body import BadEncoding, BodyTooLarge, read_body
-from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
-from ingest.normalize import decode_posthog_payload, normalize_posthog, normalize_segment
+from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, REQUESTS_SHED
+from ingest.normalize import (
+    Normalized,
+    normalize_posthog,
+    normalize_segment,
+    normalize_segment_call,
+    posthog_json,
+)
+from ingest.openapi import describe_ingest_routes
+from ingest.posthog_config import flags, remote_config, remote_config_js
 from ingest.producer import BusUnavailable, GroupCommitProducer, OutgoingRecord
 from ingest.ratelimit import RateLimiter
 from ingest.validate import (
     BadBatch,
     Limits,
     ValidatedBatch,
+    pruned_body,
     validate_dicts,
     validate_native,
 )
@@ -47,6 +59,16 @@ log = logging.getLogger(__name__)
 NATIVE_PATH = "/v1/events"
 SEGMENT_PATHS = ("/v1/batch",)
 POSTHOG_PATHS = ("/batch/", "/capture/", "/e/", "/i/v0/e/")
+# One message each: analytics.js's short paths and the Segment HTTP API's; path → type.
+SEGMENT_CALL_PATHS = {
+    f"/v1/{path}": call
+    for call in ("track", "page", "screen", "identify", "group", "alias")
+    for path in (call, call[0])
+}
+# posthog-js's calls besides capture (ingest/posthog_config.py); GET and POST.
+POSTHOG_FLAGS_PATHS = ("/decide/", "/flags/")
+POSTHOG_CONFIG_PATH = "/array/{token}/config"
+POSTHOG_CONFIG_JS_PATH = "/array/{token}/config.js"
 
 
 class Publisher(Protocol):
@@ -94,13 +116,26 @@ class Gateway:
         self.limits = Limits.from_settings(settings)
         self.ip_limiter = RateLimiter(settings.rate_limit_ip_per_min)
         self.key_limiter = RateLimiter(settings.rate_limit_key_per_min)
+        self.admission = Admission(settings.ingest_max_in_flight)
 
     def endpoint(self, source: str, parse: Parser) -> Callable[[Request], Awaitable[Response]]:
+        """The handler of one ingest route. Past QUIP_INGEST_MAX_IN_FLIGHT concurrent
+        requests it answers 503 at once, before the body is read, and keeps nothing of that
+        request; its Retry-After grows with the overload (ingest/admission.py). Clients
+        retry it like a 503 from the bus."""
+
         async def handle(request: Request) -> Response:
+            if retry_after_s := self.admission.enter():
+                REQUESTS_SHED.labels(source).inc()
+                return error_response(
+                    Refusal(503, "gateway overloaded, retry later", retry_after_s)
+                )
             try:
                 return await self._ingest(request, source, parse)
             except Refusal as refusal:
                 return error_response(refusal)
+            finally:
+                self.admission.leave()
 
         return handle
 
@@ -169,7 +204,11 @@ class Gateway:
             OutgoingRecord(
                 ANALYTICS_EVENTS.name,
                 record_key(project, user_id),
-                encode_record(EventRecord(project=project, received_at=received_at, events=events)),
+                encode_record(
+                    EventRecord(
+                        project=project, received_at=received_at, events=events, source=source
+                    )
+                ),
             )
             for user_id, events in by_user.items()
         ]
@@ -201,24 +240,47 @@ class Gateway:
     def parse_segment(
         self, _: Request, body: bytes, received_at: int
     ) -> tuple[str | None, ValidatedBatch]:
-        try:
-            # msgspec, not orjson: integers beyond 64 bits must not fail a whole batch.
-            document = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadBatch(f"body is not JSON: {exc}") from exc
-        normalized = normalize_segment(document)
-        return normalized.write_key, validate_dicts(
-            normalized.events, normalized.context, normalized.sent_at, received_at, self.limits
-        )
+        return self._parse_compat(body, normalize_segment, received_at)
+
+    def segment_call_parser(self, call: str) -> Parser:
+        """The parser of a Segment single-call endpoint whose path names the type `call`."""
+
+        def parse(_: Request, body: bytes, received_at: int) -> tuple[str | None, ValidatedBatch]:
+            return self._parse_compat(
+                body, lambda document: normalize_segment_call(document, call), received_at
+            )
+
+        return parse
 
     def parse_posthog(
         self, request: Request, body: bytes, received_at: int
     ) -> tuple[str | None, ValidatedBatch]:
         query = dict(request.query_params)
-        document = decode_posthog_payload(
-            body, request.headers.get("content-type", ""), query.get("compression")
+        text = posthog_json(body, request.headers.get("content-type", ""), query.get("compression"))
+        return self._parse_compat(
+            text, lambda document: normalize_posthog(document, query), received_at
         )
-        normalized = normalize_posthog(document, query)
+
+    def _parse_compat(
+        self, text: bytes, normalize: Callable[[Any], Normalized], received_at: int
+    ) -> tuple[str | None, ValidatedBatch]:
+        """Decode, normalize and validate JSON text; text nested too deep for the decoders'
+        stack is handled pruned, as `validate_native` does (deep props: `too_deep`)."""
+        try:
+            return self._decode_compat(text, normalize, received_at)
+        except RecursionError:
+            pass
+        return self._decode_compat(pruned_body(text), normalize, received_at)
+
+    def _decode_compat(
+        self, text: bytes, normalize: Callable[[Any], Normalized], received_at: int
+    ) -> tuple[str | None, ValidatedBatch]:
+        try:
+            # msgspec, not orjson: integers beyond 64 bits must not fail a whole batch.
+            document = msgspec.json.decode(text)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise BadBatch(f"body is not UTF-8 JSON: {exc}") from exc
+        normalized = normalize(document)
         return normalized.write_key, validate_dicts(
             normalized.events, normalized.context, normalized.sent_at, received_at, self.limits
         )
@@ -230,9 +292,24 @@ def add_ingest_routes(app: FastAPI, gateway: Gateway) -> list[str]:
     app.add_route(NATIVE_PATH, gateway.endpoint("native", gateway.parse_native), methods=["POST"])
     for path in SEGMENT_PATHS:
         app.add_route(path, gateway.endpoint("segment", gateway.parse_segment), methods=["POST"])
+    for path, call in SEGMENT_CALL_PATHS.items():
+        parse = gateway.segment_call_parser(call)
+        app.add_route(path, gateway.endpoint("segment", parse), methods=["POST"])
     for path in POSTHOG_PATHS:
         app.add_route(path, gateway.endpoint("posthog", gateway.parse_posthog), methods=["POST"])
-    return [NATIVE_PATH, *SEGMENT_PATHS, *POSTHOG_PATHS]
+    for path in POSTHOG_FLAGS_PATHS:
+        app.add_route(path, flags, methods=["GET", "POST"])
+    app.add_route(POSTHOG_CONFIG_PATH, remote_config, methods=["GET"])
+    app.add_route(POSTHOG_CONFIG_JS_PATH, remote_config_js, methods=["GET"])
+    return [
+        NATIVE_PATH,
+        *SEGMENT_PATHS,
+        *SEGMENT_CALL_PATHS,
+        *POSTHOG_PATHS,
+        *POSTHOG_FLAGS_PATHS,
+        POSTHOG_CONFIG_PATH,
+        POSTHOG_CONFIG_JS_PATH,
+    ]
 
 
 def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> FastAPI:
@@ -259,6 +336,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         title="Qui Pipeline ingest gateway", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     routes = add_ingest_routes(app, gateway)
+    describe_ingest_routes(app, routes)
     app.add_route("/health", health_response, methods=["GET"])
     app.add_route("/ready", readiness_endpoint(readiness), methods=["GET"])
     app.add_route("/metrics", metrics_response, methods=["GET"])
@@ -268,7 +346,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["POST", "OPTIONS"],
+            # GET: posthog-js's config and flags calls.
+            allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
             max_age=600,
         )

@@ -11,3 +11,8 @@ EVENTS_REJECTED = Counter(
     "Events rejected (sent to the DLQ) by reason code",
     ["source", "reason"],
 )
+REQUESTS_SHED = Counter(
+    "ingest_requests_shed",
+    "Requests answered 503 unread because QUIP_INGEST_MAX_IN_FLIGHT were in flight",
+    ["source"],
+)

@@ -115,19 +115,40 @@ def _sub(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# The standard dimensions of SPEC §2, by their native names.
+_DIMENSIONS = ("session_id", "device_model", "app_version", "os", "region")
+
+
+def _own_dimensions(event: dict[str, Any], properties: Any) -> None:
+    """Give the event the dimensions its properties set under their native names: the
+    event's own values, which win over the SDK's context. Only strings count: these are
+    free-form properties, and an odd value there must not reject the event."""
+    if isinstance(properties, dict):
+        for name in _DIMENSIONS:
+            value = properties.get(name)
+            if isinstance(value, str):
+                event[name] = value
+
+
 # Segment ------------------------------------------------------------------------------
 
-# Other message types (screen, identify, alias, group, ...) keep their name as the type.
+# Other message types (screen, identify, group, alias, ...) keep their name as the type.
 _SEGMENT_TYPES = {"page": "page_view"}
+# The message's own fields that group and alias calls carry outside `traits`/`properties`.
+_SEGMENT_ID_PROPS = {"group": ("groupId", "group_id"), "alias": ("previousId", "previous_id")}
 
 
 def _segment_context(context: Mapping[str, Any]) -> dict[str, Any]:
     """Native context fields from a Segment `context` object (only those present)."""
     mapped: dict[str, Any] = {}
+    # analytics.js in a browser sends no `os`, but the client hints' platform.
+    os_name = _first_given(_sub(context, "os"), "name")
+    if os_name is None:
+        os_name = _first_given(_sub(context, "userAgentData"), "platform")
     for native, value in (
         ("device_model", _sub(context, "device").get("model")),
         ("app_version", _sub(context, "app").get("version")),
-        ("os", _sub(context, "os").get("name")),
+        ("os", os_name),
         ("region", _first_given(_sub(context, "location"), "region", "country")),
         ("session_id", context.get("session_id")),
     ):
@@ -159,10 +180,14 @@ def _segment_event(item: Any) -> Any:
         event["ts"] = _epoch_ms(timestamp)
 
     properties = item.get("properties")
-    source = item.get("traits") if kind == "identify" else properties
+    source = item.get("traits") if kind in ("identify", "group") else properties
     props: Any = dict(source) if isinstance(source, dict) else source
     if props is None:
         props = {}
+    if isinstance(props, dict) and kind in _SEGMENT_ID_PROPS:
+        field, prop = _SEGMENT_ID_PROPS[kind]
+        if item.get(field) is not None:
+            props.setdefault(prop, _id(item[field]))
     context = _sub(item, "context")
     if isinstance(props, dict):
         name = item.get("name")
@@ -178,8 +203,7 @@ def _segment_event(item: Any) -> Any:
     event["props"] = props
 
     event.update(_segment_context(context))
-    if isinstance(properties, dict) and properties.get("session_id") is not None:
-        event["session_id"] = properties["session_id"]
+    _own_dimensions(event, properties)
     return event
 
 
@@ -187,18 +211,23 @@ def normalize_segment(body: Any) -> Normalized:
     """Map a Segment HTTP API body to native-shaped events.
 
     Accepts `/v1/batch` (`{"batch": [...], "writeKey"?, "sentAt"?, "context"?}`) and a
-    single message as `/v1/track`, `/v1/page`, ... send it. Mapping per message:
+    single message carrying its own `type` (`normalize_segment_call` is for the
+    single-call endpoints, where the path names the type). Mapping per message:
     messageId → event_id; userId, else anonymousId → user_id; type track → slugified
-    `event`, page → page_view, screen → screen, identify → identify, any other type →
-    its slugified name; properties → props (identify: traits); a page's `name` becomes
-    props.title and `context.page.url` props.url when those are absent, a screen's `name`
-    props.name; timestamp (else originalTimestamp, else receivedAt) → ts;
-    context.device.model, app.version, os.name, location.region (else .country),
-    session_id → device_model, app_version, os, region, session_id, with
-    properties.session_id winning over context.session_id.
+    `event`, page → page_view, screen, identify, group and alias → their name, any other
+    type → its slugified name; properties → props (identify and group: traits); a page's
+    `name` becomes props.title and `context.page.url` props.url when those are absent, a
+    screen's `name` props.name, a group's `groupId` props.group_id, an alias's
+    `previousId` props.previous_id; timestamp (else originalTimestamp, else receivedAt)
+    → ts.
 
-    The batch-level `context` becomes `Normalized.context` with the same mapping;
-    validation merges it field by field under each message's own values.
+    Dimensions, first given: the native name in `properties` when it is a string (the
+    event's own value: `properties.os`, ...); else the message's context:
+    context.device.model, app.version, os.name (else userAgentData.platform, what
+    analytics.js sends), location.region (else .country), session_id → device_model,
+    app_version, os, region, session_id; else the batch-level `context`, which becomes
+    `Normalized.context` with the same mapping and which validation merges field by
+    field under each message's own values.
     Raises BadBatch if the body is not an object, `batch` is not an array, `context` is
     not an object, or `sentAt` is not a time.
     """
@@ -222,6 +251,24 @@ def normalize_segment(body: Any) -> Normalized:
         sent_at=_sent_at(body.get("sentAt"), "sentAt"),
         context=_segment_context(batch_context),
         events=[_segment_event(item) for item in items],
+    )
+
+
+def normalize_segment_call(body: Any, call: str) -> Normalized:
+    """Map one message of a Segment single-call endpoint (analytics.js's `/v1/t`, `/v1/p`,
+    ..., the HTTP API's `/v1/track`, `/v1/page`, ...) whose path names the message type
+    `call` (track, page, screen, identify, group or alias), like a `normalize_segment`
+    message of that type: the path decides the type whatever the body's `type` says.
+    `writeKey` and `sentAt` come from the body. Raises BadBatch if the body is not an
+    object or `sentAt` is not a time."""
+    if not isinstance(body, dict):
+        raise BadBatch("Segment body must be a JSON object")
+    write_key = body.get("writeKey")
+    return Normalized(
+        write_key=write_key if isinstance(write_key, str) else None,
+        sent_at=_sent_at(body.get("sentAt"), "sentAt"),
+        context={},
+        events=[_segment_event({**body, "type": call})],
     )
 
 
@@ -289,6 +336,7 @@ def _posthog_event(item: Any, sent_at: int | None) -> Any:
         for posthog_key, native in _PH_CONTEXT:
             if props.get(posthog_key) is not None:
                 event[native] = props[posthog_key]
+        _own_dimensions(event, props)
     event["props"] = props
     return event
 
@@ -316,10 +364,15 @@ def normalize_posthog(body: Any, query_params: Mapping[str, str] | None = None) 
     `$distinct_id`, else properties.distinct_id, else distinct_id → user_id; event
     `$pageview` → page_view (props.url from `$current_url` when absent), other `$name` →
     slugified `ph_name`, other names slugified; properties → props (no key dropped;
-    top-level `$set`/`$set_once` are added); `$session_id`, `$device_model`,
-    `$app_version`, `$os` → session_id, device_model, app_version, os; timestamp (ISO or
-    epoch ms) → ts. An event without timestamp is stamped `sent_at - offset` when the
-    batch has a sent_at (PostHog stamps it with the receive time minus `offset`).
+    top-level `$set`/`$set_once` are added); timestamp (ISO or epoch ms) → ts. An event
+    without timestamp is stamped `sent_at - offset` when the batch has a sent_at (PostHog
+    stamps it with the receive time minus `offset`).
+
+    Dimensions: a property under the native name when it is a string (`os`, ...: the
+    event's own value), else `$session_id`, `$device_model`, `$app_version`, `$os` →
+    session_id, device_model, app_version, os (posthog-js sets `$os` and `$session_id`;
+    mobile SDKs also the device model and app version). PostHog bodies have no batch
+    context.
 
     sent_at comes from the `_` query parameter (posthog-js), else `sent_at`/`sentAt` in
     the body or, for a single event, in the event. The write key is `api_key`, `token` or
@@ -367,7 +420,18 @@ def _base64(data: bytes) -> bytes:
 
 
 def decode_posthog_payload(body: bytes, content_type: str, compression: str | None) -> Any:
-    """Decode an already-decompressed PostHog capture body into JSON values.
+    """Decode an already-decompressed PostHog capture body into JSON values: the JSON text
+    `posthog_json` finds, decoded. Raises BadBatch as that does, and when the text is not
+    JSON."""
+    payload = posthog_json(body, content_type, compression)
+    try:
+        return msgspec.json.decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadBatch(f"body is not valid JSON: {exc}") from None
+
+
+def posthog_json(body: bytes, content_type: str, compression: str | None) -> bytes:
+    """The JSON text inside an already-decompressed PostHog capture body.
 
     Handles a JSON body; base64 of JSON (`compression=base64`, or a body not starting with
     `{`/`[`); and `application/x-www-form-urlencoded` with a `data` field holding either
@@ -392,7 +456,4 @@ def decode_posthog_payload(body: bytes, content_type: str, compression: str | No
         raise BadBatch("compression=lz64 is not supported; use gzip-js or base64")
     if compression == "base64" or payload.lstrip()[:1] not in (b"{", b"["):
         payload = _base64(payload)
-    try:
-        return msgspec.json.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise BadBatch(f"body is not valid JSON: {exc}") from None
+    return payload

@@ -3,8 +3,9 @@ per-event rejections out. No I/O; the gateway owns reading, auth, Kafka and resp
 
 Every event goes through one check (`_BatchCheck.check`), whichever endpoint it came from:
 size cap → msgspec decode of the envelope fields (ids, type, ts, context fields) → props
-size cap → props decode → typed props of known types → clock-skew correction and the time
-window. The first failing step names the rejection; the rest of the batch is unaffected.
+size cap → props decode → props depth → typed props of known types → clock-skew correction
+and the time window. The first failing step names the rejection; the rest of the batch is
+unaffected.
 
 A rejection reason is `"<code>: <detail>"` where `<code>` is one of `REASON_CODES` (use
 `Rejection.code` as a metric label) and the detail is short, human-readable and stable for
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast, get_a
 import msgspec
 import msgspec.inspect as mi
 
+from ingest.nesting import NestingTooDeep, nesting_exceeds, prune_nesting
 from schemas.events import PROPS_TYPES, Event
 from schemas.topics import DAY_MS
 
@@ -34,6 +36,7 @@ ReasonCode = Literal[
     "invalid_type",  # the event type name does not match TYPE_PATTERN
     "invalid_props",  # props not an object, or typed props (§6) of a known type are wrong
     "props_too_large",  # props serialized above Limits.max_props_bytes
+    "too_deep",  # props nested more than Limits.max_props_depth levels
     "event_too_large",  # the event's JSON above Limits.max_event_bytes
     "too_old",  # event time older than Limits.max_event_age_days
     "in_future",  # event time beyond received_at + Limits.max_future_ms
@@ -47,6 +50,8 @@ TYPE_PATTERN = "[a-z][a-z0-9_.]{0,63}"
 class Limits:
     max_events_per_batch: int = 1000
     max_props_bytes: int = 8192
+    # The props object is level 1; SPEC §2: deeper than 32 levels rejects the event.
+    max_props_depth: int = 32
     max_event_bytes: int = 32768
     max_event_age_days: int = 30
     max_future_ms: int = 600_000
@@ -234,6 +239,7 @@ class _BatchCheck:
         "_in_future",
         "_max_event_bytes",
         "_max_props_bytes",
+        "_max_props_depth",
         "_newest",
         "_oldest",
         "_skew",
@@ -255,6 +261,7 @@ class _BatchCheck:
         self._oldest = received_at_ms - limits.max_event_age_days * DAY_MS
         self._max_event_bytes = limits.max_event_bytes
         self._max_props_bytes = limits.max_props_bytes
+        self._max_props_depth = limits.max_props_depth
         self._too_old = f"too_old: event time is more than {limits.max_event_age_days} days ago"
         self._in_future = (
             f"in_future: event time is more than {_span(limits.max_future_ms)} in the future"
@@ -292,6 +299,11 @@ class _BatchCheck:
                 props = _props_decoder.decode(wire.props)
             except msgspec.ValidationError as exc:
                 return _props_reason(exc)
+            # Each level takes at least two bytes, so small props need no walk.
+            if props_size > 2 * self._max_props_depth and nesting_exceeds(
+                props, self._max_props_depth
+            ):
+                return f"too_deep: props nested more than {self._max_props_depth} levels"
         if props is None:
             props = {}
         schema = PROPS_TYPES.get(wire.type)
@@ -331,9 +343,12 @@ def validate_native(body: bytes, received_at_ms: int, limits: Limits) -> Validat
     """Validate a decompressed native body `{"sent_at"?, "context"?, "events": [...]}`.
 
     Raises BadBatch when the body is not UTF-8 JSON or not of that shape (including a
-    `context` field that is not a string), TooManyEvents above the batch limit. An empty
-    `events` list is a valid batch with nothing accepted. `received_at_ms` is the gateway's
-    clock, the reference for clock-skew correction and the time window.
+    `context` field that is not a string) or nests more than MAX_PARSE_DEPTH levels,
+    TooManyEvents above the batch limit. An empty `events` list is a valid batch with
+    nothing accepted. `received_at_ms` is the gateway's clock, the reference for clock-skew
+    correction and the time window. A body too deep for the decoder's stack is validated
+    pruned (`prune_nesting`): deep props are `too_deep` either way, and the raw text of a
+    rejected event holds `null` in place of the pruned levels.
     """
     try:
         # JSON is UTF-8 (RFC 8259); msgspec checks it only for values it decodes, and
@@ -341,6 +356,23 @@ def validate_native(body: bytes, received_at_ms: int, limits: Limits) -> Validat
         body.decode()
     except UnicodeDecodeError as exc:
         raise BadBatch(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return _validate_native(body, received_at_ms, limits)
+    except RecursionError:
+        pass
+    return _validate_native(pruned_body(body), received_at_ms, limits)
+
+
+def pruned_body(body: bytes) -> bytes:
+    """`prune_nesting(body)`, for a body a decoder refused for its depth; raises BadBatch
+    past `MAX_PARSE_DEPTH` levels (SPEC §2: nested too deeply to parse at all)."""
+    try:
+        return prune_nesting(body)
+    except NestingTooDeep as exc:
+        raise BadBatch(str(exc)) from None
+
+
+def _validate_native(body: bytes, received_at_ms: int, limits: Limits) -> ValidatedBatch:
     try:
         envelope = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -365,7 +397,9 @@ def validate_dicts(
 
     Items must be JSON-derived values (what a JSON decoder returns); anything else is a
     programming error and raises TypeError. Raises BadBatch when a `context` value is not
-    a string, TooManyEvents above the batch limit. A rejection's raw is the item's JSON.
+    a string, TooManyEvents above the batch limit, RecursionError for an item nested
+    nearly as deep as the decoder's stack allows (decode the body again through
+    `pruned_body`). A rejection's raw is the item's JSON.
     """
     _check_count(len(events), limits)
     try:

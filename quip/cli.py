@@ -48,6 +48,7 @@ def main() -> None:
 def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run the whole pipeline in one process (embedded: chDB, in-process bus)."""
     from quip.embedded.app import announce
+    from quip.startup import uses_line
 
     settings = load_settings(host=host, port=port, data_dir=data_dir)
     if settings.mode is Mode.CLUSTER:
@@ -57,6 +58,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
     # Laptop default: no per-IP limit unless one is set. SPEC §7's 1000 requests/min would
     # hold `quip simulate` (one request per headset session) to ~17 requests/s here.
     os.environ.setdefault("QUIP_RATE_LIMIT_IP_PER_MIN", "0")
+    click.echo(uses_line("up", settings, embedded_store=True), err=True)
     click.echo(announce(settings, listen_port))
     serve("quip.embedded.app:embedded_factory", settings, listen_port, workers=1)
 
@@ -67,6 +69,8 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
 @click.option("--workers", type=int, default=1, show_default=True, help="uvicorn workers")
 def gateway(host: str | None, port: int | None, workers: int) -> None:
     """Ingest gateway: validate event batches and produce them to Kafka."""
+    from quip.startup import uses_line
+
     settings = load_settings(host=host, port=port)
     try:
         settings.require_keys("write_keys")
@@ -74,6 +78,7 @@ def gateway(host: str | None, port: int | None, workers: int) -> None:
         raise click.UsageError(str(exc)) from exc
     if not settings.write_key_projects:
         raise click.UsageError("set QUIP_WRITE_KEYS=project:key[,...] (the gateway has no keys)")
+    click.echo(uses_line("gateway", settings, embedded_store=False), err=True)
     serve("ingest.app:create_app", settings, settings.listen_port(8080), workers)
 
 
@@ -111,9 +116,11 @@ def worker(host: str | None, port: int | None) -> None:
     Run `quip migrate --engine server` and `quip topics create` first."""
     import faust
 
+    from quip.startup import uses_line
     from streams.app import create_worker_app
 
     settings = load_settings(host=host, port=port)
+    click.echo(uses_line("worker", settings, embedded_store=False), err=True)
     app, _ = create_worker_app(settings)
     faust.Worker(app, loglevel="info").execute_from_commandline()
 
@@ -127,17 +134,22 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 
     Cluster mode requires QUIP_READ_KEYS and QUIP_ADMIN_KEYS. Embedded mode generates
     and prints dev keys for the ones not set, and runs one worker (chDB binds its data
-    directory to one process)."""
+    directory to one process). Embedded mode is refused when it looks meant for the
+    cluster (QUIP_CLICKHOUSE_URL or QUIP_KAFKA_BOOTSTRAP set, or an empty chDB beside a
+    server with the quip schema: quip/startup.py)."""
     import os
 
     from quip.settings import generate_dev_keys
+    from quip.startup import refuse_embedded_mismatch, uses_line
     from schemas.funnels import FunnelConfigError, load_funnels
 
     settings = load_settings(host=host, port=port)
     try:
         settings.require_keys("read_keys", "admin_keys")
+        refuse_embedded_mismatch("api", settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    click.echo(uses_line("api", settings, embedded_store=settings.mode is Mode.EMBEDDED), err=True)
     if settings.mode is Mode.EMBEDDED:
         if workers != 1:
             raise click.UsageError("embedded mode (chDB) runs one worker; use --workers 1")
@@ -160,17 +172,25 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     type=click.Choice(["server", "chdb"]),
     default=None,
     help="where to migrate: the ClickHouse server of QUIP_CLICKHOUSE_URL, or embedded chDB "
-    "under QUIP_DATA_DIR [default: chdb in embedded mode, server in cluster mode]",
+    "under QUIP_DATA_DIR [default: chdb in embedded mode, server in cluster mode; without "
+    "it, an embedded run that looks meant for the cluster is refused]",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[QUIP_DATA_DIR]")
 def migrate(engine: str | None, data_dir: Path | None) -> None:
     """Apply pending ClickHouse migrations (idempotent)."""
+    from quip.startup import ModeMismatch, refuse_embedded_mismatch, uses_line
     from sinks.clickhouse import ClickHouse, ClickHouseError
     from sinks.engines import open_clickhouse
     from sinks.migrate import migrate as run_migrations
 
     settings = load_settings(data_dir=data_dir)
+    if engine is None:
+        try:
+            refuse_embedded_mismatch("migrate", settings)
+        except ModeMismatch as exc:
+            raise click.UsageError(str(exc)) from exc
     chosen = engine or ("server" if settings.mode is Mode.CLUSTER else "chdb")
+    click.echo(uses_line("migrate", settings, embedded_store=chosen == "chdb"), err=True)
     try:
         clickhouse: ClickHouse = open_clickhouse(settings, embedded=chosen == "chdb")
         applied = run_migrations(clickhouse)
@@ -320,8 +340,9 @@ def simulate(
     Historical mode (default) backfills --days days ending now as fast as the gateway
     takes it; live mode (--rate) sends events with ts = now at that rate. The same --seed
     and --end send the same events (same event_ids: the pipeline counts a re-run once).
-    Exits 1 if a batch failed or the run was aborted (bad key, gateway refusing batches for
-    --retry-for seconds), 130 if a historical run was interrupted (Ctrl-C)."""
+    Exits 1 at once if nothing listens at --url, 1 if a batch failed or the run was aborted
+    (bad key, gateway refusing batches for --retry-for seconds; the first failure is printed
+    when it happens), 130 if a historical run was interrupted (Ctrl-C)."""
     import secrets
     import time
     from datetime import UTC, datetime
@@ -403,6 +424,8 @@ def simulate(
             )
     except sim.SimulationError as exc:
         raise click.UsageError(str(exc)) from exc
+    except sim.GatewayUnreachable as exc:
+        raise click.ClickException(str(exc)) from exc
     Console().print(summary.table())
     if json_summary is not None:
         sim.write_json_summary(summary, json_summary)

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     max_event_age_days: int = Field(default=30, ge=1)
     rate_limit_ip_per_min: int = Field(default=1000, ge=0)
     rate_limit_key_per_min: int = Field(default=0, ge=0)
+    # Ingest requests one process works on at once; one more is answered 503 with
+    # Retry-After before its body is read (load shedding, ingest/admission.py), so admitted
+    # requests keep their latency instead of queueing behind all the others: about this
+    # many divided by the process's requests/s. 0 = no bound.
+    ingest_max_in_flight: int = Field(default=64, ge=0)
     funnels_file: Path | None = None
     # Faust app id = Kafka consumer group of `quip worker` (one group per deployment).
     worker_group: str = "quip-worker"

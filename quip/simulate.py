@@ -15,7 +15,9 @@ Two layers:
   and network errors with backoff (honouring `Retry-After`) for up to `retry_for_s`; nothing
   is dropped silently: another 4xx fails its batch, a batch still refused after
   `retry_for_s` or a 401 aborts the run, and every batch not accepted is counted and
-  reported in the `Summary`.
+  reported in the `Summary`. A gateway that refuses the connection (or whose host does not
+  resolve) before anything is sent raises `GatewayUnreachable` at once; the first failure
+  of a run that has started is printed with how long the run keeps retrying.
 
 The model (probabilities in `Model`):
 
@@ -85,7 +87,9 @@ import heapq
 import math
 import random
 import signal
+import socket
 import time
+import urllib.parse
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator
@@ -98,6 +102,7 @@ import aiohttp
 import msgspec
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -141,6 +146,11 @@ T = TypeVar("T")
 
 class SimulationError(ValueError):
     """A simulation that cannot be run as asked (e.g. more days than the gateway keeps)."""
+
+
+class GatewayUnreachable(RuntimeError):
+    """Nothing listens at the gateway URL (connection refused, or the host does not
+    resolve): retrying would only wait out `--retry-for` in silence."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -1396,6 +1406,28 @@ class Summary:
         )
 
 
+async def check_gateway(url: str, timeout_s: float = 5.0) -> None:
+    """Raise `GatewayUnreachable` when the gateway's port refuses connections or its host
+    does not resolve. A timeout or any other error is left to the sending loop's retries
+    (a slow or briefly overloaded gateway is not a wrong URL)."""
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except (ConnectionRefusedError, socket.gaierror) as exc:
+        raise GatewayUnreachable(
+            f"no gateway at {url} ({exc.strerror or exc}): start one (`quip up`, or "
+            "`quip gateway` in cluster mode) or point --url at it"
+        ) from exc
+    except (TimeoutError, OSError):
+        return
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -1430,6 +1462,8 @@ class _Runner:
         self.options = options
         self.summary = summary
         self.stopped = False
+        self._console = console
+        self._warned: set[str] = set()
         self._jitter = random.Random()  # noqa: S311 (backoff jitter)
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue(options.concurrency * 2)
         self._services: asyncio.Queue[ServiceMessage | None] = asyncio.Queue(10_000)
@@ -1589,6 +1623,12 @@ class _Runner:
                 problem = f"HTTP {status}: {text}"
             if delay is None:
                 delay = min(10.0, 0.25 * 2 ** min(attempt - 1, 8)) * self._jitter.uniform(0.5, 1.5)
+            self._warn_once(
+                "gateway",
+                f"POST {self.options.endpoint} failed ({problem}); each batch is retried "
+                f"for up to {self.options.retry_for_s:g} s (--retry-for), then the run is "
+                "aborted",
+            )
             if time.monotonic() + delay > deadline:
                 # The gateway (or its bus) has been unusable for retry_for_s: stop the run
                 # rather than wait as long again for every batch still to send.
@@ -1602,6 +1642,14 @@ class _Runner:
             self.summary.retries += 1
             self._refresh()
             await asyncio.sleep(delay)
+
+    def _warn_once(self, what: str, message: str) -> None:
+        """The first failure of each kind is said at once: otherwise the retries run for
+        up to `retry_for_s` with nothing on screen (or only a retry count on the bar)."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        self._console.print(f"[yellow]quip simulate: {escape(message)}[/yellow]", highlight=False)
 
     def _accepted(self, batch: Batch, payload: bytes) -> None:
         summary = self.summary
@@ -1671,6 +1719,12 @@ class _Runner:
                 break
             except Exception as exc:
                 attempt += 1
+                self._warn_once(
+                    "kafka",
+                    f"Kafka at {bootstrap} unreachable ({exc!r}); retrying for up to "
+                    f"{self.options.retry_for_s:g} s (--retry-for) before the service "
+                    "messages are counted as failed",
+                )
                 if time.monotonic() > deadline:
                     self.summary.services_note = f"Kafka unreachable at {bootstrap}: {exc!r}"
                     await self._drain_services_as_failed()
@@ -1703,6 +1757,11 @@ class _Runner:
                 await publisher.publish_many(batch)
             except PublishError as exc:
                 attempt += 1
+                self._warn_once(
+                    "publish",
+                    f"publishing service messages to Kafka failed ({exc}); each batch is "
+                    f"retried for up to {deadline_s:g} s (--retry-for)",
+                )
                 if time.monotonic() > deadline:
                     self.summary.services_failed += len(batch)
                     if len(self.summary.failures) < self.MAX_FAILURE_MESSAGES:
@@ -1762,6 +1821,7 @@ async def run_historical(
         window_from=_day(plan.min_ts),
         window_to=_day(plan.end_ms),
     )
+    await check_gateway(options.url)
     total = count_items(historical_items(plan)).events if options.progress else None
     async with _Runner(options, summary, console, total) as runner:
         with _interruptible(runner):
@@ -1803,6 +1863,7 @@ async def run_live(
         duration_s=duration_s,
         concurrent_sessions=live_sessions_needed(plan),
     )
+    await check_gateway(options.url)
     total = int(plan.rate * duration_s) if duration_s is not None else None
     stream = live_items(plan)
     buffers: dict[str, _Buffer] = {}

@@ -124,12 +124,18 @@ class EventRecord(msgspec.Struct, kw_only=True, gc=False):
     request's events per user gives fewer, larger records, because per-record overhead in
     Kafka and Faust dominates throughput (FIELD-NOTES). `v` is the layout version;
     `decode_record` refuses one it does not know rather than guess.
+
+    `source` is the endpoint family every event of the record came through ("native",
+    "segment" or "posthog"), stored on each event row. It is an optional field of layout 1,
+    not a new layout: records written before it existed decode with "" (unknown), and
+    consumers that predate it ignore it.
     """
 
     v: int = RECORD_VERSION
     project: str
     received_at: int
     events: list[Event]
+    source: str = ""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

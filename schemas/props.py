@@ -11,11 +11,12 @@ stays in `props` as well, so nothing is lost. Depth is bounded by ingest (SPEC Â
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 FlatProps = tuple[list[str], list[str], list[str], list[float]]
+_FLOAT_LIMIT: Final = 2**1023  # integers a Float64 holds (beyond: text only)
 
 
 def prop_text(value: Any) -> str:
@@ -37,7 +38,7 @@ def is_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return -(2**1023) < value < 2**1023
+        return -_FLOAT_LIMIT < value < _FLOAT_LIMIT
     return isinstance(value, float) and math.isfinite(value)
 
 
@@ -55,7 +56,7 @@ def flatten_props(props: dict[str, Any]) -> FlatProps:
                 stack.append((f"{path}.", value))
             elif value is None:
                 continue
-            elif isinstance(value, str):
+            elif type(value) is str:
                 keys.append(path)
                 values.append(value)
             elif isinstance(value, list):

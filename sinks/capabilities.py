@@ -7,9 +7,6 @@ from dataclasses import dataclass
 
 TTL_SINCE = (19, 6)
 LIGHTWEIGHT_DELETE_SINCE = (22, 8)
-# windowFunnel sorts equal timestamps by condition index (ClickHouse PR 18884, 21.2);
-# before, by arrival.
-FUNNEL_TIES_BY_STEP_SINCE = (21, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +20,6 @@ class Capabilities:
     @property
     def supports_lightweight_delete(self) -> bool:
         return self.version[:2] >= LIGHTWEIGHT_DELETE_SINCE
-
-    @property
-    def funnel_orders_ties_by_step(self) -> bool:
-        return self.version[:2] >= FUNNEL_TIES_BY_STEP_SINCE
 
     def ttl(self, expression: str) -> str:
         """A `TTL <expression>` table clause, or nothing where the server predates TTL

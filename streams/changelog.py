@@ -84,9 +84,19 @@ class Changelog:
                         for t in missing
                     ]
                 )
+                raced = []
                 for topic, code, *_ in response.topic_errors:
-                    if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    if code == _TOPIC_ALREADY_EXISTS:
+                        raced.append(topic)
+                    elif code != 0:
                         raise RuntimeError(f"changelog topic {topic}: Kafka error code {code}")
+                # Listed as missing but there: another worker made it meanwhile, or the
+                # listing broker's metadata lagged. It may still be smaller than needed.
+                if raced:
+                    existing.update(
+                        (item["topic"], len(item["partitions"]))
+                        for item in await admin.describe_topics(raced)
+                    )
             smaller = {t: n for t, n in existing.items() if n < partitions}
             if smaller:
                 await admin.create_partitions(

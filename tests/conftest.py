@@ -1,7 +1,11 @@
 """Shared fixtures. Tests marked `kafka`, `clickhouse` or `influxdb` need the real services
 of `deploy/local/services.sh up`; when one is not reachable those tests fail with that
 instruction (they are never skipped silently). Deselect them explicitly with
-`-m "not kafka and not clickhouse and not influxdb"` to run only the rest."""
+`-m "not kafka and not clickhouse and not influxdb"` to run only the rest.
+
+No QUIP_* variable of the caller's shell reaches a test (autouse fixtures remove them) or
+a process a test starts (`clean_env`); the service addresses below are read first, and
+passed on explicitly."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,39 @@ from sinks.clickhouse import ClickHouse, EmbeddedClickHouse, ServerClickHouse
 KAFKA_BOOTSTRAP = os.environ.get("QUIP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("QUIP_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/quip")
 INFLUX_URL = os.environ.get("QUIP_INFLUX_URL", "http://127.0.0.1:8086")
+# Read above before `_clean_quip_environment` clears them: the service addresses are the
+# only QUIP_* values of the caller's shell that the suite honours; they reach the code
+# under test as explicit arguments or variables, never by inheritance.
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a subprocess: this process's minus every QUIP_* variable, plus
+    exactly `extra` (what the test sets)."""
+    base = {name: value for name, value in os.environ.items() if not name.startswith("QUIP_")}
+    return {**base, **(extra or {})}
+
+
+def _drop_quip_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("QUIP_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_quip_session_environment() -> Iterator[None]:
+    """Session and module fixtures (servers built before any test's own fixtures) see no
+    QUIP_* variable of the caller's shell either."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _drop_quip_variables(monkeypatch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _clean_quip_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from no QUIP_* variable: in-process `Settings()` reads only what the
+    test sets, whatever the shell exported or an earlier test (a CLI run in-process that
+    exports its flags, say) left behind."""
+    _drop_quip_variables(monkeypatch)
+
 
 _SERVICES_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "local" / "services.sh"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.conftest import KAFKA_BOOTSTRAP
+from tests.conftest import KAFKA_BOOTSTRAP, clean_env
 
 
 def free_port() -> int:
@@ -39,7 +38,7 @@ def running_gateway(
     env: dict[str, str], *, ready_timeout_s: float = 30
 ) -> Iterator[GatewayProcess]:
     port = free_port()
-    full_env = {**os.environ, "QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP, **env}
+    full_env = clean_env({"QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP, **env})
     # A file, not a pipe: nobody drains a pipe while the test runs, and a gateway logging
     # through an outage would block on a full one.
     log = tempfile.NamedTemporaryFile(prefix="quip-gateway-", suffix=".log", delete=False)  # noqa: SIM115
@@ -71,7 +70,7 @@ def running_gateway(
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.wait(timeout=30)
         log.close()
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
+from typing import Literal, TypeVar
 
 import httpx
 
@@ -15,14 +18,21 @@ from tests.gateway_process import GatewayProcess
 from tests.traffic import as_records
 
 WRITE_KEY = "wk_worker_test"
+T = TypeVar("T")
 
 
 def post_all(
-    gateway: GatewayProcess, batches: list[list[dict[str, object]]], pause_s: float = 0.0
+    gateway: GatewayProcess,
+    batches: list[list[dict[str, object]]],
+    pause_s: float = 0.0,
+    retry_for_s: float = 120.0,
 ) -> None:
+    """POST each batch, retrying a 503 (the bus is briefly unavailable) for up to
+    `retry_for_s` per batch; then fail with the last answer and the gateway's log tail."""
     with httpx.Client(timeout=30) as client:
-        for batch in batches:
+        for index, batch in enumerate(batches):
             time.sleep(pause_s)
+            deadline = time.monotonic() + retry_for_s
             while True:
                 response = client.post(
                     f"{gateway.url}/v1/events",
@@ -33,6 +43,12 @@ def post_all(
                     assert response.json()["rejected"] == 0, response.text
                     break
                 assert response.status_code == 503, response.text
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"batch {index} of {len(batches)} still answered 503 after "
+                        f"{retry_for_s:g} s ({response.text}); gateway log:\n"
+                        + gateway.log.read_text(errors="replace")[-3000:]
+                    )
                 time.sleep(0.5)
 
 
@@ -60,8 +76,6 @@ def assert_exact(
     records = as_records(batches, project)
     expected_counts = expected_event_counts(records, project)
     wait_for_events(clickhouse, project, sum(expected_counts.values()))
-    # The activity agent commits independently of the events agent: give it its flush.
-    time.sleep(2.5)
     rows = clickhouse.execute(
         "SELECT toString(day), type, uniqExact(event_id), count() FROM events FINAL "
         "WHERE project = %(p)s GROUP BY day, type",
@@ -72,10 +86,23 @@ def assert_exact(
 
     today = utc_day(int(time.time() * 1000))
     day_from = today - timedelta(days=25)
-    assert active_users(clickhouse, project, day_from, today) == expected_active(
-        records, day_from, today, project
-    )
-    for period in ("day", "week"):
-        assert retention(clickhouse, project, day_from, today, period, today) == expected_retention(  # type: ignore[arg-type]
-            records, day_from, today, period, today, project
+    # The activity agent commits independently of the events agent: its rows may land
+    # after the last event's, so these wait for it (bounded) instead of asserting at once.
+    expected = expected_active(records, day_from, today, project)
+    assert settled(lambda: active_users(clickhouse, project, day_from, today), expected) == expected
+    periods: tuple[Literal["day", "week"], ...] = ("day", "week")
+    for period in periods:
+        wanted = expected_retention(records, day_from, today, period, today, project)
+        got = settled(
+            partial(retention, clickhouse, project, day_from, today, period, today), wanted
         )
+        assert got == wanted, period
+
+
+def settled(fetch: Callable[[], T], expected: T, timeout_s: float = 60) -> T:
+    """What `fetch` returns once it equals `expected`, or its last answer at the deadline
+    (for the caller to assert on and show)."""
+    deadline = time.monotonic() + timeout_s
+    while (got := fetch()) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return got

@@ -1,9 +1,10 @@
-"""Run `quip worker` as a real process against the real Kafka and clickhouse-server."""
+"""Run `quip worker` as a real process against the real Kafka, clickhouse-server and
+InfluxDB (its sink writes the QoE and service series there and waits for it): tests that
+start one are marked `kafka`, `clickhouse` and `influxdb`."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.conftest import KAFKA_BOOTSTRAP
+from tests.conftest import INFLUX_URL, KAFKA_BOOTSTRAP, clean_env
 from tests.gateway_process import end_offsets, free_port, read_since, stop_consumer
 
 
@@ -66,12 +67,14 @@ class WorkerProcess:
         # The worker's Faust data directory goes under TMPDIR (streams.app.worker_data_dir):
         # a directory of this worker's own, removed when it stops.
         self.tmp = Path(tempfile.mkdtemp(prefix="quip-worker-"))
-        self.env = {
-            **os.environ,
-            "QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
-            "TMPDIR": str(self.tmp),
-            **env,
-        }
+        self.env = clean_env(
+            {
+                "QUIP_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
+                "QUIP_INFLUX_URL": INFLUX_URL,
+                "TMPDIR": str(self.tmp),
+                **env,
+            }
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="quip-worker-", suffix=".log")[1])
@@ -107,7 +110,7 @@ class WorkerProcess:
         """SIGKILL: no flush, no commit, no goodbye to the group."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+        self.process.wait(timeout=30)
 
     def stop(self) -> int:
         try:
@@ -118,7 +121,7 @@ class WorkerProcess:
                 return self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                return self.process.wait()
+                return self.process.wait(timeout=30)
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -21,22 +21,27 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
-from api.deps import DEFAULT_PROJECT, Context, Days, Fresh, KeyProject, ReadProject, authorize
+from api.deps import Context, Days, Fresh, KeyProject, ReadProject, body_project
 from api.errors import ERROR_RESPONSES
 from api.models import (
     ErrorResponse,
+    FunnelBreakdownResult,
     FunnelDefinitionOut,
     FunnelQuery,
     FunnelResult,
     FunnelStepSpec,
+    PropertyFilter,
 )
 from api.params import BadRequest, DayRange, day_range, shown
-from schemas.funnels import FunnelStep, check_funnel
-from sinks.queries.funnels import adhoc_funnel, predefined_funnel
+from schemas.funnels import FunnelStep
+from sinks.queries.funnel_insight import FunnelGroup, check_funnel_insight, funnel_insight
+from sinks.queries.funnels import predefined_funnel
+from sinks.queries.properties import Filter, Slice
 
 router = APIRouter(tags=["funnels"], responses=ERROR_RESPONSES)
 
 ANSWER = TypeAdapter(FunnelResult)
+QUERY_ANSWER = TypeAdapter(FunnelResult | FunnelBreakdownResult)
 DAY_S = 86_400
 
 
@@ -65,7 +70,16 @@ def _funnel_result(steps: object) -> dict[str, object]:
     return {"steps": steps}
 
 
-@router.post("/v1/funnels/query", response_model=FunnelResult)
+def _query_result(groups: list[FunnelGroup], broken_down: bool) -> dict[str, object]:
+    """`{"steps"}` for one group, `{"breakdown": [{"breakdown", "steps"}]}` with one."""
+    return {"breakdown": groups} if broken_down else {"steps": groups[0]["steps"]}
+
+
+def _filters(items: list[PropertyFilter]) -> list[Filter]:
+    return [Filter(item.property, item.op, item.value) for item in items]
+
+
+@router.post("/v1/funnels/query", response_model=FunnelResult | FunnelBreakdownResult)
 async def query_funnel(
     key_project: KeyProject,
     context: Context,
@@ -76,28 +90,31 @@ async def query_funnel(
     ] = None,
 ) -> Response:
     """An ad-hoc funnel over raw events: per step, the users whose furthest step (a chain
-    t1 ≤ … ≤ tk within window_seconds, t1 on a day of [from, to]) is at least that step."""
-    if body.project is not None and project is not None and body.project != project:
-        raise BadRequest("project differs between the query string and the body")
-    requested = body.project if body.project is not None else project
-    chosen = authorize(key_project, requested if requested is not None else DEFAULT_PROJECT)
+    t1 ≤ … ≤ tk within window_seconds, t1 on a day of [from, to]) is at least that step,
+    and their times to convert; every step's events match `filters`; with a breakdown,
+    one funnel per value of the user's earliest step-1 event in range."""
+    chosen = body_project(key_project, body.project, project)
     days = day_range(body.from_, body.to, context.today())
     steps = to_funnel_steps(body.steps)
+    window = body.window_seconds
+    where = Slice(
+        days.day_from, days.day_to, _filters(body.filters), body.breakdown, body.breakdown_limit
+    )
     try:
-        check_funnel(steps, body.window_seconds)
+        check_funnel_insight(steps, window, where)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    window = body.window_seconds
+    key = body.model_dump_json(exclude={"project", "from_", "to"})
     return await context.results.respond(
         fresh=fresh,
         endpoint="funnel-query",
         project=chosen,
-        params=(*days.key(), ("steps", _canonical_steps(steps)), ("window", str(window))),
+        params=(*days.key(), ("body", key)),
         first_day=days.day_from,
         last_day=settles_on(days, window),
-        adapter=ANSWER,
-        query=lambda ch: _funnel_result(
-            adhoc_funnel(ch, chosen, steps, window, days.day_from, days.day_to)
+        adapter=QUERY_ANSWER,
+        query=lambda ch: _query_result(
+            funnel_insight(ch, chosen, steps, window, where), bool(body.breakdown)
         ),
     )
 

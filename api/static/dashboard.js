@@ -33,7 +33,12 @@
     controls: 'Selection',
     charts: 'Charts',
     active: 'Active users',
+    schema: 'Schema discovery',
+    insight: 'Insight',
     retention: 'Retention',
+    lifecycle: 'Lifecycle',
+    stickiness: 'Stickiness',
+    sessions: 'Sessions',
     funnel: 'Funnel',
     predefined: 'Predefined funnels',
     playback: 'Playback quality',
@@ -42,7 +47,9 @@
   };
   // Which card shows a section's busy/error state.
   const SECTION_CARDS = {
-    active: 'active', retention: 'retention', funnel: 'funnels', predefined: 'funnels',
+    active: 'active', schema: 'insight', insight: 'insight', retention: 'retention',
+    lifecycle: 'lifecycle', stickiness: 'stickiness', sessions: 'sessions',
+    funnel: 'funnels', predefined: 'funnels',
     playback: 'playback', events: 'events', services: 'services',
   };
   const SERVICE_LABELS = {
@@ -148,6 +155,8 @@
     from: '',
     to: '',
     funnel: null, // what the funnel card shows: {kind: 'builder'} | {kind: 'predefined', name}
+    insight: null, // the trends body (without the range) of the insight shown
+    insightResult: null, // its answer's series
     tokens: {},
     busy: new Set(), // sections loading now
     errors: new Map(), // section -> message
@@ -616,7 +625,9 @@
       $('#funnel-window').removeAttribute('aria-invalid');
     }
     if (problems.length) throw new ApiError(400, `check the funnel: ${problems.join('; ')}`);
-    return { steps, window_seconds: seconds, from: state.from, to: state.to };
+    const breakdown = $('#funnel-breakdown').value;
+    const body = { steps, window_seconds: seconds, from: state.from, to: state.to };
+    return breakdown ? { ...body, breakdown: [breakdown] } : body;
   }
 
   function runBuilderFunnel() {
@@ -625,7 +636,8 @@
       state.funnel = { kind: 'builder' };
       const result = await api(`/v1/funnels/query?${query({ project: state.project })}`, { method: 'POST', body });
       if (!current()) return;
-      renderFunnel(result, `Builder: ${body.steps.map((s) => s.event).join(' → ')}`, body.window_seconds);
+      const by = body.breakdown ? ` · by ${body.breakdown[0]}` : '';
+      renderFunnel(result, `Builder: ${body.steps.map((s) => s.event).join(' → ')}${by}`, body.window_seconds);
       markPredefined(null);
     });
   }
@@ -646,20 +658,48 @@
     return runBuilderFunnel();
   }
 
+  const FUNNEL_HEAD = ['#', 'Step', 'Users', 'From start', 'From previous', 'Median time', 'Avg time'];
+
+  // One row of the funnel table; `id` prefixes the cells' test ids.
+  function funnelRow(step, n, id, group) {
+    const cell = (field, value, text, cls = 'num') => el('td', { class: cls, testid: `${id}-${field}-${n}`, 'data-value': value, text });
+    return el('tr', { testid: `${id}-row-${n}` },
+      group === undefined ? null : el('th', { scope: 'row', class: n === 1 ? '' : 'muted', text: n === 1 ? group : '' }),
+      el('td', { class: 'muted', text: String(n) }),
+      el('td', { testid: `${id}-name-${n}`, text: step.event }),
+      cell('users', step.users, fmt.int(step.users), 'num strong'),
+      cell('conv-start', step.conversion_from_start, fmt.pct(step.conversion_from_start)),
+      cell('conv-prev', step.conversion_from_previous, fmt.pct(step.conversion_from_previous)),
+      cell('median', step.median_time_to_convert_s, duration(step.median_time_to_convert_s)),
+      cell('avg', step.avg_time_to_convert_s, duration(step.avg_time_to_convert_s)));
+  }
+
   function renderFunnel(result, title, seconds) {
-    const steps = Array.isArray(result) ? result : (result.steps || []);
+    const groups = Array.isArray(result.breakdown) ? result.breakdown : null;
+    const steps = groups ? (groups[0] ? groups[0].steps : []) : (Array.isArray(result) ? result : (result.steps || []));
     $('#funnel-result-title').textContent = seconds ? `${title} · window ${humanSeconds(seconds).slice(2)}` : title;
-    const tbody = $('#funnel-table tbody');
-    tbody.replaceChildren(...steps.map((step, index) => {
-      const n = index + 1;
-      return el('tr', { testid: `funnel-step-row-${n}` },
-        el('td', { class: 'muted', text: String(n) }),
-        el('td', { testid: `funnel-step-name-${n}`, text: step.event }),
-        el('td', { class: 'num strong', testid: `funnel-step-users-${n}`, 'data-value': step.users, text: fmt.int(step.users) }),
-        el('td', { class: 'num', testid: `funnel-step-conv-start-${n}`, 'data-value': step.conversion_from_start, text: fmt.pct(step.conversion_from_start) }),
-        el('td', { class: 'num', testid: `funnel-step-conv-prev-${n}`, 'data-value': step.conversion_from_previous, text: fmt.pct(step.conversion_from_previous) }));
-    }));
+    const table = $('#funnel-table');
+    table.dataset.breakdown = groups ? 'yes' : 'no';
+    $('thead', table).replaceChildren(el('tr', {},
+      groups ? el('th', { scope: 'col', text: 'Group' }) : null,
+      FUNNEL_HEAD.map((name, i) => el('th', { scope: 'col', class: i > 1 ? 'num' : '', text: name }))));
+    const groupName = (group) => Object.values(group.breakdown).join(' / ');
+    $('tbody', table).replaceChildren(...(groups
+      ? groups.flatMap((group) => group.steps.map((step, index) => funnelRow(
+        step, index + 1, `funnel-group-${groupName(group)}`, breakdownText(groupName(group)))))
+      : steps.map((step, index) => funnelRow(step, index + 1, 'funnel-step'))));
     const labels = steps.map((step, index) => `${index + 1}. ${step.event}`);
+    if (groups) {
+      plot($('#funnel-chart'), groups.map((group, k) => ({
+        type: 'bar', name: breakdownText(groupName(group)), x: labels, y: group.steps.map((step) => step.users),
+        marker: { color: PALETTE[k % PALETTE.length] },
+        hovertemplate: `${breakdownText(groupName(group))}: %{y:,} users<extra></extra>`,
+      })), {
+        barmode: 'group', hovermode: 'closest', bargap: 0.25, margin: { t: 28 },
+        yaxis: { title: { text: 'users' } },
+      }, 'Run a funnel to see its steps.');
+      return;
+    }
     const users = steps.map((step) => step.users);
     const previous = steps.map((step, index) => (index === 0 ? step.users : steps[index - 1].users));
     const top = Math.max(1, ...previous);
@@ -929,6 +969,414 @@
     });
   }
 
+  // ------------------------------------------------------------------ discovery
+  // What the builders offer (SPEC §5.1 schema discovery): the range's event types and the
+  // properties of its events; numeric properties per event are asked for when a series
+  // needs one.
+  const discovery = { events: [], properties: [], numeric: new Map() };
+
+  const asText = (value) => (typeof value === 'string' ? value : (value === null || value === undefined ? '' : String(value)));
+
+  // Rebuilds a select's options and keeps its value, listed even when discovery does not
+  // offer it (a link may name a property this range lacks).
+  function fillSelect(select, options, value = select.value) {
+    const all = value && !options.some(([option]) => option === value) ? [...options, [value, value]] : options;
+    select.replaceChildren(...all.map(([option, label]) => el('option', { value: option, text: label })));
+    select.value = value;
+    if (select.value !== value && all.length) select.value = all[0][0];
+  }
+
+  const eventOptions = () => [['', 'Any event'], ...discovery.events.map((row) => [row.type, row.type])];
+  const propertyOptions = (none) => [['', none], ...discovery.properties.map((row) => [row.property, row.property])];
+
+  function numericProperties(event) {
+    const key = JSON.stringify([state.project, state.from, state.to, event]);
+    if (!discovery.numeric.has(key)) {
+      const request = api(`/v1/schema/properties?${query({ ...rangeParams(), event })}`)
+        .then((rows) => rows.filter((row) => row.type === 'number').map((row) => row.property));
+      request.catch(() => discovery.numeric.delete(key));
+      discovery.numeric.set(key, request);
+    }
+    return discovery.numeric.get(key);
+  }
+
+  function refreshOptions() {
+    const events = eventOptions();
+    $$('.series-event, .event-select').forEach((select) => fillSelect(select, events));
+    $$('.insight-filter-property').forEach((select) => fillSelect(select, propertyOptions('property…')));
+    $$('.insight-breakdown, #sessions-breakdown, #funnel-breakdown').forEach((select) => fillSelect(select, propertyOptions('None')));
+    $$('#insight-series > li').forEach(refreshSeriesProperty);
+  }
+
+  function loadSchema() {
+    return runSection('schema', async (current) => {
+      const [events, properties] = await Promise.all([
+        api(`/v1/schema/events?${query(rangeParams())}`),
+        api(`/v1/schema/properties?${query(rangeParams())}`),
+      ]);
+      if (!current()) return;
+      discovery.events = events;
+      discovery.properties = properties;
+      discovery.numeric.clear();
+      refreshOptions();
+    });
+  }
+
+  // ------------------------------------------------------------------ insight builder
+  const MATHS = [
+    ['total', 'Total events'], ['unique_users', 'Unique users'], ['per_user_avg', 'Events per user'],
+    ['sum', 'Sum of'], ['avg', 'Average of'], ['min', 'Minimum of'], ['max', 'Maximum of'],
+    ['median', 'Median of'], ['p90', 'p90 of'], ['p95', 'p95 of'], ['p99', 'p99 of'],
+  ];
+  const PROPERTY_MATHS = ['sum', 'avg', 'min', 'max', 'median', 'p90', 'p95', 'p99'];
+  const OPS = [
+    ['eq', '='], ['neq', '≠'], ['in', 'in'], ['not_in', 'not in'], ['contains', 'contains'],
+    ['not_contains', 'does not contain'], ['gt', '>'], ['gte', '≥'], ['lt', '<'], ['lte', '≤'],
+    ['is_set', 'is set'], ['is_not_set', 'is not set'],
+  ];
+  const LIST_OPS = ['in', 'not_in'];
+  const NUMBER_OPS = ['gt', 'gte', 'lt', 'lte'];
+  const VALUELESS_OPS = ['is_set', 'is_not_set'];
+  const INSIGHT_INTERVALS = ['hour', 'day', 'week', 'month'];
+  const DISPLAYS = ['line', 'bar', 'table'];
+  const MAX_SERIES = 10;
+  const DEFAULT_INSIGHT = { series: [{ event: null, math: 'total' }], filters: [], breakdown: [], interval: 'day' };
+  const seriesLetter = (index) => String.fromCharCode(65 + index);
+  const valueFormat = new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 });
+  const number = (v) => (v === null || v === undefined ? '—' : valueFormat.format(v));
+  const breakdownText = (value) => ({ $none: '(none)', $other: '(other)' }[value] || value);
+
+  function seriesRow(spec = {}) {
+    const event = el('select', { class: 'series-event' });
+    fillSelect(event, eventOptions(), asText(spec.event));
+    const math = el('select', { class: 'series-math' }, MATHS.map(([value, label]) => el('option', { value, text: label })));
+    math.value = MATHS.some(([value]) => value === spec.math) ? spec.math : 'total';
+    const property = el('select', { class: 'series-property' });
+    fillSelect(property, [['', 'numeric property…']], asText(spec.property));
+    const li = el('li', { class: 'insight-row' },
+      el('span', { class: 'series-letter', 'aria-hidden': 'true' }), event, math, property,
+      el('button', { type: 'button', class: 'btn btn-icon series-remove', text: '×' }));
+    refreshSeriesProperty(li);
+    return li;
+  }
+
+  // The property select shows for the property maths only, with the numeric properties of
+  // the series' event.
+  async function refreshSeriesProperty(li) {
+    const event = $('.series-event', li).value;
+    const select = $('.series-property', li);
+    const needed = PROPERTY_MATHS.includes($('.series-math', li).value);
+    select.hidden = !needed;
+    if (!needed || !state.key || !state.from) return;
+    let names;
+    try {
+      names = await numericProperties(event);
+    } catch (error) {
+      sectionError('schema', error.message);
+      return;
+    }
+    if ($('.series-event', li).value !== event) return; // the event changed meanwhile
+    fillSelect(select, [['', 'numeric property…'], ...names.map((name) => [name, name])]);
+  }
+
+  function insightFilterRow(filter = {}) {
+    const property = el('select', { class: 'insight-filter-property' });
+    fillSelect(property, propertyOptions('property…'), asText(filter.property));
+    const op = el('select', { class: 'insight-filter-op' }, OPS.map(([value, label]) => el('option', { value, text: label })));
+    op.value = OPS.some(([value]) => value === filter.op) ? filter.op : 'eq';
+    const value = el('input', {
+      class: 'insight-filter-value', type: 'text', placeholder: 'value', spellcheck: 'false', autocomplete: 'off',
+      value: Array.isArray(filter.value) ? filter.value.map(asText).join(', ') : asText(filter.value),
+    });
+    value.hidden = VALUELESS_OPS.includes(op.value);
+    return el('li', { class: 'insight-row' },
+      el('span', { class: 'filter-where', text: 'where' }), property, op, value,
+      el('button', { type: 'button', class: 'btn btn-icon insight-filter-remove', text: '×' }));
+  }
+
+  function renumberInsight() {
+    const series = $$('#insight-series > li');
+    series.forEach((li, index) => {
+      const letter = seriesLetter(index);
+      li.dataset.testid = `insight-series-${index + 1}`;
+      $('.series-letter', li).textContent = letter;
+      for (const [cls, name, label] of [
+        ['series-event', 'event', 'event'], ['series-math', 'math', 'math'],
+        ['series-property', 'property', 'numeric property'], ['series-remove', 'remove', 'remove'],
+      ]) {
+        const node = $(`.${cls}`, li);
+        node.dataset.testid = `insight-series-${name}-${index + 1}`;
+        node.setAttribute('aria-label', name === 'remove' ? `Remove series ${letter}` : `Series ${letter} ${label}`);
+      }
+      $('.series-remove', li).disabled = series.length <= 1;
+    });
+    $('#insight-add-series').disabled = series.length >= MAX_SERIES;
+    $$('#insight-filters > li').forEach((li, index) => {
+      for (const name of ['property', 'op', 'value', 'remove']) {
+        const node = $(`.insight-filter-${name}`, li);
+        node.dataset.testid = `insight-filter-${name}-${index + 1}`;
+        node.setAttribute('aria-label', name === 'remove' ? `Remove filter ${index + 1}` : `Filter ${index + 1} ${name}`);
+      }
+    });
+  }
+
+  function setInsight(spec) {
+    const series = Array.isArray(spec.series) && spec.series.length ? spec.series.slice(0, MAX_SERIES) : DEFAULT_INSIGHT.series;
+    $('#insight-series').replaceChildren(...series.map((item) => seriesRow(item || {})));
+    const filters = Array.isArray(spec.filters) ? spec.filters : [];
+    $('#insight-filters').replaceChildren(...filters.map((item) => insightFilterRow(item || {})));
+    const breakdown = Array.isArray(spec.breakdown) ? spec.breakdown : [];
+    fillSelect($('#insight-breakdown-1'), propertyOptions('None'), asText(breakdown[0]));
+    fillSelect($('#insight-breakdown-2'), propertyOptions('None'), asText(breakdown[1]));
+    $('#insight-interval').value = INSIGHT_INTERVALS.includes(spec.interval) ? spec.interval : 'day';
+    const display = DISPLAYS.includes(spec.display) ? spec.display : 'line';
+    $(`input[name="insight-display"][value="${display}"]`).checked = true;
+    renumberInsight();
+  }
+
+  // The builder as a trends body (without the range), and what is wrong with it.
+  function collectInsight() {
+    const problems = [];
+    $$('#insight-builder [aria-invalid]').forEach((node) => node.removeAttribute('aria-invalid'));
+    const invalid = (node, message) => {
+      node.setAttribute('aria-invalid', 'true');
+      problems.push(message);
+    };
+    const series = $$('#insight-series > li').map((li, index) => {
+      const spec = { event: $('.series-event', li).value || null, math: $('.series-math', li).value };
+      if (PROPERTY_MATHS.includes(spec.math)) {
+        spec.property = $('.series-property', li).value;
+        if (!spec.property) invalid($('.series-property', li), `series ${seriesLetter(index)}: pick a numeric property for ${spec.math}`);
+      }
+      return spec;
+    });
+    const filters = $$('#insight-filters > li').map((li, index) => {
+      const filter = { property: $('.insight-filter-property', li).value, op: $('.insight-filter-op', li).value };
+      const input = $('.insight-filter-value', li);
+      const raw = input.value.trim();
+      if (!filter.property) invalid($('.insight-filter-property', li), `filter ${index + 1}: pick a property`);
+      if (LIST_OPS.includes(filter.op)) {
+        filter.value = raw.split(',').map((part) => part.trim()).filter(Boolean);
+      } else if (NUMBER_OPS.includes(filter.op)) {
+        filter.value = Number(raw);
+        if (raw === '' || !Number.isFinite(filter.value)) invalid(input, `filter ${index + 1}: ${filter.op} needs a number`);
+      } else if (!VALUELESS_OPS.includes(filter.op)) {
+        filter.value = input.value; // text is compared exactly, spaces included
+      }
+      return filter;
+    });
+    const breakdown = [...new Set([$('#insight-breakdown-1').value, $('#insight-breakdown-2').value].filter(Boolean))];
+    return { body: { series, filters, breakdown, interval: $('#insight-interval').value }, problems };
+  }
+
+  const insightDisplay = () => ($('input[name="insight-display"]:checked') || { value: 'line' }).value;
+
+  function runInsight() {
+    return runSection('insight', async (current) => {
+      const { body, problems } = collectInsight();
+      if (problems.length) throw new ApiError(400, `check the insight: ${problems.join('; ')}`);
+      const result = await api(`/v1/insights/trends?${query({ project: state.project })}`, {
+        method: 'POST', body: { ...body, from: state.from, to: state.to },
+      });
+      if (!current()) return;
+      state.insight = body;
+      state.insightResult = result.series || [];
+      renderInsight();
+      syncUrl();
+    });
+  }
+
+  function insightLabel(series, body) {
+    const spec = body.series[series.index] || {};
+    const math = spec.property ? `${series.math}(${spec.property})` : series.math.replace(/_/g, ' ');
+    const parts = [seriesLetter(series.index), series.event || 'any event', math];
+    if (series.breakdown) parts.push(Object.values(series.breakdown).map(breakdownText).join(' / '));
+    return parts.join(' · ');
+  }
+
+  function renderInsight() {
+    const series = state.insightResult;
+    if (!series) return;
+    const display = insightDisplay();
+    const names = series.map((item) => insightLabel(item, state.insight));
+    const color = (k) => PALETTE[k % PALETTE.length];
+    $('#insight').dataset.display = display;
+    $('#insight-legend').replaceChildren(...series.map((item, k) => el('li', { testid: `insight-legend-${k}` },
+      el('span', { class: 'swatch', style: `background:${color(k)}`, 'aria-hidden': 'true' }),
+      el('span', { class: 'legend-name', testid: `insight-name-${k}`, text: names[k] }),
+      el('span', { class: 'legend-value', testid: `insight-total-${k}`, 'data-value': item.total, text: number(item.total) }))));
+    const times = [...new Set(series.flatMap((item) => item.points.map((point) => point.t)))].sort();
+    const table = $('#insight-table');
+    $('#insight-chart').hidden = display === 'table';
+    $('#insight-table-wrap').hidden = display !== 'table';
+    if (display !== 'table') {
+      $$('thead, tbody, tfoot', table).forEach((part) => part.replaceChildren());
+      const timeFormat = state.insight.interval === 'hour' ? '%b %d %H:%M' : '%b %d';
+      plot($('#insight-chart'), series.map((item, k) => ({
+        name: names[k],
+        x: item.points.map((point) => plotTime(point.t)),
+        y: item.points.map((point) => point.value),
+        hovertemplate: '%{y:,}',
+        ...(display === 'bar'
+          ? { type: 'bar', marker: { color: color(k) } }
+          : { type: 'scatter', mode: 'lines+markers', marker: { color: color(k), size: 5 }, line: { color: color(k), width: 2 } }),
+      })), {
+        barmode: 'group', showlegend: false,
+        xaxis: { type: 'date', tickformat: state.insight.interval === 'month' ? '%b %Y' : timeFormat },
+      }, 'No matching events in this range.');
+      return;
+    }
+    const values = series.map((item) => new Map(item.points.map((point) => [point.t, point.value])));
+    $('thead', table).replaceChildren(el('tr', {},
+      el('th', { scope: 'col', text: 'Period' }),
+      names.map((name, k) => el('th', { scope: 'col', class: 'num', testid: `insight-col-${k}`, text: name }))));
+    $('tbody', table).replaceChildren(...times.map((t, j) => el('tr', { testid: `insight-row-${j}` },
+      el('th', { scope: 'row', testid: `insight-t-${j}`, text: t }),
+      values.map((byTime, k) => el('td', {
+        class: `num${byTime.get(t) ? '' : ' zero'}`, testid: `insight-cell-${k}-${j}`, 'data-value': byTime.get(t), text: number(byTime.get(t)),
+      })))));
+    $('tfoot', table).replaceChildren(el('tr', {},
+      el('th', { scope: 'row', text: 'Range' }),
+      series.map((item, k) => el('td', { class: 'num', testid: `insight-table-total-${k}`, 'data-value': item.total, text: number(item.total) }))));
+  }
+
+  // ------------------------------------------------------------------ lifecycle, stickiness
+  const duration = (s) => {
+    if (s === null || s === undefined) return '—';
+    if (s < 60) return `${s.toFixed(1)} s`;
+    return s < 3600 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`;
+  };
+  const LIFECYCLE_FIELDS = [
+    ['new', 'New', PALETTE[1], 1], ['returning', 'Returning', PALETTE[0], 1],
+    ['resurrecting', 'Resurrecting', PALETTE[2], 1], ['dormant', 'Dormant', PALETTE[6], -1],
+  ];
+
+  function loadLifecycle() {
+    const interval = $('#lifecycle-interval').value;
+    const event = $('#lifecycle-event').value;
+    return runSection('lifecycle', async (current) => {
+      const rows = await api(`/v1/insights/lifecycle?${query({ ...rangeParams(), interval, event })}`);
+      if (!current()) return;
+      const table = $('#lifecycle-table');
+      table.dataset.interval = interval;
+      table.dataset.event = event;
+      $('tbody', table).replaceChildren(...rows.map((row) => el('tr', { testid: `lifecycle-row-${row.t}` },
+        el('th', { scope: 'row', text: row.t }),
+        LIFECYCLE_FIELDS.map(([field]) => el('td', {
+          class: `num${row[field] ? '' : ' zero'}`, testid: `lifecycle-${row.t}-${field}`, 'data-value': row[field], text: fmt.int(row[field]),
+        })))));
+      // Dormant users are drawn below zero: they left in that period.
+      plot($('#lifecycle-chart'), LIFECYCLE_FIELDS.map(([field, name, color, sign]) => ({
+        type: 'bar', name, x: rows.map((row) => row.t), y: rows.map((row) => sign * row[field]),
+        marker: { color }, hovertemplate: `${name}: %{y:,}<extra></extra>`,
+      })), {
+        barmode: 'relative', margin: { t: 28 },
+        xaxis: { type: 'date', tickformat: '%b %d' },
+        yaxis: { title: { text: 'users' }, rangemode: 'normal', zeroline: true, zerolinecolor: '#94a3b8' },
+        legend: { traceorder: 'normal' },
+      });
+    });
+  }
+
+  function loadStickiness() {
+    const event = $('#stickiness-event').value;
+    return runSection('stickiness', async (current) => {
+      const rows = await api(`/v1/insights/stickiness?${query({ ...rangeParams(), event })}`);
+      if (!current()) return;
+      const table = $('#stickiness-table');
+      table.dataset.event = event;
+      $('tbody', table).replaceChildren(...rows.map((row) => el('tr', { testid: `stickiness-row-${row.days}` },
+        el('th', { scope: 'row', text: `${row.days} day${row.days === 1 ? '' : 's'}` }),
+        el('td', { class: `num${row.users ? '' : ' zero'}`, testid: `stickiness-users-${row.days}`, 'data-value': row.users, text: fmt.int(row.users) }))));
+      plot($('#stickiness-chart'), [{
+        type: 'bar', name: 'users', x: rows.map((row) => row.days), y: rows.map((row) => row.users),
+        marker: { color: PALETTE[4] }, hovertemplate: '%{y:,} users on %{x} days<extra></extra>',
+      }], {
+        hovermode: 'closest',
+        xaxis: { type: 'linear', title: { text: 'days active' }, dtick: 1 },
+        yaxis: { title: { text: 'users' } },
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------ sessions
+  const SESSION_FIELDS = [
+    ['sessions', fmt.int], ['users', fmt.int], ['duration_s_avg', duration], ['duration_s_median', duration],
+    ['events_per_session', number], ['bounce_rate', (v) => fmt.pct(v)],
+  ];
+
+  function loadSessions() {
+    const property = $('#sessions-breakdown').value;
+    return runSection('sessions', async (current) => {
+      const rows = await api(`/v1/insights/sessions?${query({ project: state.project })}`, {
+        method: 'POST', body: { from: state.from, to: state.to, breakdown: property ? [property] : [] },
+      });
+      if (!current()) return;
+      const table = $('#sessions-table');
+      table.dataset.breakdown = property;
+      $('#sessions-group-col').textContent = property || 'Group';
+      const group = (row) => (row.breakdown ? Object.values(row.breakdown).join(' / ') : 'all');
+      $('tbody', table).replaceChildren(...rows.map((row) => {
+        const id = `${row.day}-${group(row)}`;
+        return el('tr', { testid: `sessions-row-${id}` },
+          el('th', { scope: 'row', text: row.day }),
+          el('td', { class: row.breakdown ? '' : 'muted', text: row.breakdown ? breakdownText(group(row)) : 'all' }),
+          SESSION_FIELDS.map(([field, format]) => el('td', {
+            class: 'num', testid: `sessions-${id}-${field}`, 'data-value': row[field], text: format(row[field]),
+          })));
+      }));
+      const totals = new Map();
+      for (const row of rows) totals.set(group(row), (totals.get(group(row)) || 0) + row.sessions);
+      const groups = [...totals.keys()].sort((a, b) => totals.get(b) - totals.get(a) || a.localeCompare(b));
+      plot($('#sessions-chart'), groups.map((name, k) => {
+        const own = rows.filter((row) => group(row) === name);
+        return {
+          type: 'scatter', mode: 'lines+markers', name: breakdownText(name), x: own.map((row) => row.day), y: own.map((row) => row.sessions),
+          line: { color: PALETTE[k % PALETTE.length], width: 2 }, marker: { size: 4 }, hovertemplate: '%{y:,} sessions',
+        };
+      }), {
+        xaxis: { type: 'date', tickformat: '%b %d' },
+        yaxis: { title: { text: 'sessions' } },
+        showlegend: groups.length > 1,
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------ the view in the URL
+  // What a copied link reproduces besides project and range: the insight shown and the
+  // panels' own controls, as JSON in the fragment. A page in its default view keeps a
+  // plain URL.
+  function viewState() {
+    return {
+      insight: { ...state.insight, display: insightDisplay() },
+      lifecycle: { interval: $('#lifecycle-interval').value, event: $('#lifecycle-event').value },
+      stickiness: { event: $('#stickiness-event').value },
+      sessions: { breakdown: $('#sessions-breakdown').value },
+    };
+  }
+
+  function readView() {
+    const match = /(?:^|&)view=([^&]*)/.exec(window.location.hash.slice(1));
+    if (!match) return null;
+    try {
+      const view = JSON.parse(decodeURIComponent(match[1]));
+      return view && typeof view === 'object' ? view : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function applyView(view) {
+    const part = (name) => (view[name] && typeof view[name] === 'object' ? view[name] : {});
+    state.insight = { ...DEFAULT_INSIGHT, ...part('insight') };
+    setInsight(state.insight);
+    state.insight = collectInsight().body;
+    if (['day', 'week'].includes(part('lifecycle').interval)) $('#lifecycle-interval').value = part('lifecycle').interval;
+    fillSelect($('#lifecycle-event'), eventOptions(), asText(part('lifecycle').event));
+    fillSelect($('#stickiness-event'), eventOptions(), asText(part('stickiness').event));
+    fillSelect($('#sessions-breakdown'), propertyOptions('None'), asText(part('sessions').breakdown));
+  }
+
   // ------------------------------------------------------------------ controls
   function showKeyEntry(show) {
     $('#key-entry').hidden = !show;
@@ -981,9 +1429,13 @@
     return true;
   }
 
+  let defaultView = '';
+
   function syncUrl() {
     const url = new URL(window.location.href);
     url.search = query({ project: state.project, from: state.from, to: state.to });
+    const view = JSON.stringify(viewState());
+    url.hash = view === defaultView ? '' : `view=${encodeURIComponent(view)}`;
     window.history.replaceState(null, '', url);
   }
 
@@ -1010,7 +1462,8 @@
     let results;
     try {
       results = await Promise.all([
-        loadActive(), loadRetention(), loadPredefined(), rerunFunnel(),
+        loadActive(), loadSchema(), runInsight(), loadRetention(), loadLifecycle(),
+        loadStickiness(), loadSessions(), loadPredefined(), rerunFunnel(),
         loadPlayback(), loadEvents(), loadServices(),
       ]);
     } finally {
@@ -1036,6 +1489,11 @@
 
     setBuilder([{ event: 'session_start', filters: [] }, { event: 'page_view', filters: [] }], 86400);
     updateEventTypes([]);
+    fillSelect($('#funnel-breakdown'), propertyOptions('None'), '');
+    applyView({});
+    defaultView = JSON.stringify(viewState());
+    const view = readView();
+    if (view) applyView(view);
     if (!window.Plotly) {
       state.errors.set('charts', 'plotly.min.js did not load (is the plotly package installed?); numbers are still shown.');
       renderBanner();
@@ -1068,6 +1526,53 @@
     $('#playback-interval').addEventListener('change', () => state.key && state.from && loadPlayback());
     $('#playback-group').addEventListener('change', () => state.key && state.from && loadPlayback());
     $('#events-interval').addEventListener('change', () => state.key && state.from && loadEvents());
+    const reloadPanel = (load) => () => {
+      if (!state.key || !state.from) return;
+      load();
+      syncUrl();
+    };
+    $('#lifecycle-interval').addEventListener('change', reloadPanel(loadLifecycle));
+    $('#lifecycle-event').addEventListener('change', reloadPanel(loadLifecycle));
+    $('#stickiness-event').addEventListener('change', reloadPanel(loadStickiness));
+    $('#sessions-breakdown').addEventListener('change', reloadPanel(loadSessions));
+
+    const insight = $('#insight-builder');
+    insight.addEventListener('submit', (event) => {
+      event.preventDefault();
+      if (!state.key) {
+        loadAll();
+        return;
+      }
+      if (!state.from && !readControls()) return;
+      runInsight();
+    });
+    insight.addEventListener('change', (event) => {
+      const row = event.target.closest('#insight-series > li');
+      if (row && (event.target.matches('.series-event') || event.target.matches('.series-math'))) refreshSeriesProperty(row);
+      if (event.target.matches('.insight-filter-op')) {
+        $('.insight-filter-value', event.target.closest('li')).hidden = VALUELESS_OPS.includes(event.target.value);
+      }
+    });
+    insight.addEventListener('click', (event) => {
+      const target = event.target.closest('button');
+      if (!target) return;
+      if (target.id === 'insight-add-series') {
+        $('#insight-series').append(seriesRow());
+        renumberInsight();
+        $('#insight-series > li:last-child .series-event').focus();
+      } else if (target.id === 'insight-add-filter') {
+        $('#insight-filters').append(insightFilterRow());
+        renumberInsight();
+        $('#insight-filters > li:last-child .insight-filter-property').focus();
+      } else if (target.classList.contains('series-remove') || target.classList.contains('insight-filter-remove')) {
+        target.closest('li').remove();
+        renumberInsight();
+      }
+    });
+    $$('input[name="insight-display"]').forEach((input) => input.addEventListener('change', () => {
+      renderInsight();
+      if (state.insightResult) syncUrl();
+    }));
 
     const builder = $('#funnel-builder');
     builder.addEventListener('submit', (event) => {

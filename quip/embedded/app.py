@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from api.app import create_app as create_api_app
 from ingest.app import Gateway, add_ingest_routes
+from ingest.openapi import describe_ingest_routes
 from quip.embedded.bus import LocalBus
 from quip.embedded.runner import EmbeddedRunner, StateStore
 from quip.settings import Settings, generate_dev_keys
@@ -83,7 +84,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     runner = EmbeddedRunner(bus, clickhouse, store, factories)
 
     app = create_api_app(settings, clickhouse, publisher=bus)
-    add_ingest_routes(app, Gateway(settings, bus))
+    describe_ingest_routes(app, add_ingest_routes(app, Gateway(settings, bus)))
     api_lifespan = app.router.lifespan_context
 
     @asynccontextmanager

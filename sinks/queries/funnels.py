@@ -1,4 +1,6 @@
-"""Funnel queries (SPEC §4, §5): ad-hoc over raw `events`, predefined over `funnel_progress`.
+"""Funnels (SPEC §4, §5): the step matchers every funnel query uses, and predefined funnels
+over `funnel_progress` (computed live by the worker). Ad-hoc funnels with filters,
+breakdowns and time to convert are in sinks/queries/funnel_insight.py.
 
 Both return, per step, `{"event", "users", "conversion_from_start",
 "conversion_from_previous"}` where `users` counts users whose furthest step is ≥ that
@@ -6,40 +8,17 @@ step. Conversions are floats in 0..1: from_start = users[k] / users[1], from_pre
 users[k] / users[k-1] (the first step's is users[1] / users[1]); a zero denominator gives
 0.0, never an error.
 
-Semantics (SPEC §4, ClickHouse windowFunnel in its default mode, as current servers and
-chDB compute it): a user reaches step k if there are events matching s1..sk at times
-t1 ≤ t2 ≤ … ≤ tk with tk - t1 ≤ W and t1 on a day in [from, to]. Equal timestamps chain
-in step order, and one event may satisfy several consecutive steps (a `page_view` →
-`page_view` funnel is reached by a single page view) — that is what windowFunnel does.
-
-How the ad-hoc SQL gets exactly that on chDB and on clickhouse-server 18.16:
-- 18.16's windowFunnel takes only UInt32/DateTime timestamps, keeps them in an Int32, and
-  orders equal timestamps by arrival, not by step. So each event becomes one row per step
-  it matches (arrayJoin), its time is milliseconds since the chunk start (`toUInt32`,
-  below 2**31), and the rows reach windowFunnel in step order (`ORDER BY step`), which
-  its stable sort by time keeps for equal timestamps. Servers since 21.2 sort by (time,
-  step) themselves (`Capabilities.funnel_orders_ties_by_step`), so only older ones get
-  the ORDER BY (without it 18.16 is not exact).
-- Ranges whose span plus window exceeds 2**31 ms are cut into chunks of whole days; a
-  user's level is the max over chunks (a chain belongs to the chunk holding its t1).
-- The step-1 condition also requires `day` in the chunk; later steps are read up to
-  chunk end + window. Events before `from` cannot belong to a chain whose t1 ≥ from, so a
-  user's step-1 events before `from` are simply not seen.
-- Events are not deduplicated: identical copies of an event (replays, producer and sink
-  retries) add the same (time, step) rows, which cannot change windowFunnel's answer, so
-  the result does not depend on merges. The former whole-row `LIMIT 1 BY event_id` cost
-  1.0-1.4 s of 2.3 s at 10M events. Copies that differ (a client retry gets a new
-  clock-skew correction, so its ts may move by the network latency) both count, as in the
-  live processor, which keeps no event ids.
+Step matchers (`step_condition`, `step_prefilter`), over a row's `e_type` and `e_props`:
+- prop filters use visitParamExtractString/Raw (the JSON functions 18.16 has; chDB has
+  them too), with keys and values always passed as parameters. Semantics in
+  schemas/funnels.py (the same as the live processor's, so both ways give one answer).
+  Requirement on the writer of `events.props`: compact JSON, as orjson.dumps or
+  msgspec.json.encode produce (visitParam looks for `"key":` literally, so `{"key" : 1}`
+  or `{"key": "v"}` with spaces would not match); any string escaping is fine (`\\u00e9`
+  and `é` both match "é").
 - `events` is sorted by (project, type, event_id) (migration 0006), so `type IN` reads only
   the steps' types; each step's string prop values are also looked for as plain text
-  first (`_prefilter`), which skips the JSON functions on most rows.
-- Prop filters use visitParamExtractString/Raw (the JSON functions 18.16 has; chDB has
-  them too), with keys and values always passed as parameters. Semantics in
-  schemas/funnels.py. Requirement on the writer of `events.props`: compact JSON, as
-  orjson.dumps or msgspec.json.encode produce (visitParam looks for `"key":` literally,
-  so `{"key" : 1}` or `{"key": "v"}` with spaces would not match); any string escaping
-  is fine (`\\u00e9` and `é` both match "é").
+  first (`step_prefilter`), which skips the JSON functions on most rows.
 """
 
 from __future__ import annotations
@@ -54,13 +33,9 @@ from schemas.funnels import (
     FunnelDefinition,
     FunnelStep,
     PropValue,
-    check_funnel,
 )
-from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
 
-# windowFunnel on 18.16 compares timestamps as Int32.
-MAX_RELATIVE_MS: Final = 2**31 - 1
 _EPOCH: Final = date(1970, 1, 1)
 
 
@@ -79,32 +54,16 @@ def day_start_ms(day: date) -> int:
     return epoch_day(day) * DAY_MS
 
 
-def chunk_days(window_ms: int) -> int:
-    """Whole days per chunk such that (chunk span + window) ms fits below 2**31."""
-    days = (MAX_RELATIVE_MS + 1 - window_ms) // DAY_MS
-    if days < 1:
-        raise ValueError("window too large for the windowFunnel timestamp range")
-    return days
-
-
-def chunks(
-    day_from: date, day_to: date, window_ms: int, max_days: int | None = None
-) -> list[tuple[date, date]]:
-    """[from, to] cut into consecutive inclusive day ranges of at most chunk_days()."""
-    size = chunk_days(window_ms)
-    if max_days is not None:
-        size = max(1, min(size, max_days))
-    first, last = epoch_day(day_from), epoch_day(day_to)
-    return [
-        (_day(start), _day(min(start + size - 1, last))) for start in range(first, last + 1, size)
-    ]
-
-
 def _day(epoch_days: int) -> date:
     return datetime.fromtimestamp(epoch_days * 86_400, UTC).date()
 
 
-def _condition(step: FunnelStep, index: int, params: dict[str, Any]) -> str:
+def day_of_ms(ts_ms: int) -> date:
+    """The UTC day of an epoch-milliseconds time."""
+    return _day(ts_ms // DAY_MS)
+
+
+def step_condition(step: FunnelStep, index: int, params: dict[str, Any]) -> str:
     """SQL for "this row matches step `index`", all user values as parameters."""
     params[f"s{index}_type"] = step.event
     parts = [f"e_type = %(s{index}_type)s"]
@@ -135,12 +94,12 @@ def _equality(
     return f"ifNull(toFloat64OrNull({raw}) = toFloat64(%({value_param})s), 0)"
 
 
-def _prefilter(steps: list[FunnelStep], params: dict[str, Any]) -> str:
+def step_prefilter(steps: list[FunnelStep], params: dict[str, Any]) -> str:
     """A cheap WHERE condition that every row matching some step satisfies: the row's type
     is a step's, and for a step with string prop filters, each value appears as a JSON
     string (`"value"`) in props. Without a backslash in props every string token is the
     value's bytes, so the test is exact then; a props with any backslash is let through
-    for the real test (`_condition`) to decide."""
+    for the real test (`step_condition`) to decide."""
     params["backslash"] = "\\"
     options = []
     for index, step in enumerate(steps):
@@ -157,111 +116,6 @@ def _prefilter(steps: list[FunnelStep], params: dict[str, Any]) -> str:
             f"({' AND '.join(found)} OR position(props, %(backslash)s) > 0))"
         )
     return " OR ".join(options)
-
-
-def _chunk_sql(number: int, conditions: list[str], prefilter: str, order_ties: bool) -> str:
-    p = f"c{number}"
-    # Step numbers each row matches; step 1 only when the event's day is in the chunk.
-    matched = [f"if(e_day >= %({p}_from)s AND e_day <= %({p}_to)s AND {conditions[0]}, 1, 0)"]
-    matched += [f"if({condition}, {step}, 0)" for step, condition in enumerate(conditions, 1)][1:]
-    funnel_args = ", ".join(f"step = {step}" for step in range(1, len(conditions) + 1))
-    # Old servers sort each user's rows stably by time: arriving in step order, ties
-    # stay in step order (cheaper than sorting by time here: 18.16, 10M events, 1.0 s
-    # instead of 1.15 s of server CPU).
-    order = "ORDER BY step" if order_ties else ""
-    return f"""
-        SELECT uh, windowFunnel(%(window_ms)s)(rel_ms, {funnel_args}) AS reached
-        FROM (
-            SELECT uh, toUInt32(e_ts - %({p}_base)s) AS rel_ms,
-                   arrayJoin(arrayFilter(x -> x != 0, [{", ".join(matched)}])) AS step
-            FROM (
-                SELECT user_hash AS uh, ts AS e_ts, day AS e_day, type AS e_type,
-                       props AS e_props
-                FROM events
-                WHERE project = %(project)s AND type IN %(types)s AND ({prefilter})
-                  AND day >= %({p}_from)s AND day <= %({p}_scan_to)s
-                  AND ts >= %({p}_base)s AND ts <= %({p}_scan_end)s
-            )
-            {order}
-        )
-        GROUP BY uh
-    """
-
-
-def adhoc_funnel_sql(
-    project: str,
-    steps: list[FunnelStep],
-    window_seconds: int,
-    day_from: date,
-    day_to: date,
-    *,
-    max_chunk_days: int | None = None,
-    caps: Capabilities | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """The ad-hoc query text and its parameters (for EXPLAIN, logs and tests). Without
-    `caps` the text suits every server (it sorts ties for windowFunnel itself)."""
-    check_funnel(steps, window_seconds)
-    if day_from > day_to:
-        raise ValueError("from must not be after to")
-    window_ms = window_seconds * 1000
-    params: dict[str, Any] = {
-        "project": project,
-        "types": tuple(sorted({step.event for step in steps})),
-        "window_ms": window_ms,
-    }
-    conditions = [_condition(step, index, params) for index, step in enumerate(steps)]
-    prefilter = _prefilter(steps, params)
-    order_ties = caps is None or not caps.funnel_orders_ties_by_step
-    parts = []
-    for number, (first, last) in enumerate(chunks(day_from, day_to, window_ms, max_chunk_days)):
-        base = day_start_ms(first)
-        scan_end = day_start_ms(last) + DAY_MS - 1 + window_ms
-        params.update(
-            {
-                f"c{number}_from": first,
-                f"c{number}_to": last,
-                f"c{number}_base": base,
-                f"c{number}_scan_end": scan_end,
-                f"c{number}_scan_to": _day(scan_end // DAY_MS),
-            }
-        )
-        parts.append(_chunk_sql(number, conditions, prefilter, order_ties))
-    sql = f"""
-        SELECT furthest, count() AS users
-        FROM (
-            SELECT uh, max(reached) AS furthest
-            FROM ({" UNION ALL ".join(parts)})
-            GROUP BY uh
-        )
-        WHERE furthest > 0
-        GROUP BY furthest
-    """
-    return sql, params
-
-
-def adhoc_funnel(
-    ch: ClickHouse,
-    project: str,
-    steps: list[FunnelStep],
-    window_seconds: int,
-    day_from: date,
-    day_to: date,
-    *,
-    max_chunk_days: int | None = None,
-) -> list[StepResult]:
-    """Funnel over raw events at query time. Raises ValueError for a bad funnel or range,
-    ClickHouseError when the query fails. `max_chunk_days` only narrows chunks (tests)."""
-    sql, params = adhoc_funnel_sql(
-        project,
-        steps,
-        window_seconds,
-        day_from,
-        day_to,
-        max_chunk_days=max_chunk_days,
-        caps=Capabilities(ch.server_version()),
-    )
-    histogram = {int(level): int(users) for level, users in ch.execute(sql, params)}
-    return step_results([step.event for step in steps], histogram)
 
 
 def predefined_funnel(

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Final, Literal, get_args
 
 from schemas.props import is_number, prop_text
+from sinks.clickhouse import ClickHouse
 
 STANDARD: Final[tuple[str, ...]] = (
     "type",
@@ -226,3 +228,43 @@ def grouped_breakdown_sql(
         inside = f"has({listed}, [{', '.join(expressions)}])"
     other = params(OTHER)
     return [f"if({inside}, {expression}, {other})" for expression in expressions]
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """What an insight is sliced by: the days [day_from, day_to], the filters every event
+    must match, and the breakdown with its limit."""
+
+    day_from: date
+    day_to: date
+    filters: Sequence[Filter] = ()
+    breakdown: Sequence[str] = ()
+    breakdown_limit: int | None = None
+
+    def checked(self) -> tuple[list[str], int]:
+        """The breakdown's properties and limit; PropertyError (a ValueError) for what
+        the language does not have or from > to."""
+        if self.day_from > self.day_to:
+            raise PropertyError(f"from ({self.day_from}) is after to ({self.day_to})")
+        for item in self.filters:
+            check_filter(item)
+        return check_breakdown(self.breakdown, self.breakdown_limit)
+
+
+def top_grouped(
+    ch: ClickHouse, source: str, names: list[str], params: SqlParams, limit: int, measure: str
+) -> list[str]:
+    """The breakdown columns `names` of the query `source` as they group: the top `limit`
+    combinations by `measure` (an aggregate over `source`'s rows) one by one, the rest
+    folded into OTHER; `names` unchanged when there are no more than `limit`."""
+    if not names:
+        return []
+    keys = ", ".join(names)
+    ranked = ch.execute(
+        f"SELECT {keys}, {measure} AS m FROM ({source}) GROUP BY {keys} ORDER BY m DESC, {keys}",
+        params.values,
+    )
+    if len(ranked) <= limit:
+        return names
+    kept = [tuple(str(value) for value in row[:-1]) for row in ranked[:limit]]
+    return grouped_breakdown_sql(names, kept, params)

@@ -1,4 +1,5 @@
-"""Events → rows of the raw `events` table (migration 0001), deduplicated there on
+"""Events → rows of the raw `events` table (migration 0001; `os` and `source` from 0008,
+the flattened props arrays of schemas/props.py from 0009), deduplicated there on
 (project, event_id)."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import orjson
 
 from schemas.events import EventRecord
+from schemas.props import FlatProps, flatten_props
 from streams.processors.base import Position, ProcessorOutput, TableRows
 
 EVENTS_TABLE = "events"
@@ -19,9 +21,16 @@ EVENTS_COLUMNS = (
     "session_id",
     "device_model",
     "app_version",
+    "os",
     "region",
+    "source",
     "props",
+    "props_keys",
+    "props_values",
+    "props_num_keys",
+    "props_num_values",
 )
+NO_PROPS: FlatProps = ([], [], [], [])
 
 
 class EventsProcessor:
@@ -31,12 +40,13 @@ class EventsProcessor:
 
     def process(self, record: EventRecord, position: Position) -> None:
         del position  # the table deduplicates replays by key
-        project, received_at = record.project, record.received_at
+        project, received_at, source = record.project, record.received_at, record.source
         dumps = orjson.dumps
         # A loop, not a generator: most records hold one event, and a generator's set-up
         # costs as much as the row.
         append = self._rows.append
         for event in record.events:
+            props = event.props
             append(
                 (
                     project,
@@ -48,8 +58,11 @@ class EventsProcessor:
                     event.session_id,
                     event.device_model,
                     event.app_version,
+                    event.os,
                     event.region,
-                    dumps(event.props).decode(),
+                    source,
+                    dumps(props).decode(),
+                    *(flatten_props(props) if props else NO_PROPS),
                 )
             )
 

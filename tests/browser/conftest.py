@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 CHROMIUM = os.environ.get("QUIP_CHROMIUM", "/usr/bin/chromium")
+# Read at import: tests/conftest.py clears QUIP_* before any fixture runs.
+ARTIFACTS = Path(os.environ.get("QUIP_TEST_ARTIFACTS", "test-artifacts"))
 # The machine's network is closed: without the background-networking flags Chromium keeps
 # trying to reach Google's hosts.
 CHROMIUM_ARGS = [
@@ -38,9 +40,8 @@ VIEWPORT = {"width": 1440, "height": 900}
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
-    path = Path(os.environ.get("QUIP_TEST_ARTIFACTS", "test-artifacts"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
 
 
 @pytest.fixture(scope="session")

@@ -370,7 +370,8 @@ def test_load_button_asks_for_the_stores_numbers(page: Any, api_server: LiveServ
     assert len(loaded) >= 7, loaded  # every section asked
     assert {header for _, header in loaded} == {"no-cache"}, loaded
     sent.clear()
-    page.get_by_test_id("retention-period-week").check()
+    # The radio is drawn as its label (a segmented control); a person clicks the label.
+    page.locator("label:has([data-testid=retention-period-week])").click()
     wait_ready(page, "retention")
     assert [header for url, header in sent if "/v1/metrics/retention" in url] == [None], sent
 
@@ -422,3 +423,293 @@ def test_errors_show_in_a_banner_not_a_blank_page(
     expect(banner).to_contain_text("is after")
     page.screenshot(path=str(artifacts_dir / "dashboard-errors.png"), full_page=False)
     assert [p for p in page.problems if "401" not in p and "403" not in p and "400" not in p] == []
+
+
+# ---------------------------------------------------------------- insight builder and panels
+
+BREAKDOWN_TEXT = {"$none": "(none)", "$other": "(other)"}
+# Built through the controls below: two series (a count, a percentile of a numeric prop),
+# a prop filter and a breakdown, weekly.
+INSIGHT: dict[str, Any] = {
+    "series": [
+        {"event": "gesture", "math": "total"},
+        {"event": "playback_start", "math": "p90", "property": "props.startup_ms"},
+    ],
+    "filters": [{"property": "props.gesture", "op": "neq", "value": "swipe"}],
+    "breakdown": ["device_model"],
+    "interval": "week",
+}
+
+
+def number(value: float | None) -> str:
+    """Intl.NumberFormat('en-US', {maximumFractionDigits: 2})."""
+    if value is None:
+        return "—"
+    text = f"{Decimal(value).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{js_fixed(seconds, 1)} s"
+    if seconds < 3600:
+        return f"{js_fixed(seconds / 60, 1)} min"
+    return f"{js_fixed(seconds / 3600, 1)} h"
+
+
+def post(api: httpx.Client, path: str, project: str, body: dict[str, Any]) -> Any:
+    response = api.post(path, params={"project": project}, json=body)
+    assert response.status_code == 200, f"{path}: {response.status_code} {response.text}"
+    return response.json()
+
+
+def insight_label(series: dict[str, Any], body: dict[str, Any]) -> str:
+    spec = body["series"][series["index"]]
+    math = (
+        f"{series['math']}({spec['property']})"
+        if spec.get("property")
+        else series["math"].replace("_", " ")
+    )
+    parts = [chr(ord("A") + series["index"]), series["event"] or "any event", math]
+    if series["breakdown"]:
+        parts.append(" / ".join(BREAKDOWN_TEXT.get(v, v) for v in series["breakdown"].values()))
+    return " · ".join(parts)
+
+
+def check_insight_legend(
+    shown: dict[str, str], result: dict[str, Any], body: dict[str, Any]
+) -> None:
+    """One legend entry per series and breakdown value, with its total over the range."""
+    series = result["series"]
+    assert len(series) > len(body["series"]), "the breakdown splits the series"
+    for k, item in enumerate(series):
+        assert shown[f"insight-name-{k}"] == insight_label(item, body), k
+        assert shown[f"insight-total-{k}"] == number(item["total"]), k
+    assert f"insight-legend-{len(series)}" not in shown
+
+
+def check_insight_table(
+    shown: dict[str, str], result: dict[str, Any], body: dict[str, Any]
+) -> None:
+    series = result["series"]
+    times = sorted({point["t"] for item in series for point in item["points"]})
+    assert [shown[f"insight-t-{j}"] for j in range(len(times))] == times
+    assert f"insight-t-{len(times)}" not in shown
+    for k, item in enumerate(series):
+        assert shown[f"insight-col-{k}"] == insight_label(item, body)
+        values = {point["t"]: point["value"] for point in item["points"]}
+        for j, t in enumerate(times):
+            assert shown[f"insight-cell-{k}-{j}"] == number(values.get(t)), (k, t)
+        assert shown[f"insight-table-total-{k}"] == number(item["total"])
+    assert any(p["value"] for item in series for p in item["points"]), "the data has values"
+
+
+def check_lifecycle(shown: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    assert any(row["new"] for row in rows)
+    assert any(row["dormant"] for row in rows)
+    listed = {k.removeprefix("lifecycle-row-") for k in shown if k.startswith("lifecycle-row-")}
+    assert listed == {row["t"] for row in rows}
+    for row in rows:
+        for field in ("new", "returning", "resurrecting", "dormant"):
+            assert shown[f"lifecycle-{row['t']}-{field}"] == count(row[field]), (row["t"], field)
+
+
+def check_stickiness(shown: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    assert rows
+    assert rows[0]["users"] > 0
+    listed = {k.removeprefix("stickiness-row-") for k in shown if k.startswith("stickiness-row-")}
+    assert listed == {str(row["days"]) for row in rows}
+    for row in rows:
+        assert shown[f"stickiness-users-{row['days']}"] == count(row["users"])
+
+
+def check_sessions(shown: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    assert rows
+    ids = [
+        f"{row['day']}-{' / '.join(row['breakdown'].values()) if row['breakdown'] else 'all'}"
+        for row in rows
+    ]
+    listed = {k.removeprefix("sessions-row-") for k in shown if k.startswith("sessions-row-")}
+    assert listed == set(ids)
+    for row, row_id in zip(rows, ids, strict=True):
+        assert shown[f"sessions-{row_id}-sessions"] == count(row["sessions"])
+        assert shown[f"sessions-{row_id}-users"] == count(row["users"])
+        assert shown[f"sessions-{row_id}-duration_s_avg"] == duration(row["duration_s_avg"])
+        assert shown[f"sessions-{row_id}-duration_s_median"] == duration(row["duration_s_median"])
+        assert shown[f"sessions-{row_id}-events_per_session"] == number(row["events_per_session"])
+        assert shown[f"sessions-{row_id}-bounce_rate"] == pct(row["bounce_rate"])
+
+
+def check_funnel_times(shown: dict[str, str], steps: list[dict[str, Any]], prefix: str) -> None:
+    assert steps[1]["median_time_to_convert_s"] is not None
+    for n, step in enumerate(steps, start=1):
+        assert shown[f"{prefix}-users-{n}"] == count(step["users"])
+        assert shown[f"{prefix}-conv-start-{n}"] == pct(step["conversion_from_start"])
+        assert shown[f"{prefix}-median-{n}"] == duration(step["median_time_to_convert_s"])
+        assert shown[f"{prefix}-avg-{n}"] == duration(step["avg_time_to_convert_s"])
+
+
+def chart_traces(page: Any, chart: str) -> list[dict[str, Any]]:
+    traces: list[dict[str, Any]] = page.evaluate(
+        f"Array.from(document.getElementById('{chart}').data || [],"
+        " (t) => ({type: t.type, name: t.name, y: Array.from(t.y)}))"
+    )
+    return traces
+
+
+def test_insight_builder_and_panels(
+    page: Any, api_server: LiveServer, api: httpx.Client, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    open_dashboard(page, f"{api_server.url}/", READ_KEY)
+    assert page.evaluate("document.body.dataset.state") == "ready", texts(page).get("error-banner")
+    project = page.get_by_test_id("project-input").input_value()
+    day_from = page.get_by_test_id("date-from").input_value()
+    day_to = page.get_by_test_id("date-to").input_value()
+    params = {"project": project, "from": day_from, "to": day_to}
+    days = {"from": day_from, "to": day_to}
+
+    # The panels' defaults: any event, daily lifecycle, no breakdown.
+    shown = texts(page)
+    check_lifecycle(shown, get(api, "/v1/insights/lifecycle", **params, interval="day"))
+    check_stickiness(shown, get(api, "/v1/insights/stickiness", **params))
+    check_sessions(shown, post(api, "/v1/insights/sessions", project, {**days, "breakdown": []}))
+
+    # The insight, through the controls; events and properties come from discovery.
+    offered = page.eval_on_selector_all(
+        "[data-testid=insight-series-event-1] option", "(nodes) => nodes.map((n) => n.value)"
+    )
+    assert {row["type"] for row in get(api, "/v1/schema/events", **params)} <= set(offered)
+    page.get_by_test_id("insight-series-event-1").select_option("gesture")
+    page.get_by_test_id("insight-add-series").click()
+    page.get_by_test_id("insight-series-event-2").select_option("playback_start")
+    page.get_by_test_id("insight-series-math-2").select_option("p90")
+    page.get_by_test_id("insight-series-property-2").select_option("props.startup_ms")
+    numeric = page.eval_on_selector_all(
+        "[data-testid=insight-series-property-2] option", "(nodes) => nodes.map((n) => n.value)"
+    )
+    schema = get(api, "/v1/schema/properties", **params, event="playback_start")
+    assert set(numeric) - {""} == {row["property"] for row in schema if row["type"] == "number"}
+    page.get_by_test_id("insight-add-filter").click()
+    page.get_by_test_id("insight-filter-property-1").select_option("props.gesture")
+    page.get_by_test_id("insight-filter-op-1").select_option("neq")
+    page.get_by_test_id("insight-filter-value-1").fill("swipe")
+    page.get_by_test_id("insight-breakdown-1").select_option("device_model")
+    page.get_by_test_id("insight-interval").select_option("week")
+    page.get_by_test_id("insight-run").click()
+    expect(page.get_by_test_id("insight-name-0")).to_contain_text("A · gesture · total · ")
+    wait_ready(page, "insight")
+    result = post(api, "/v1/insights/trends", project, {**INSIGHT, **days})
+    series = result["series"]
+    check_insight_legend(texts(page), result, INSIGHT)
+    assert {item["index"] for item in series} == {0, 1}
+    traces = chart_traces(page, "insight-chart")
+    assert [(t["type"], t["name"]) for t in traces] == [
+        ("scatter", insight_label(item, INSIGHT)) for item in series
+    ]
+    assert [t["y"] for t in traces] == [[p["value"] for p in item["points"]] for item in series]
+
+    # Line → bar → table: the same answer, drawn again (no new query).
+    page.locator("#insight label.seg", has_text="Bar").click()
+    page.wait_for_selector("#insight[data-display=bar]")
+    assert {t["type"] for t in chart_traces(page, "insight-chart")} == {"bar"}
+    page.locator("#insight label.seg", has_text="Table").click()
+    page.wait_for_selector("#insight[data-display=table]")
+    expect(page.get_by_test_id("insight-table")).to_be_visible()
+    expect(page.locator("#insight-chart")).to_be_hidden()
+    shown = texts(page)
+    check_insight_legend(shown, result, INSIGHT)
+    check_insight_table(shown, result, INSIGHT)
+
+    # Panels' own controls.
+    page.get_by_test_id("lifecycle-interval").select_option("week")
+    page.get_by_test_id("lifecycle-event").select_option("page_view")
+    page.wait_for_selector("#lifecycle-table[data-interval=week][data-event=page_view]")
+    wait_ready(page, "lifecycle")
+    lifecycle_week = get(
+        api, "/v1/insights/lifecycle", **params, interval="week", event="page_view"
+    )
+    check_lifecycle(texts(page), lifecycle_week)
+    page.get_by_test_id("stickiness-event").select_option("gesture")
+    page.wait_for_selector("#stickiness-table[data-event=gesture]")
+    wait_ready(page, "stickiness")
+    stickiness = get(api, "/v1/insights/stickiness", **params, event="gesture")
+    check_stickiness(texts(page), stickiness)
+    page.get_by_test_id("sessions-breakdown").select_option("device_model")
+    page.wait_for_selector("#sessions-table[data-breakdown=device_model]")
+    wait_ready(page, "sessions")
+    sessions = post(api, "/v1/insights/sessions", project, {**days, "breakdown": ["device_model"]})
+    assert {tuple(row["breakdown"]) for row in sessions} == {("device_model",)}
+    check_sessions(texts(page), sessions)
+
+    # Funnel: times to convert per step, then broken down by device model.
+    check_funnel_times(
+        texts(page),
+        post(
+            api,
+            "/v1/funnels/query",
+            project,
+            {"steps": ["session_start", "page_view"], "window_seconds": 86400, **days},
+        )["steps"],
+        "funnel-step",
+    )
+    page.get_by_test_id("funnel-breakdown").select_option("device_model")
+    page.get_by_test_id("funnel-run").click()
+    expect(page.get_by_test_id("funnel-result-title")).to_contain_text("by device_model")
+    wait_ready(page, "funnels")
+    funnel = post(
+        api,
+        "/v1/funnels/query",
+        project,
+        {
+            "steps": ["session_start", "page_view"],
+            "window_seconds": 86400,
+            "breakdown": ["device_model"],
+            **days,
+        },
+    )
+    shown = texts(page)
+    groups = funnel["breakdown"]
+    values = {group["breakdown"]["device_model"] for group in groups}
+    assert len(values) == len(groups) > 1
+    for group in groups:
+        value = group["breakdown"]["device_model"]
+        check_funnel_times(shown, group["steps"], f"funnel-group-{value}")
+    listed = {k for k in shown if k.startswith("funnel-group-") and k.endswith("-users-1")}
+    assert listed == {f"funnel-group-{value}-users-1" for value in values}
+    assert "funnel-step-users-1" not in shown
+
+    page.mouse.move(0, 0)  # no hover labels or chart toolbars in the picture
+    page.wait_for_timeout(300)  # let plotly finish its transitions
+    page.locator("#insight").screenshot(path=str(artifacts_dir / "insight-builder.png"))
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky header belongs at the top
+    page.screenshot(path=str(artifacts_dir / "dashboard-insights.png"), full_page=True)
+    assert page.problems == []
+
+    # The URL holds the view: a copied link opened in a new tab shows the same insight
+    # (as a table) and the same panels.
+    link = page.url
+    assert "#view=" in link
+    assert f"?project={project}&from={day_from}&to={day_to}#" in link
+    copy = page.context.new_page()
+    errors: list[str] = []
+    copy.on("pageerror", lambda e: errors.append(str(e)))
+    copy.goto(link)
+    copy.wait_for_selector("body[data-state=ready]")
+    expect(copy.get_by_test_id("insight-series-property-2")).to_have_value("props.startup_ms")
+    expect(copy.get_by_test_id("insight-filter-value-1")).to_have_value("swipe")
+    expect(copy.get_by_test_id("insight-breakdown-1")).to_have_value("device_model")
+    expect(copy.get_by_test_id("insight-interval")).to_have_value("week")
+    expect(copy.get_by_test_id("insight-table")).to_be_visible()
+    shown = texts(copy)
+    check_insight_legend(shown, result, INSIGHT)
+    check_insight_table(shown, result, INSIGHT)
+    check_lifecycle(shown, lifecycle_week)
+    check_stickiness(shown, stickiness)
+    check_sessions(shown, sessions)
+    assert copy.url == link
+    assert errors == []
+    copy.close()

@@ -24,8 +24,14 @@ def event_row(event_id: str, user_id: str, ts: int, project: str = "p1") -> tupl
         "s-1",
         "quest3",
         "3.0.0",
+        "horizon",
         "eu",
+        "native",
         '{"url": "https://example.test/it\'s"}',
+        ["url"],
+        ["https://example.test/it's"],
+        [],
+        [],
     )
 
 

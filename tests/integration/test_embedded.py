@@ -4,7 +4,6 @@ restarted, it loses no accepted event, counts none twice, and keeps an open play
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from streams.processors.activity import utc_day
+from tests.conftest import clean_env
 from tests.expectations import expected_active, expected_event_counts
 from tests.gateway_process import free_port
 from tests.integration.test_worker_plays_funnels import START, plays
@@ -34,7 +34,7 @@ class Embedded:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUIP_")} | self.env
+        env = clean_env(self.env)
         with (self.workdir / "up.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "quip", "up", "--port", str(self.port)],
@@ -90,7 +90,7 @@ class Embedded:
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+        self.process.wait(timeout=30)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

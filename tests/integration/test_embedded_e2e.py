@@ -5,7 +5,6 @@ events the simulator recorded as accepted (SPEC §4 definitions, no product code
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 from quip.embedded.bus import list_segments
 from quip.simulate import Historical, count_items, historical_items
 from streams.processors.activity import utc_day
+from tests.conftest import clean_env
 from tests.expectations import (
     expected_active,
     expected_event_counts,
@@ -32,6 +32,7 @@ from tests.expectations import (
     expected_playback_series,
     expected_plays,
     expected_retention,
+    without_times,
 )
 from tests.integration.test_embedded import Embedded, wait_for
 from tests.traffic import as_records
@@ -76,7 +77,7 @@ class Checks:
         )
         assert response.status_code == 200, response.text
         expected = expected_funnel(self.events, steps, window, self.day_from, self.today)
-        return response.json()["steps"], expected
+        return without_times(response.json()["steps"]), expected
 
     def event_counts(self, interval: str) -> tuple[Any, Any]:
         got = {
@@ -106,7 +107,7 @@ class Checks:
         return self.get("/v1/metrics/playback/timeseries", interval=interval), expected
 
     def predefined(self, funnel: dict[str, Any]) -> tuple[Any, Any]:
-        got = self.get(f"/v1/funnels/{funnel['name']}")["steps"]
+        got = without_times(self.get(f"/v1/funnels/{funnel['name']}")["steps"])
         expected = expected_funnel(
             self.events, funnel["steps"], funnel["window_seconds"], self.day_from, self.today
         )
@@ -125,9 +126,8 @@ def settle(check: Any, what: str, timeout_s: float = 30) -> None:
 
 
 def simulate(up: Embedded, workdir: Path, end_ms: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUIP_")}
     keys = orjson.loads((workdir / ".quip" / "dev-keys.json").read_bytes())
-    env["QUIP_WRITE_KEYS"] = keys["write_keys"]
+    env = clean_env({"QUIP_WRITE_KEYS": keys["write_keys"]})
     args = [
         sys.executable, "-m", "quip", "simulate", "--url", up.url, "--no-progress",
         "--users", str(USERS), "--days", str(DAYS), "--seed", str(SEED), "--end", str(end_ms),
@@ -239,5 +239,5 @@ def test_simulated_traffic_through_restarts_matches_independent_numbers(tmp_path
     finally:
         if sim is not None and sim.poll() is None:
             sim.kill()
-            sim.wait()
+            sim.wait(timeout=30)
         up.stop()

@@ -24,6 +24,7 @@ from sinks.clickhouse import ServerClickHouse
 from sinks.migrate import migrate
 from sinks.queries.funnels import predefined_funnel
 from sinks.writer import SinkHealth, SinkWriter
+from streams import pipeline as pipeline_module
 from streams.changelog import Changelog
 from streams.pipeline import FEED_SLICE_RECORDS, EventPipeline, Stage
 from streams.processors.base import Position, ProcessorOutput
@@ -103,9 +104,21 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 30)
         await asyncio.sleep(0.05)
 
 
+async def taken(worker: Worker) -> None:
+    """Until the pipeline's loop has taken every enqueued fetch into the batch it is
+    collecting (white box: the fetch queue is the pipeline's own)."""
+    await until(worker.pipeline._queue.empty, "the loop to take the fetched records")
+
+
 async def test_funnel_progress_follows_its_partition_across_workers(
-    server_clickhouse: ServerClickHouse, clickhouse_url: str, unique_name: str, project: str
+    server_clickhouse: ServerClickHouse,
+    clickhouse_url: str,
+    unique_name: str,
+    project: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Batches close as soon as they are taken, so "taken" below means "closed".
+    monkeypatch.setattr(pipeline_module, "BATCH_WITHIN_S", 0.0)
     now = int(time.time() * 1000) - 60_000
     generation = 1
     first = Worker(clickhouse_url, unique_name, lambda: generation)
@@ -116,7 +129,7 @@ async def test_funnel_progress_follows_its_partition_across_workers(
         await first.pipeline.revoke()
         step_a = step(project, "u1", "step_a", 0, now)
         await first.pipeline.enqueue([step_a], generation)
-        await asyncio.sleep(1.0)  # the batch closes (0.5 s) and waits for the state
+        await taken(first)  # the batch is closed and waits for the state
         first.pipeline.assign([0])
         await until(lambda: step_a in first.acked, "the first batch to be acked")
 
@@ -129,11 +142,14 @@ async def test_funnel_progress_follows_its_partition_across_workers(
         first.pipeline.assign([1])
         second.pipeline.assign([0])
         late = step(project, "u2", "step_a", 1, now + 1_000)
-        await first.pipeline.enqueue([late], generation)
+        # Fetched with `late`, on the partition the first worker owns now: once it is
+        # acked, the batch holding `late` has been through the loop.
+        marker = replace(step(project, "u3", "marker", 1, now + 1_000), partition=1)
+        await first.pipeline.enqueue([late, marker], generation)
         step_b = step(project, "u1", "step_b", 2, now + 2_000)
         await second.pipeline.enqueue([step_b], generation)
         await until(lambda: step_b in second.acked, "the second worker's batch to be acked")
-        await asyncio.sleep(1.0)  # a batch closes 0.5 s after its first record
+        await until(lambda: marker in first.acked, "the first worker's batch to be acked")
         assert late not in first.acked
 
         today = datetime.now(UTC).date()
@@ -142,18 +158,21 @@ async def test_funnel_progress_follows_its_partition_across_workers(
             for row in predefined_funnel(server_clickhouse, project, FUNNEL, today, today)
         ]
         assert levels == [1, 1, 0]  # u1 reached step_b: its step_a came from the changelog
-        events = server_clickhouse.execute(
-            "SELECT count() FROM events WHERE project = %(p)s", {"p": project}
-        )[0][0]
-        assert events == 2  # u2's record belonged to the second worker now
+        users = server_clickhouse.execute(
+            "SELECT user_id FROM events WHERE project = %(p)s ORDER BY user_id", {"p": project}
+        )
+        assert users == [("u1",), ("u1",), ("u3",)]  # u2's record was the second worker's now
     finally:
         await first.stop()
         await second.stop()
 
 
 async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
-    clickhouse_url: str, unique_name: str, project: str
+    clickhouse_url: str, unique_name: str, project: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A window the rebalance below certainly falls in (it follows at once, while the
+    # batch is open); the refetched batch closes at the end of its own.
+    monkeypatch.setattr(pipeline_module, "BATCH_WITHIN_S", 5.0)
     now = int(time.time() * 1000) - 60_000
     generation = 1
     worker = Worker(clickhouse_url, unique_name, lambda: generation)
@@ -162,7 +181,7 @@ async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
         worker.pipeline.assign([0])
         revoked = step(project, "u1", "step_a", 0, now)
         await worker.pipeline.enqueue([revoked], generation)
-        await asyncio.sleep(0.1)  # the batch is still open (0.5 s) when the group rebalances
+        await taken(worker)  # the batch is open when the group rebalances
         generation = 2
         await worker.pipeline.revoke()
         worker.pipeline.assign([0])
@@ -228,14 +247,15 @@ async def test_a_batch_revoked_while_it_is_fed_stops_and_counts_once_when_replay
         await until(lambda: bool(revoked), "the rebalance to begin")
         await revoked[0]
         worker.pipeline.assign([0])  # partition 1 went to another worker
-        await asyncio.sleep(1.0)  # room for the revoked feed to go on, were it to
-        assert worker.acked == []
-        assert set(funnels.processors) == {0}
 
         rebalance_at.at = 0  # the refetched batch goes through
         fed_before = REGISTRY.get_sample_value("events_loop_seconds_total", {"phase": "feed"})
         await worker.pipeline.enqueue(batch, generation)
-        await until(lambda: len(worker.acked) == users, "the refetched batch to be acked")
+        # The loop is sequential: had the revoked feed gone on, its processors and acks
+        # would be there by the time the refetched batch is acked.
+        await until(lambda: len(worker.acked) >= users, "the refetched batch to be acked")
+        assert len(worker.acked) == users
+        assert set(funnels.processors) == {0}
         fed_after = REGISTRY.get_sample_value("events_loop_seconds_total", {"phase": "feed"})
         assert fed_before is not None
         assert fed_after is not None

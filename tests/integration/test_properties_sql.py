@@ -13,7 +13,6 @@ import pytest
 from schemas.props import flatten_props
 from sinks.clickhouse import ClickHouse
 from sinks.queries.properties import (
-    NONE,
     OTHER,
     Filter,
     SqlParams,
@@ -21,6 +20,7 @@ from sinks.queries.properties import (
     filter_sql,
     grouped_breakdown_sql,
 )
+from tests.insight_reference import breakdown_value, holds
 
 TABLE = "prop_rows"
 STANDARD = ("type", "device_model", "app_version", "os", "region", "source", "session_id")
@@ -65,73 +65,6 @@ def generated_rows(seed: int, n: int) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-# ------------------------------------------------------------ the independent reading
-
-
-def lookup(row: dict[str, Any], name: str) -> Any:
-    """The value of a property, None when missing (absent, null, empty dimension, object)."""
-    if not name.startswith("props."):
-        return row[name] or None
-    value: Any = row["props"]
-    for part in name.split(".")[1:]:
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return None if isinstance(value, dict) else value
-
-
-def text(value: Any) -> str:
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(int(value)) if float(value) == int(value) else repr(float(value))
-    if isinstance(value, list):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    try:  # a standard dimension's text
-        return float(value) if not isinstance(value, list) else None
-    except ValueError:
-        return None
-
-
-def holds(row: dict[str, Any], item: Filter) -> bool:
-    value = lookup(row, item.property)
-    positive = {"neq": "eq", "not_in": "in", "not_contains": "contains", "is_not_set": "is_set"}
-    op = positive.get(item.op, item.op)
-    if value is None:
-        result = False
-    elif op == "is_set":
-        result = True
-    elif op == "eq":
-        result = text(value) == text(item.value)
-    elif op == "in":
-        result = text(value) in {text(v) for v in item.value}
-    elif op == "contains":
-        result = text(item.value) in text(value)
-    else:
-        # A prop is a number only as sent; a dimension's text may parse as one.
-        is_prop = item.property.startswith("props.")
-        as_number = None if is_prop and isinstance(value, str) else number(value)
-        if as_number is None:
-            result = False
-        else:
-            limit = float(item.value)
-            result = {
-                "gt": as_number > limit,
-                "gte": as_number >= limit,
-                "lt": as_number < limit,
-                "lte": as_number <= limit,
-            }[op]
-    return not result if item.op in positive else result
 
 
 # ------------------------------------------------------------ fixtures
@@ -274,12 +207,8 @@ def test_breakdown_values_and_the_rest_as_other(
 ) -> None:
     clickhouse, rows = loaded
 
-    def expected_value(row: dict[str, Any], name: str) -> str:
-        value = lookup(row, name)
-        return NONE if value is None else text(value)
-
     expected = {
-        row["id"]: tuple(expected_value(row, name) for name in properties) for row in rows
+        row["id"]: tuple(breakdown_value(row, name) for name in properties) for row in rows
     }
     params = SqlParams()
     expressions = breakdown_sql(properties, params)

@@ -28,6 +28,8 @@ def first_command() -> list[str]:
     return [part.strip() for part in block.group(1).split("&&")]
 
 
+# A fresh venv installs every dependency (chDB, pyarrow, faust...) from the registry.
+@pytest.mark.timeout(1800)
 def test_readme_first_command_serves_the_dashboard(tmp_path: Path) -> None:
     *install, run = first_command()
     assert run.endswith("quip up")

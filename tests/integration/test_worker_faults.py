@@ -15,7 +15,8 @@ from tests.pipeline_checks import assert_exact, post_all
 from tests.traffic import generate_batches
 from tests.worker_process import WorkerProcess
 
-pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+# The worker's sink writes InfluxDB too, and waits for it.
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.influxdb]
 
 
 def test_kill_9_and_clickhouse_outage_keep_numbers_exact(

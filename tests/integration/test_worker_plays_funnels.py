@@ -14,14 +14,16 @@ import pytest
 
 from schemas.funnels import load_funnels
 from sinks.clickhouse import ServerClickHouse
-from sinks.queries.funnels import adhoc_funnel, predefined_funnel
+from sinks.queries.funnels import predefined_funnel
 from sinks.queries.playback import playback_summary
 from streams.processors.activity import utc_day
 from tests.gateway_process import GatewayProcess
+from tests.integration.test_funnel_sql import adhoc_funnel
 from tests.pipeline_checks import post_all
 from tests.worker_process import WorkerProcess, running_worker
 
-pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+# The worker's sink writes InfluxDB too, and waits for it.
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.influxdb]
 
 # 12 min ago, so the latest event (+700 s) is not in the future. Plays may be closed for
 # idleness meanwhile (other traffic moves the event-time watermark); a later event reopens

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from schemas.events import decode_record, erased_user, record_key
 from schemas.funnels import FunnelConfigError
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouseError, Params, Row
+from tests.conftest import clean_env
 
 READ = {"Authorization": "Bearer rk"}
 ADMIN = {"Authorization": "Bearer ak"}
@@ -505,16 +505,11 @@ async def test_single_connection_pool_keeps_its_engine() -> None:
 
 
 def test_quip_api_refuses_cluster_mode_without_keys() -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("QUIP_READ_KEYS", "QUIP_ADMIN_KEYS")
-    }
     result = subprocess.run(
         [sys.executable, "-m", "quip", "api"],
         capture_output=True,
         text=True,
-        env={**env, "QUIP_MODE": "cluster"},
+        env=clean_env({"QUIP_MODE": "cluster"}),
         check=False,
         timeout=60,
     )

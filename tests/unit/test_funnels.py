@@ -28,15 +28,9 @@ from schemas.funnels import (
     load_funnels,
     parse_funnels,
 )
-from sinks.capabilities import Capabilities
-from sinks.queries.funnels import (
-    MAX_RELATIVE_MS,
-    adhoc_funnel_sql,
-    chunk_days,
-    chunks,
-    day_start_ms,
-    step_results,
-)
+from sinks.queries.funnel_insight import funnel_insight_sql
+from sinks.queries.funnels import day_start_ms, step_results
+from sinks.queries.properties import Slice
 from streams.processors.base import Position
 from streams.processors.funnels import FunnelsProcessor, state_key
 
@@ -61,6 +55,45 @@ class RawEvent:
     project: str = "p1"
 
 
+_ABSENT = object()
+
+
+def _keys_in_document_order(node: Any) -> Iterable[tuple[str, Any]]:
+    """Every (key, value) of every object in a decoded JSON document, in the order the
+    keys appear in its text: an object's key, then everything inside its value, then the
+    next key."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _keys_in_document_order(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys_in_document_order(item)
+
+
+def _typed_equal(found: Any, wanted: Any) -> bool:
+    """JSON equality by type: a bool only equals that bool, a string that string, a number
+    any number of the same value (1 equals 1.0); null, arrays and objects equal nothing."""
+    if type(wanted) is bool:
+        return type(found) is bool and found == wanted
+    if type(wanted) is str:
+        return type(found) is str and found == wanted
+    return type(found) in (int, float) and found == wanted
+
+
+def reference_matches(step: FunnelStep, event_type: str, props: dict[str, Any]) -> bool:
+    """SPEC §4's step, read from the definition alone (not `FunnelStep.matches`): the event
+    type, and for every `where` key the first occurrence of that key at any depth of the
+    props, in document order, equal to the filter value."""
+    if event_type != step.event:
+        return False
+    for key, wanted in step.where.items():
+        found = next((v for k, v in _keys_in_document_order(props) if k == key), _ABSENT)
+        if found is _ABSENT or not _typed_equal(found, wanted):
+            return False
+    return True
+
+
 def brute_force_levels(
     events: Iterable[RawEvent],
     steps: Sequence[FunnelStep],
@@ -82,7 +115,10 @@ def brute_force_levels(
     low, high = day_start_ms(day_from), day_start_ms(day_to) + DAY_MS
     levels = {}
     for user, user_events in by_user.items():
-        matching = [[e.ts for e in user_events if step.matches(e.type, e.props)] for step in steps]
+        matching = [
+            [e.ts for e in user_events if reference_matches(step, e.type, e.props)]
+            for step in steps
+        ]
 
         @cache
         def extend(next_step: int, previous: int, first: int, matching: Any = matching) -> int:
@@ -627,6 +663,9 @@ def test_fingerprint_follows_steps_and_window_not_name_or_key_order() -> None:
 def test_step_matching(where: dict[str, Any], props: dict[str, Any], expected: bool) -> None:
     assert FunnelStep("t", where).matches("t", props) is expected
     assert FunnelStep("t", where).matches("u", props) is False
+    # The brute-force reference reads the same cases the same way, by its own code.
+    assert reference_matches(FunnelStep("t", where), "t", props) is expected
+    assert reference_matches(FunnelStep("t", where), "u", props) is False
 
 
 # -- query helpers --------------------------------------------------------------------------
@@ -652,30 +691,15 @@ def test_step_results(
     assert [r["conversion_from_previous"] for r in results] == pytest.approx(from_previous)
 
 
-@pytest.mark.parametrize("window_seconds", [1, 3600, 86_400, 7 * 86_400, MAX_WINDOW_SECONDS])
-@pytest.mark.parametrize("days", [1, 9, 31, 90])
-def test_chunks_cover_the_range_and_fit_windowfunnel(window_seconds: int, days: int) -> None:
-    day_to = DAY0 + timedelta(days=days - 1)
-    parts = chunks(DAY0, day_to, window_seconds * 1000)
-    assert parts[0][0] == DAY0
-    assert parts[-1][1] == day_to
-    for (_, last), (first, _) in itertools.pairwise(parts):
-        assert first == last + timedelta(days=1)
-    for first, last in parts:
-        span = day_start_ms(last) + DAY_MS - 1 + window_seconds * 1000 - day_start_ms(first)
-        assert span <= MAX_RELATIVE_MS
-        assert (last - first).days + 1 <= chunk_days(window_seconds * 1000)
-
-
 def test_adhoc_sql_passes_user_values_only_as_parameters() -> None:
     hostile = "x') OR 1=1 --"
     steps = [FunnelStep("a", {"k.$-_1": hostile}), FunnelStep("b", {"n": 2, "ok": True})]
-    sql, params = adhoc_funnel_sql(hostile, steps, 60, DAY0, DAY0)
+    sql, params = funnel_insight_sql(hostile, steps, 60, Slice(DAY0, DAY0))
     assert hostile not in sql
     assert "k.$-_1" not in sql
-    assert hostile in params.values()
-    assert "k.$-_1" in params.values()
-    assert params["types"] == ("a", "b")
+    assert hostile in params.values.values()
+    assert "k.$-_1" in params.values.values()
+    assert ("a", "b") in params.values.values()
 
 
 @pytest.mark.parametrize(
@@ -692,34 +716,18 @@ def test_adhoc_sql_refuses_bad_input(
     steps: list[FunnelStep], window: int, day_from: date, day_to: date
 ) -> None:
     with pytest.raises(ValueError, match=r"steps|window|from"):
-        adhoc_funnel_sql("p1", steps, window, day_from, day_to)
-
-
-@pytest.mark.parametrize(
-    ("caps", "ordered"),
-    [
-        pytest.param(None, True, id="unknown server"),
-        pytest.param(Capabilities((18, 16, 1)), True, id="18.16"),
-        pytest.param(Capabilities((26, 9, 2)), False, id="chdb 26.9"),
-    ],
-)
-def test_adhoc_sql_orders_steps_only_for_servers_that_need_it(
-    caps: Capabilities | None, ordered: bool
-) -> None:
-    steps = [FunnelStep("a"), FunnelStep("b")]
-    sql, _ = adhoc_funnel_sql("p1", steps, 60, DAY0, DAY0 + timedelta(days=40), caps=caps)
-    assert sql.count("ORDER BY step") == (2 if ordered else 0)  # one per chunk
+        funnel_insight_sql("p1", steps, window, Slice(day_from, day_to))
 
 
 def test_adhoc_sql_prefilters_string_values_as_parameters() -> None:
     """Each string value is looked for as a JSON string, and a props holding any
     backslash (escaped text) is always left to the real test."""
     steps = [FunnelStep("a"), FunnelStep("b", {"k": 'it\'s "x"', "n": 3}), FunnelStep("a")]
-    sql, params = adhoc_funnel_sql("p1", steps, 60, DAY0, DAY0)
-    needles = {key: value for key, value in params.items() if "needle" in key}
+    sql, params = funnel_insight_sql("p1", steps, 60, Slice(DAY0, DAY0))
+    needles = {key: value for key, value in params.values.items() if "needle" in key}
     assert needles == {"s1_needle0": '"it\'s "x""'}
     assert "position(props, %(s1_needle0)s) > 0 OR position(props, %(backslash)s) > 0" in sql
-    assert params["backslash"] == "\\"
+    assert params.values["backslash"] == "\\"
     assert "it's" not in sql
     assert "LIMIT 1 BY" not in sql
 

@@ -175,8 +175,8 @@ def test_segment_page_from_analytics_js() -> None:
         pytest.param(
             {"type": "group", "groupId": "g-1", "traits": {}, "properties": DROP},
             "group",
-            {},
-            id="other types kept as custom",
+            {"group_id": "g-1"},
+            id="group traits and groupId",
         ),
     ],
 )

@@ -31,20 +31,18 @@ def test_registry_has_exactly_the_spec_topics() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "ttl", "lightweight_delete", "funnel_ties"),
+    ("version", "ttl", "lightweight_delete"),
     [
-        pytest.param((18, 16, 1), False, False, False, id="debian 18.16"),
-        pytest.param((19, 6, 0), True, False, False, id="first with TTL"),
-        pytest.param((21, 2, 0), True, False, True, id="windowFunnel ties by step"),
-        pytest.param((26, 9, 2), True, True, True, id="chdb 26.9"),
+        pytest.param((18, 16, 1), False, False, id="debian 18.16"),
+        pytest.param((19, 6, 0), True, False, id="first with TTL"),
+        pytest.param((26, 9, 2), True, True, id="chdb 26.9"),
     ],
 )
 def test_capabilities_gate_on_version(
-    version: tuple[int, ...], ttl: bool, lightweight_delete: bool, funnel_ties: bool
+    version: tuple[int, ...], ttl: bool, lightweight_delete: bool
 ) -> None:
     caps = Capabilities(version)
     assert (caps.supports_ttl, caps.supports_lightweight_delete) == (ttl, lightweight_delete)
-    assert caps.funnel_orders_ties_by_step is funnel_ties
     assert (caps.ttl("day + INTERVAL 1 DAY") != "") is ttl
 
 

@@ -82,6 +82,14 @@ def only_rejection(batch: ValidatedBatch) -> Rejection:
     return batch.rejected[0]
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """Props `levels` objects deep (the props object is level 1)."""
+    props: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        props = {"a": props}
+    return props
+
+
 # --- one bad event among good ones ------------------------------------------------------
 # (code, overrides of a valid event, or a non-object item in place of the event)
 
@@ -118,6 +126,8 @@ EVENT_CASES = [
     pytest.param("invalid_props", {"props": "url=x"}, id="props a string"),
     pytest.param("invalid_props", {"type": "page_view", "props": {}}, id="typed props missing"),
     pytest.param("props_too_large", {"props": {"k": "x" * 8185}}, id="props 8193 bytes"),
+    pytest.param("too_deep", {"props": nested(33)}, id="props 33 levels"),
+    pytest.param("too_deep", {"props": {"a": [[[[[[nested(28)]]]]]]}}, id="arrays count"),
     pytest.param("event_too_large", {"session_id": "s" * 32_800}, id="event over 32 KB"),
     pytest.param("too_old", {"ts": NOW - 30 * DAY - 1}, id="older than 30 days"),
     pytest.param("in_future", {"ts": NOW + 10 * MINUTE + 1}, id="more than 10 min ahead"),
@@ -186,6 +196,9 @@ def test_dicts_follow_the_same_rules(code: str, spec: Any, event_factory: EventF
             "props_too_large: 9008 bytes, limit 8192",
             id="props size",
         ),
+        pytest.param(
+            {"props": nested(40)}, "too_deep: props nested more than 32 levels", id="depth"
+        ),
     ],
 )
 def test_reason_texts(overrides: dict[str, Any], reason: str, event_factory: EventFactory) -> None:
@@ -241,6 +254,59 @@ def test_props_size_bound(padding: int, accepted: bool, event_factory: EventFact
     batch = validate(event_factory(props=props))
 
     assert len(batch.accepted) == int(accepted)
+
+
+@pytest.mark.parametrize(
+    ("levels", "accepted"),
+    [
+        pytest.param(32, True, id="props 32 levels"),
+        pytest.param(33, False, id="props 33 levels"),
+    ],
+)
+def test_props_depth_bound(levels: int, accepted: bool, event_factory: EventFactory) -> None:
+    event = event_factory(props=nested(levels))
+
+    for batch in (validate(event), validate_dicts([event], {}, None, NOW, LIMITS)):
+        assert len(batch.accepted) == int(accepted)
+        if accepted:
+            assert batch.accepted[0].props == nested(levels)
+
+
+def deep_props_text(levels: int) -> bytes:
+    return b'{"a":' * (levels - 1) + b"[1]" + b"}" * (levels - 1)
+
+
+def with_props_text(event: dict[str, Any], props: bytes) -> bytes:
+    """The event's JSON with `props` spliced in as text (orjson stops at 255 levels)."""
+    return orjson.dumps({**event, "props": {}})[:-3] + props + b"}"
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        pytest.param(1_000, id="1000 levels: past the decoder's stack"),
+        pytest.param(1_300, id="1300 levels (7.8 KB of props)"),
+    ],
+)
+def test_props_deeper_than_the_decoder_reject_only_their_event(
+    levels: int, event_factory: EventFactory
+) -> None:
+    first, bad, last = event_factory(), event_factory(), event_factory()
+
+    batch = validate(first, with_props_text(bad, deep_props_text(levels)), last)
+
+    rejection = only_rejection(batch)
+    assert (rejection.index, rejection.code) == (1, "too_deep")
+    # The dead letter keeps the event as JSON, its props cut at the pruned depth.
+    assert orjson.loads(rejection.raw)["event_id"] == bad["event_id"]
+    assert [e.event_id for e in batch.accepted] == [first["event_id"], last["event_id"]]
+
+
+def test_body_nested_too_deep_to_parse_is_a_bad_batch(event_factory: EventFactory) -> None:
+    deep = with_props_text(event_factory(), deep_props_text(20_000))
+
+    with pytest.raises(BadBatch, match="nested more than 16384 levels"):
+        validate(event_factory(), deep)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,129 @@
+"""Schema discovery (SPEC §5.1 `GET /v1/schema/events`, `/v1/schema/properties`): what a
+query builder offers — the event types of a range, and the properties of their events
+with a type and the most frequent string values.
+
+Counts are distinct events (`uniqExact(event_id)`: copies of an event count once) and
+distinct actors. A property's type: `number` when any event holds it as a number, else
+`bool` when every value is true/false, else `string`; standard dimensions are strings
+and count only where set (non-empty). `top_values` (10, by events) are given for string
+properties only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Final, TypedDict
+
+from sinks.clickhouse import ClickHouse
+from sinks.queries.actor import ACTOR
+from sinks.queries.properties import PROPS_PREFIX, STANDARD, SqlParams
+
+TOP_VALUES: Final = 10
+
+
+class EventType(TypedDict):
+    type: str
+    count: int
+    users: int
+    last_seen: str
+
+
+class ValueCount(TypedDict):
+    value: str
+    count: int
+
+
+class PropertyInfo(TypedDict):
+    property: str
+    type: str
+    count: int
+    top_values: list[ValueCount]
+
+
+def _range(project: str, day_from: date, day_to: date, params: SqlParams) -> str:
+    if day_from > day_to:
+        raise ValueError(f"from ({day_from}) is after to ({day_to})")
+    return (
+        f"project = {params(project)} AND day >= toDate({params(day_from)}) "
+        f"AND day <= toDate({params(day_to)})"
+    )
+
+
+def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> list[EventType]:
+    """Every event type of [day_from, day_to], most events first."""
+    params = SqlParams("d")
+    rows = ch.execute(
+        f"SELECT type, uniqExact(event_id) AS n, uniqExact({ACTOR}), max(ts) FROM events "
+        f"WHERE {_range(project, day_from, day_to, params)} GROUP BY type ORDER BY n DESC, type",
+        params.values,
+    )
+    return [
+        {
+            "type": str(kind),
+            "count": int(count),
+            "users": int(users),
+            "last_seen": datetime.fromtimestamp(int(last) / 1000, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%f"
+            )[:-3]
+            + "Z",
+        }
+        for kind, count, users, last in rows
+    ]
+
+
+# Every property of a row as (name, text): the standard dimensions that are set, then the
+# props' leaves under their `props.` names. (18.16's lambdas cannot read other columns,
+# so which props are numbers is a query of its own.)
+_STANDARD_PAIRS: Final = ", ".join(f"tuple({name!r}, {name})" for name in STANDARD)
+_PAIRS: Final = (
+    f"arrayConcat(arrayFilter(p -> p.2 != '', [{_STANDARD_PAIRS}]),"
+    f" arrayMap((k, v) -> tuple(concat('{PROPS_PREFIX}', k), v), props_keys, props_values))"
+)
+
+
+def properties(
+    ch: ClickHouse, project: str, day_from: date, day_to: date, event: str | None
+) -> list[PropertyInfo]:
+    """The properties of the events of [day_from, day_to] (of type `event` when given),
+    most events first, with their type and top string values."""
+    params = SqlParams("d")
+    where = _range(project, day_from, day_to, params)
+    if event is not None:
+        where += f" AND type = {params(event)}"
+    rows = ch.execute(
+        f"""
+        SELECT pair.1 AS name, uniqExact(event_id) AS n, min(pair.2 IN ('true', 'false'))
+        FROM events ARRAY JOIN {_PAIRS} AS pair
+        WHERE {where}
+        GROUP BY name ORDER BY n DESC, name
+        """,
+        params.values,
+    )
+    numeric = {
+        f"{PROPS_PREFIX}{row[0]}"
+        for row in ch.execute(
+            f"SELECT DISTINCT key FROM events ARRAY JOIN props_num_keys AS key WHERE {where}",
+            params.values,
+        )
+    }
+    found: list[PropertyInfo] = []
+    for name, count, boolean in rows:
+        kind = "number" if name in numeric else "bool" if int(boolean) else "string"
+        found.append({"property": str(name), "type": kind, "count": int(count), "top_values": []})
+    strings = [info["property"] for info in found if info["type"] == "string"]
+    if strings:
+        listed = params(strings)
+        tops = ch.execute(
+            f"""
+            SELECT pair.1 AS name, pair.2 AS value, uniqExact(event_id) AS n
+            FROM events ARRAY JOIN {_PAIRS} AS pair
+            WHERE {where} AND has({listed}, pair.1)
+            GROUP BY name, value ORDER BY name, n DESC, value
+            LIMIT {TOP_VALUES} BY name
+            """,
+            params.values,
+        )
+        by_name = {info["property"]: info for info in found}
+        for name, value, count in tops:
+            by_name[str(name)]["top_values"].append({"value": str(value), "count": int(count)})
+    return found

@@ -1,0 +1,164 @@
+"""Sessions (SPEC §4 "Sessions", §5.1 `POST /v1/insights/sessions`) from the raw `events`.
+
+A session is the events of one (actor, `session_id`), or, for an actor's events without
+one, a run of events with less than 30 minutes between neighbours. It belongs to the UTC
+day of its first event (earliest time, then smallest event_id) and takes its properties
+from that event: filters keep the sessions whose first event matches them, breakdowns
+group by its values (top `breakdown_limit` combinations by sessions over the range, the
+rest as `$other`). duration = last time - first time; a bounce is a session of one event.
+Copies of an event count once.
+
+Which events are read: those of the range's days and one day on each side, so a session
+that starts before `from` is recognized as such and one that starts on `to` keeps its
+later events. A session longer than a day at the edges of the range is cut there.
+
+Per day and breakdown group: sessions, distinct actors, average and median duration in
+seconds (`quantileExact`), events per session, bounce rate (bounces / sessions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any, Final, TypedDict
+
+from sinks.clickhouse import ClickHouse
+from sinks.queries.actor import ACTOR
+from sinks.queries.properties import (
+    OTHER,
+    Filter,
+    Slice,
+    SqlParams,
+    breakdown_sql,
+    filter_sql,
+    top_grouped,
+)
+
+SESSION_GAP_MS: Final = 30 * 60 * 1000
+
+
+class SessionsRow(TypedDict):
+    day: str
+    breakdown: dict[str, str] | None
+    sessions: int
+    users: int
+    duration_s_avg: float
+    duration_s_median: float
+    events_per_session: float
+    bounce_rate: float
+
+
+def _sessions_sql(
+    project: str,
+    day_from: date,
+    day_to: date,
+    filters: Sequence[Filter],
+    breakdown: Sequence[str],
+    params: SqlParams,
+) -> str:
+    """One row per session starting in [day_from, day_to] whose first event matches:
+    (day, actor, b0.., duration_ms, events)."""
+    dims = breakdown_sql(breakdown, params)
+    names = [f"b{n}" for n in range(len(dims))]
+    # One row per event: the dimensions a session may take from it, whether it matches.
+    carried = ", ".join(
+        [f"any({expression}) AS {name}" for expression, name in zip(dims, names, strict=True)]
+        + [f"any({filter_sql(filters, params)}) AS matches"]
+    )
+    row = f"tuple({', '.join(['matches', *names]) if names else 'matches'})"
+    events = f"""
+        SELECT event_id, any({ACTOR}) AS actor, any(session_id) AS sid, any(ts) AS ts, {carried}
+        FROM events
+        WHERE project = {params(project)}
+          AND day >= toDate({params(day_from - timedelta(days=1))})
+          AND day <= toDate({params(day_to + timedelta(days=1))})
+        GROUP BY event_id
+    """
+    with_id = f"""
+        SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts, count() AS n,
+               argMin({row}, (ts, event_id)) AS first
+        FROM ({events}) WHERE sid != ''
+        GROUP BY actor, sid
+    """
+    # Without a session id: each actor's events in time order, cut where the gap between
+    # neighbours reaches 30 minutes (the cumulative count of cuts numbers the sessions).
+    ordered = f"""
+        SELECT actor, arraySort(x -> x.1, groupArray(tuple(ts, event_id, {row}))) AS timeline,
+               arrayCumSum(arrayMap(
+                   d -> toUInt32(d >= {SESSION_GAP_MS}),
+                   arrayDifference(arrayMap(x -> x.1, timeline)))) AS numbers
+        FROM ({events}) WHERE sid = ''
+        GROUP BY actor
+    """
+    without_id = f"""
+        SELECT actor, min(item.1) AS first_ts, max(item.1) AS last_ts, count() AS n,
+               argMin(item.3, (item.1, item.2)) AS first
+        FROM ({ordered}) ARRAY JOIN timeline AS item, numbers AS number
+        GROUP BY actor, number
+    """
+    values = ", ".join(f"first.{n + 2} AS {name}" for n, name in enumerate(names))
+    return f"""
+        SELECT toDate(toDateTime(intDiv(first_ts, 1000), 'UTC')) AS day, actor,
+               {values + ", " if values else ""}last_ts - first_ts AS duration_ms, n
+        FROM ({with_id} UNION ALL {without_id})
+        WHERE first.1 = 1
+          AND day >= toDate({params(day_from)}) AND day <= toDate({params(day_to)})
+    """
+
+
+_MEASURES: Final = (
+    "count() AS sessions, uniqExact(actor) AS users, avg(duration_ms) / 1000 AS duration_avg, "
+    "quantileExact(0.5)(duration_ms) / 1000 AS duration_median, avg(n) AS per_session, "
+    "countIf(n = 1) / count() AS bounce_rate"
+)
+
+
+def sessions(ch: ClickHouse, project: str, where: Slice) -> list[SessionsRow]:
+    """Rows per day with sessions (and per breakdown group), by day then sessions.
+    Raises ValueError (PropertyError) for a bad query, ClickHouseError when it fails."""
+    properties, limit = where.checked()
+    params = SqlParams("s")
+    source = _sessions_sql(project, where.day_from, where.day_to, where.filters, properties, params)
+    names = [f"b{n}" for n in range(len(properties))]
+    grouped = top_grouped(ch, source, names, params, limit, "count()")
+    selected = ", ".join(f"{e} AS g{n}" for n, e in enumerate(grouped))
+    keys = ", ".join(["day", *(f"g{n}" for n in range(len(grouped)))])
+    rows = ch.execute(
+        f"SELECT day{', ' + selected if selected else ''}, {_MEASURES} "
+        f"FROM ({source}) GROUP BY {keys}",
+        params.values,
+    )
+    totals: dict[tuple[str, ...], int] = {}
+    shaped: list[tuple[tuple[str, ...], SessionsRow]] = []
+    for row in rows:
+        values = tuple(str(v) for v in row[1 : 1 + len(grouped)])
+        count, users, avg_s, median_s, per_session, bounce = row[1 + len(grouped) :]
+        totals[values] = totals.get(values, 0) + int(count)
+        shaped.append(
+            (
+                values,
+                {
+                    "day": str(row[0]),
+                    "breakdown": dict(zip(properties, values, strict=True)) if properties else None,
+                    "sessions": int(count),
+                    "users": int(users),
+                    "duration_s_avg": _float(avg_s),
+                    "duration_s_median": _float(median_s),
+                    "events_per_session": _float(per_session),
+                    "bounce_rate": _float(bounce),
+                },
+            )
+        )
+    shaped.sort(
+        key=lambda item: (
+            item[1]["day"],
+            bool(item[0]) and set(item[0]) == {OTHER},
+            -totals[item[0]],
+            item[0],
+        )
+    )
+    return [row for _, row in shaped]
+
+
+def _float(value: Any) -> float:
+    return float(value) if value is not None else 0.0
