@@ -22,7 +22,11 @@ toStartOfInterval, range(a, b) or DateTime64):
      error / end, then heartbeats, rebuffers, quality changes, an end or a late fatal
      error); the other events are page views, gestures and custom events. Props are compact
      JSON built with concat, as orjson writes them (play_id, content_id, startup_ms,
-     bitrate_kbps, played_ms, duration_ms, page, gesture, …).
+     bitrate_kbps, played_ms, duration_ms, page, gesture, price, tier, …), and the
+     flattened props arrays of migration 0009 (props_keys/values, props_num_keys/values)
+     are built from the same per-type list in the same SELECT (array literals, no JSON
+     functions); a sample is then checked against schemas.props.flatten_props. `os`
+     follows the user's device, `source` the session (native / segment / posthog).
   2. `user_activity_input` ← SELECT DISTINCT project, user_id, day FROM events (the
      materialized views fill user_activity and user_first_seen), as the activity agent's
      rows would.
@@ -57,7 +61,11 @@ Measurement, per engine, for each query of QUERIES (realistic dashboard paramete
 
 Targets (issue "benchmarks/queries.py", 2-core machine), checked on the API cold p95:
 active users, retention and playback < 200 ms; the ad-hoc 4-step funnel over 30 days
-< 1 s.
+< 1 s. Insights (issue 15, SPEC §5.1, 30 days): trends with a filter and a breakdown by
+device_model < 300 ms on chDB, < 1 s on 18.16; unique users per day with a props filter
+< 300 ms on chDB; the 4-step funnel by device_model with time to convert < 1.5 s;
+retention with start/return events, lifecycle, stickiness, sessions < 500 ms; schema
+discovery < 300 ms. A query's targets are per engine (QuerySpec.targets).
 
 Usage (from the repo root):
   .venv/bin/python benchmarks/queries.py --events 1000000 --engine both     # quick
@@ -87,6 +95,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import msgspec
 from pydantic import SecretStr
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +108,7 @@ from api.context import ApiContext  # noqa: E402
 from benchmarks.ingest import git_commit  # noqa: E402
 from quip.settings import Mode, Settings  # noqa: E402
 from schemas.funnels import FunnelDefinition, FunnelStep  # noqa: E402
+from schemas.props import flatten_props  # noqa: E402
 from sinks.clickhouse import (  # noqa: E402
     ClickHouse,
     ClickHouseError,
@@ -107,11 +117,18 @@ from sinks.clickhouse import (  # noqa: E402
     check_identifier,
 )
 from sinks.migrate import migrate  # noqa: E402
+from sinks.queries import insight_activity  # noqa: E402
 from sinks.queries.activity import active_users, retention  # noqa: E402
+from sinks.queries.discovery import event_types, properties  # noqa: E402
+from sinks.queries.engagement import lifecycle, stickiness  # noqa: E402
 from sinks.queries.events import event_counts  # noqa: E402
-from sinks.queries.funnels import adhoc_funnel, predefined_funnel  # noqa: E402
+from sinks.queries.funnel_insight import funnel_insight  # noqa: E402
+from sinks.queries.funnels import predefined_funnel  # noqa: E402
 from sinks.queries.playback import playback_summary, playback_timeseries  # noqa: E402
+from sinks.queries.properties import Filter, Slice  # noqa: E402
 from sinks.queries.services import service_metrics  # noqa: E402
+from sinks.queries.sessions import sessions  # noqa: E402
+from sinks.queries.trends import Series, TrendsQuery, trends  # noqa: E402
 
 PROJECT = "bench"
 READ_KEY = "rk_bench_queries"
@@ -121,6 +138,14 @@ _EPOCH = date(1970, 1, 1)
 
 TARGET_DASHBOARD_MS = 200.0  # p95: active users, retention, playback
 TARGET_FUNNEL_MS = 1000.0  # p95: ad-hoc 4-step funnel over 30 days
+# Insights (issue 15), p95 per engine ("server": clickhouse-server 18.16).
+TARGET_TRENDS_MS = {"chdb": 300.0, "server": 1000.0}  # one filter, breakdown device_model
+TARGET_PROPS_FILTER_MS = {"chdb": 300.0}  # unique users per day, a props.* filter
+TARGET_FUNNEL_BREAKDOWN_MS = 1500.0  # 4 steps, breakdown, time to convert
+TARGET_ENGAGEMENT_MS = 500.0  # retention with start/return events, lifecycle, stickiness,
+# sessions
+TARGET_SCHEMA_MS = 300.0  # schema discovery: event types, properties
+ENGINES = ("chdb", "server")
 
 # The ad-hoc funnel of the benchmark, also configured as the predefined funnel.
 FUNNEL = FunnelDefinition(
@@ -139,6 +164,7 @@ FUNNEL = FunnelDefinition(
 # user input reaches this SQL. Queries are sent without parameters, so `%` is plain modulo.
 
 DEVICES = "['quest3', 'quest3', 'quest2', 'quest_pro', 'pico4', 'vision_pro']"
+OSES = "['horizon_os', 'horizon_os', 'horizon_os', 'horizon_os', 'pico_os', 'visionos']"
 APP_VERSIONS = "['3.1.2', '3.1.2', '3.1.0', '3.0.1', '3.0.0']"
 REGIONS = "['eu', 'us', 'us', 'apac', 'latam']"
 PAGES = "['home', 'library', 'store', 'settings', 'social', 'search', 'title']"
@@ -146,6 +172,7 @@ GESTURES = "['pinch', 'grab', 'swipe_left', 'swipe_right', 'point', 'wave']"
 ENTRIES = "['home', 'notification', 'deeplink']"
 MENUS = "['settings', 'friends', 'store', 'quick']"
 BITRATES = "[1500, 3000, 6000, 12000]"
+PRICES = "[0.99, 4.99, 9.99, 19.99, 29.99]"
 
 # One row per session s (number of numbers($sessions)); every column is a deterministic
 # function of s (and of the user for per-user attributes).
@@ -153,8 +180,11 @@ _SESSIONS = f"""
     SELECT
         s, u, concat('u-', toString(u)) AS user_id,
         {DEVICES}[1 + cityHash64(u, 2) % 6] AS device_model,
+        {OSES}[1 + cityHash64(u, 2) % 6] AS os,
         {APP_VERSIONS}[1 + cityHash64(u, 3) % 5] AS app_version,
         {REGIONS}[1 + cityHash64(u, 4) % 5] AS region,
+        multiIf(cityHash64(s, 18) % 100 < 80, 'native', cityHash64(s, 18) % 100 < 92, 'segment',
+            'posthog') AS source,
         concat('s-', lower(hex(cityHash64(s, 32)))) AS session_id,
         toInt64($start_ms + (cityHash64(s, 5) % $days) * {DAY_MS}
             + intDiv(cityHash64(s, 6) % 84600 + cityHash64(s, 7) % 84600, 2) * 1000) AS base_ms,
@@ -177,8 +207,8 @@ _SESSIONS = f"""
     )
 """
 _SESSION_COLUMNS = (
-    "s, u, user_id, device_model, app_version, region, session_id, base_ms, gap_ms, len, "
-    "has_play, ps, outcome, late_failure, play_id, content_id, bitrate, startup"
+    "s, u, user_id, device_model, os, app_version, region, source, session_id, base_ms, gap_ms, "
+    "len, has_play, ps, outcome, late_failure, play_id, content_id, bitrate, startup"
 )
 
 _TYPE = """multiIf(
@@ -197,36 +227,107 @@ _TYPE = """multiIf(
     hx < 97, 'store.item_view',
     'achievement_unlocked')"""
 
-_PLAY_HEAD = """concat('{"play_id":"', play_id, '"'"""
-_PROPS = f"""multiIf(
-    type = 'session_start', concat('{{"entry":"', {ENTRIES}[1 + cityHash64(s, 24) % 3], '"}}'),
-    type = 'page_view', concat('{{"url":"https://vr.example/', page, '/',
-        toString(cityHash64(s, i, 25) % 100), '","page":"', page, '"}}'),
-    type = 'gesture', concat('{{"gesture":"', {GESTURES}[1 + cityHash64(s, i, 26) % 6],
-        '","hand":"', if(cityHash64(s, i, 27) % 2 = 0, 'left', 'right'), '"}}'),
-    type = 'playback_request', {_PLAY_HEAD}, ',"content_id":"', content_id, '"}}'),
-    type = 'playback_start', {_PLAY_HEAD}, ',"content_id":"', content_id, '","startup_ms":',
-        toString(startup), ',"bitrate_kbps":', toString(bitrate), '}}'),
-    type = 'playback_heartbeat', {_PLAY_HEAD}, ',"played_ms":10000,"bitrate_kbps":',
-        toString(bitrate), '}}'),
-    type = 'playback_rebuffer', {_PLAY_HEAD}, ',"duration_ms":',
-        toString(200 + cityHash64(s, i, 28) % 4000), '}}'),
-    type = 'playback_quality_change', {_PLAY_HEAD}, ',"from_kbps":', toString(bitrate),
-        ',"to_kbps":', toString({BITRATES}[1 + cityHash64(s, i, 29) % 4]), '}}'),
-    type = 'playback_error', {_PLAY_HEAD}, ',"code":"', if(i = ps + 1, 'E-START', 'E-DECODE'),
-        '","fatal":true}}'),
-    type = 'playback_end', {_PLAY_HEAD}, ',"played_ms":', toString(cityHash64(s, i, 30) % 10000),
-        '}}'),
-    type = 'menu.open', concat('{{"menu":"', {MENUS}[1 + cityHash64(s, i, 31) % 4], '"}}'),
-    type = 'store.item_view', concat('{{"item_id":"sku-', toString(cityHash64(s, i, 33) % 90000),
-        '","price":9.99}}'),
-    concat('{{"achievement":"ach-', toString(cityHash64(s, i, 34) % 500), '","tier":2}}'))"""
+# The props of each type: (key, SQL expression, kind), kind "s" a string, "n" a number, "b"
+# a boolean. The JSON (`props`, keys in this order, as orjson writes them) and the flattened
+# arrays (schemas/props.py `flatten_props`: every leaf's text, numbers also as Float64) are
+# generated from this one list, so they agree; seed() checks a sample with flatten_props.
+_PLAY_ID = ("play_id", "play_id", "s")
+_PROPS_OF: dict[str, list[tuple[str, str, str]]] = {
+    "session_start": [("entry", f"{ENTRIES}[1 + cityHash64(s, 24) % 3]", "s")],
+    "page_view": [
+        (
+            "url",
+            "concat('https://vr.example/', page, '/', toString(cityHash64(s, i, 25) % 100))",
+            "s",
+        ),
+        ("page", "page", "s"),
+    ],
+    "gesture": [
+        ("gesture", f"{GESTURES}[1 + cityHash64(s, i, 26) % 6]", "s"),
+        ("hand", "if(cityHash64(s, i, 27) % 2 = 0, 'left', 'right')", "s"),
+    ],
+    "playback_request": [_PLAY_ID, ("content_id", "content_id", "s")],
+    "playback_start": [
+        _PLAY_ID,
+        ("content_id", "content_id", "s"),
+        ("startup_ms", "startup", "n"),
+        ("bitrate_kbps", "bitrate", "n"),
+    ],
+    "playback_heartbeat": [_PLAY_ID, ("played_ms", "10000", "n"), ("bitrate_kbps", "bitrate", "n")],
+    "playback_rebuffer": [_PLAY_ID, ("duration_ms", "200 + cityHash64(s, i, 28) % 4000", "n")],
+    "playback_quality_change": [
+        _PLAY_ID,
+        ("from_kbps", "bitrate", "n"),
+        ("to_kbps", f"{BITRATES}[1 + cityHash64(s, i, 29) % 4]", "n"),
+    ],
+    "playback_error": [
+        _PLAY_ID,
+        ("code", "if(i = ps + 1, 'E-START', 'E-DECODE')", "s"),
+        ("fatal", "'true'", "b"),
+    ],
+    "playback_end": [_PLAY_ID, ("played_ms", "cityHash64(s, i, 30) % 10000", "n")],
+    "menu.open": [("menu", f"{MENUS}[1 + cityHash64(s, i, 31) % 4]", "s")],
+    "store.item_view": [
+        ("item_id", "concat('sku-', toString(cityHash64(s, i, 33) % 90000))", "s"),
+        ("price", f"{PRICES}[1 + cityHash64(s, i, 37) % 5]", "n"),
+    ],
+    "achievement_unlocked": [
+        ("achievement", "concat('ach-', toString(cityHash64(s, i, 34) % 500))", "s"),
+        ("tier", "1 + cityHash64(s, i, 38) % 3", "n"),
+    ],
+}
+_DEFAULT_TYPE = "achievement_unlocked"  # _TYPE's last branch
+
+
+def _by_type(build: Callable[[list[tuple[str, str, str]]], str]) -> str:
+    """multiIf over `type` of one expression per type's props."""
+    branches = [
+        f"type = '{kind}', {build(props)}"
+        for kind, props in _PROPS_OF.items()
+        if kind != _DEFAULT_TYPE
+    ]
+    return f"multiIf({', '.join(branches)}, {build(_PROPS_OF[_DEFAULT_TYPE])})"
+
+
+def _json(props: list[tuple[str, str, str]]) -> str:
+    parts = []
+    for n, (key, expr, kind) in enumerate(props):
+        value = f"'\"', {expr}, '\"'" if kind == "s" else f"toString({expr})"
+        if kind == "b":
+            value = expr
+        parts.append(f"'{'{' if n == 0 else ','}\"{key}\":', {value}")
+    return f"concat({', '.join(parts)}, '}}')"
+
+
+def _text(props: list[tuple[str, str, str]]) -> str:
+    texts = [expr if kind != "n" else f"toString({expr})" for _, expr, kind in props]
+    return f"[{', '.join(texts)}]"
+
+
+def _num_keys(props: list[tuple[str, str, str]]) -> str:
+    keys = [f"'{key}'" for key, _, kind in props if kind == "n"]
+    return f"[{', '.join(keys)}]" if keys else "emptyArrayString()"
+
+
+def _num_values(props: list[tuple[str, str, str]]) -> str:
+    values = [f"toFloat64({expr})" for _, expr, kind in props if kind == "n"]
+    return f"[{', '.join(values)}]" if values else "emptyArrayFloat64()"
+
+
+_PROPS = _by_type(_json)
+_PROPS_KEYS = _by_type(lambda props: "[" + ", ".join(f"'{key}'" for key, _, _ in props) + "]")
+_PROPS_VALUES = _by_type(_text)
+_PROPS_NUM_KEYS = _by_type(_num_keys)
+_PROPS_NUM_VALUES = _by_type(_num_values)
 
 EVENTS_SQL = f"""
 INSERT INTO events (project, event_id, type, user_id, ts, received_at, session_id,
-                    device_model, app_version, region, props)
+                    device_model, app_version, os, region, source, props, props_keys,
+                    props_values, props_num_keys, props_num_values)
 SELECT '$project', event_id, type, user_id, ts, received_at, session_id,
-       device_model, app_version, region, {_PROPS} AS props
+       device_model, app_version, os, region, source, {_PROPS} AS props,
+       {_PROPS_KEYS} AS props_keys, {_PROPS_VALUES} AS props_values,
+       {_PROPS_NUM_KEYS} AS props_num_keys, {_PROPS_NUM_VALUES} AS props_num_values
 FROM (
     SELECT {_SESSION_COLUMNS}, i, hx, page, ts, received_at, event_id, {_TYPE} AS type
     FROM (
@@ -436,6 +537,7 @@ def seed(engine: Engine, args: argparse.Namespace, span: SeedRange) -> dict[str,
     steps["events"] = timed(
         lambda: ch.execute(sql(EVENTS_SQL, **common, last_s=sessions - 1, last_len=last_length))
     )
+    checked = check_props(ch)
     steps["user_activity"] = timed(lambda: ch.execute(sql(ACTIVITY_SQL, project=PROJECT)))
     steps["plays"] = timed(
         lambda: (
@@ -467,7 +569,22 @@ def seed(engine: Engine, args: argparse.Namespace, span: SeedRange) -> dict[str,
         "seed_seconds": round(total, 2),
         "sessions": sessions,
         "service_messages": messages,
+        "props_rows_checked": checked,
     }
+
+
+def check_props(ch: ClickHouse, sample: int = 2000) -> int:
+    """The seeded props arrays are what the worker would write for the seeded JSON
+    (schemas/props.py `flatten_props`), on a sample of events; RuntimeError otherwise."""
+    rows = ch.execute(
+        "SELECT type, props, props_keys, props_values, props_num_keys, props_num_values "
+        f"FROM events WHERE cityHash64(event_id) % 997 = 0 LIMIT {int(sample)}"
+    )
+    for kind, props, *arrays in rows:
+        expected = flatten_props(msgspec.json.decode(str(props)))
+        if tuple(list(column) for column in arrays) != expected:
+            raise RuntimeError(f"{kind}: props {props} but arrays {arrays}")
+    return len(rows)
 
 
 def sessions_for(ch: ClickHouse, events: int) -> tuple[int, int]:
@@ -567,7 +684,11 @@ class QuerySpec:
     params: dict[str, str]
     body: dict[str, Any] | None
     raw: Callable[[ClickHouse], object]
-    target_ms: float | None
+    targets: dict[str, float]  # engine kind -> p95 target, ms (none: not checked)
+
+
+def both(target_ms: float) -> dict[str, float]:
+    return dict.fromkeys(ENGINES, target_ms)
 
 
 def build_queries(span: SeedRange, today: date) -> list[QuerySpec]:
@@ -588,7 +709,7 @@ def build_queries(span: SeedRange, today: date) -> list[QuerySpec]:
         "to": to.isoformat(),
         "project": PROJECT,
     }
-    dash = TARGET_DASHBOARD_MS
+    dash, none = both(TARGET_DASHBOARD_MS), dict[str, float]()
     return [
         QuerySpec(
             "active-users 30d", "active-users", "GET", "/v1/metrics/active-users", r30, None,
@@ -632,27 +753,113 @@ def build_queries(span: SeedRange, today: date) -> list[QuerySpec]:
         QuerySpec(
             "events day 7d", "events", "GET", "/v1/metrics/events",
             {**r7, "interval": "day"}, None,
-            lambda ch: event_counts(ch, PROJECT, d7, to, "day"), None,
+            lambda ch: event_counts(ch, PROJECT, d7, to, "day"), none,
         ),
         QuerySpec(
             "events hour 7d", "events", "GET", "/v1/metrics/events",
             {**r7, "interval": "hour"}, None,
-            lambda ch: event_counts(ch, PROJECT, d7, to, "hour"), None,
+            lambda ch: event_counts(ch, PROJECT, d7, to, "hour"), none,
         ),
         QuerySpec(
             "services 30d", "services", "GET", "/v1/metrics/services", r30, None,
-            lambda ch: service_metrics(ch, PROJECT, d30, to), None,
+            lambda ch: service_metrics(ch, PROJECT, d30, to), none,
         ),
         QuerySpec(
             "funnel ad-hoc 4 steps 30d", "funnel-adhoc", "POST", "/v1/funnels/query",
             {}, body,
-            lambda ch: adhoc_funnel(ch, PROJECT, list(FUNNEL.steps), window, d30, to),
-            TARGET_FUNNEL_MS,
+            lambda ch: funnel_insight(ch, PROJECT, list(FUNNEL.steps), window, Slice(d30, to)),
+            both(TARGET_FUNNEL_MS),
         ),
         QuerySpec(
             "funnel predefined 30d", "funnel-predefined", "GET", f"/v1/funnels/{FUNNEL.name}",
             r30, None,
-            lambda ch: predefined_funnel(ch, PROJECT, FUNNEL, d30, to), None,
+            lambda ch: predefined_funnel(ch, PROJECT, FUNNEL, d30, to), none,
+        ),
+        *insight_queries(span, today),
+    ]  # fmt: skip
+
+
+def insight_queries(span: SeedRange, today: date) -> list[QuerySpec]:
+    """SPEC §5.1 over 30 days, with the filters and breakdowns a dashboard would ask."""
+    to = span.day_to
+    d30 = max(span.day_from, to - timedelta(days=29))
+    r30 = {"project": PROJECT, "from": d30.isoformat(), "to": to.isoformat()}
+    days: dict[str, Any] = dict(r30)  # a body's
+    regions = Filter("region", "in", ["eu", "us"])
+    library = Filter("props.page", "eq", "library")
+    by_region = TrendsQuery(d30, to, "day", [Series("page_view")], [regions], ["device_model"])
+    library_users = TrendsQuery(d30, to, "day", [Series("page_view", "unique_users")], [library])
+    startup_p95 = TrendsQuery(d30, to, "day", [Series("playback_start", "p95", "props.startup_ms")])
+    steps: list[str | dict[str, Any]] = [
+        {"event": step.event, "where": dict(step.where)} if step.where else step.event
+        for step in FUNNEL.steps
+    ]
+    window = FUNNEL.window_seconds
+    engagement, schema = both(TARGET_ENGAGEMENT_MS), both(TARGET_SCHEMA_MS)
+    return [
+        QuerySpec(
+            "trends filter by device 30d", "trends", "POST", "/v1/insights/trends", {},
+            {**days, "interval": "day", "series": [{"event": "page_view", "math": "total"}],
+             "filters": [{"property": "region", "op": "in", "value": ["eu", "us"]}],
+             "breakdown": ["device_model"]},
+            lambda ch: trends(ch, PROJECT, by_region), TARGET_TRENDS_MS,
+        ),
+        QuerySpec(
+            "trends users props filter", "trends-props", "POST", "/v1/insights/trends", {},
+            {**days, "interval": "day",
+             "series": [{"event": "page_view", "math": "unique_users"}],
+             "filters": [{"property": "props.page", "op": "eq", "value": "library"}]},
+            lambda ch: trends(ch, PROJECT, library_users), TARGET_PROPS_FILTER_MS,
+        ),
+        QuerySpec(
+            "trends p95 startup_ms 30d", "trends-math", "POST", "/v1/insights/trends", {},
+            {**days, "interval": "day", "series": [
+                {"event": "playback_start", "math": "p95", "property": "props.startup_ms"}]},
+            lambda ch: trends(ch, PROJECT, startup_p95), {},
+        ),
+        QuerySpec(
+            "funnel device 4 steps 30d", "funnel-breakdown", "POST", "/v1/funnels/query",
+            {}, {**days, "steps": steps, "window_seconds": window, "breakdown": ["device_model"]},
+            lambda ch: funnel_insight(
+                ch, PROJECT, list(FUNNEL.steps), window, Slice(d30, to, breakdown=["device_model"])
+            ),
+            both(TARGET_FUNNEL_BREAKDOWN_MS),
+        ),
+        QuerySpec(
+            "retention start/return 30d", "insight-retention", "POST",
+            "/v1/insights/retention", {},
+            {**days, "period": "day", "start_event": "session_start",
+             "return_event": "playback_start"},
+            lambda ch: insight_activity.retention(
+                ch, PROJECT, Slice(d30, to), "day", today, "session_start", "playback_start"
+            ),
+            engagement,
+        ),
+        QuerySpec(
+            "lifecycle day 30d", "lifecycle", "GET", "/v1/insights/lifecycle",
+            {**r30, "interval": "day"}, None,
+            lambda ch: lifecycle(ch, PROJECT, d30, to, "day", None), engagement,
+        ),
+        QuerySpec(
+            "stickiness 30d", "stickiness", "GET", "/v1/insights/stickiness", r30, None,
+            lambda ch: stickiness(ch, PROJECT, d30, to, None), engagement,
+        ),
+        QuerySpec(
+            "sessions 30d", "sessions", "POST", "/v1/insights/sessions", {}, days,
+            lambda ch: sessions(ch, PROJECT, Slice(d30, to)), engagement,
+        ),
+        QuerySpec(
+            "schema events 30d", "schema", "GET", "/v1/schema/events", r30, None,
+            lambda ch: event_types(ch, PROJECT, d30, to), schema,
+        ),
+        QuerySpec(
+            "schema properties 30d", "schema", "GET", "/v1/schema/properties", r30, None,
+            lambda ch: properties(ch, PROJECT, d30, to, None), schema,
+        ),
+        QuerySpec(
+            "schema properties page_view", "schema", "GET", "/v1/schema/properties",
+            {**r30, "event": "page_view"}, None,
+            lambda ch: properties(ch, PROJECT, d30, to, "page_view"), schema,
         ),
     ]  # fmt: skip
 
@@ -703,6 +910,7 @@ async def request(client: httpx.AsyncClient, spec: QuerySpec) -> Call:
 @dataclass
 class Measured:
     spec: QuerySpec
+    engine: str
     first: Call | None = None
     cold: list[Call] = field(default_factory=list)
     warm: list[Call] = field(default_factory=list)
@@ -713,7 +921,7 @@ class Measured:
 
     def as_json(self) -> dict[str, Any]:
         cold = summary([c.ms for c in self.cold])
-        target = self.spec.target_ms
+        target = self.spec.targets.get(self.engine)
         return {
             "name": self.spec.name,
             "family": self.spec.family,
@@ -780,7 +988,7 @@ async def measure_engine(
         httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
     ):
         for spec in specs:
-            measured = Measured(spec)
+            measured = Measured(spec, engine.kind)
             context.cache.clear()
             measured.first = await request(client, spec)
             for _ in range(repeat):
@@ -796,7 +1004,11 @@ async def measure_engine(
                 engine.ch.execute("SET log_queries = 1")
             for _ in range(repeat):
                 started, cpu = time.perf_counter(), time.process_time()
-                spec.raw(engine.ch)
+                try:
+                    spec.raw(engine.ch)
+                except ClickHouseError as exc:  # e.g. 18.16's memory limit: the next query
+                    measured.problems.append(f"raw call failed: {str(exc).splitlines()[:2]}")
+                    break
                 measured.raw_ms.append((time.perf_counter() - started) * 1000)
                 measured.raw_cpu_ms.append((time.process_time() - cpu) * 1000)
             if engine.kind == "server":

@@ -2,10 +2,12 @@
 Grafana (it does not run here or in CI); promtool where installed.
 
 A dashboard or a rule that names a metric no process exports, a label the metric does not
-carry, or an InfluxDB field no processor writes does not fail anywhere: the panel stays
-empty and the alert never fires. So the metric names and labels are read from the modules
-that define them (`METRIC_MODULES`), and the InfluxDB measurements, tags and fields from the
-points the stream processors actually emit, and every expression is checked against them.
+carry, an InfluxDB field no processor writes, or a query API route, parameter or response
+field that does not exist does not fail anywhere: the panel stays empty and the alert never
+fires. So the metric names and labels are read from the modules that define them
+(`METRIC_MODULES`), the InfluxDB measurements, tags and fields from the points the stream
+processors actually emit, the API's routes and response fields from its OpenAPI schema, and
+every expression is checked against them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import yaml
@@ -41,6 +44,10 @@ DATASOURCES_FILE = PROVISIONING_DIR / "datasources" / "datasources.yml"
 DASHBOARD_PROVIDERS_FILE = PROVISIONING_DIR / "dashboards" / "dashboards.yml"
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
 DASHBOARD_FILES = sorted(DASHBOARDS_DIR.glob("*.json"))
+ANALYTICS_DASHBOARD = DASHBOARDS_DIR / "analytics.json"
+# The Infinity plugin: JSON over HTTP, here the query API's (SPEC §5).
+INFINITY = "yesoreyeram-infinity-datasource"
+API_DATASOURCE_UID = "quip-api"
 
 # The modules that create every Prometheus metric object of the quip processes.
 METRIC_MODULES = (
@@ -431,12 +438,14 @@ class Query:
 
 def queries(board: dict[str, Any]) -> list[Query]:
     """Every panel target and every variable query, with its datasource (a target without
-    one uses its panel's)."""
+    one uses its panel's); an Infinity target's text is its URL and body."""
     found = []
     for panel in all_panels(board):
         for target in panel.get("targets", []):
             datasource = target.get("datasource") or panel.get("datasource") or {}
             text = target.get("expr") or target.get("query") or ""
+            if "url" in target:
+                text = f"{target['url']} {target.get('url_options', {}).get('data', '')}"
             found.append(Query(f"{panel['title']!r} {target.get('refId')}", datasource, text))
     for variable in board.get("templating", {}).get("list", []):
         if variable.get("type") == "query":
@@ -626,6 +635,235 @@ def test_dashboard_flux_queries_read_written_series(path: Path) -> None:
     for query in of_type(board, "influxdb"):
         problems = flux_problems(query.text, bucket)
         assert not problems, f"{query.where}: {problems}"
+
+
+# ------------------------------------------------------------------ query API panels
+
+
+@cache
+def api_schema() -> dict[str, Any]:
+    """The query API's OpenAPI document, from the app itself (no engine is opened)."""
+    from pydantic import SecretStr
+
+    from api.app import create_app
+    from quip.settings import Settings
+
+    settings = Settings(read_keys=SecretStr("default:rk"), admin_keys=SecretStr("default:ak"))
+    return create_app(settings).openapi()
+
+
+def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema with its `$ref`s and single-branch `anyOf`/`allOf` followed."""
+    while True:
+        if "$ref" in schema:
+            schema = api_schema()["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        elif len(branches := schema.get("allOf") or schema.get("anyOf") or []) == 1:
+            schema = branches[0]
+        else:
+            return schema
+
+
+def api_operation(method: str, url: str) -> tuple[str, dict[str, Any]] | None:
+    """The OpenAPI path and operation a dashboard URL (path and query string, Grafana
+    variables in it) calls, or None."""
+    path = VARIABLE.sub("VAR", urlsplit(url).path)
+    for template, operations in api_schema()["paths"].items():
+        pattern = re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path) and method.lower() in operations:
+            return template, operations[method.lower()]
+    return None
+
+
+def response_items(operation: dict[str, Any], root_selector: str) -> dict[str, Any]:
+    """The properties of the rows a plain root selector (`""` or `a.b`) picks from the
+    200 answer: an array's items, or the object itself."""
+    schema = resolve(operation["responses"]["200"]["content"]["application/json"]["schema"])
+    for name in [part for part in root_selector.split(".") if part]:
+        schema = resolve(resolve(schema)["properties"][name])
+    schema = resolve(schema)
+    if schema.get("type") == "array":
+        schema = resolve(schema["items"])
+    properties: dict[str, Any] = schema["properties"]
+    return properties
+
+
+# `$.{"key": field, ...}`: a JSONata object per row; its keys and the fields it reads.
+JSONATA_KEY = re.compile(r'"(\w+)"\s*:')
+JSONATA_NAME = re.compile(r"(?<![\w$])([A-Za-z_]\w*)")
+
+
+def api_query_problems(target: dict[str, Any]) -> list[str]:
+    """Why an Infinity target would not read the API: an unknown route or method, query
+    parameters the route does not take, columns the answer does not have."""
+    options = target.get("url_options", {})
+    method = options.get("method", "GET")
+    url = target["url"]
+    found = api_operation(method, url)
+    if found is None:
+        return [f"no {method} route for {url}"]
+    template, operation = found
+    problems = []
+    if target.get("type") != "json" or target.get("parser") != "backend":
+        problems.append("not a JSON query with the backend parser")
+    if urlsplit(url).scheme or not url.startswith("/"):
+        problems.append("not a path under the datasource's URL")
+    taken = {param["name"] for param in operation.get("parameters", []) if param["in"] == "query"}
+    given = {name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    problems += [f"{template} takes no parameter {name}" for name in sorted(given - taken)]
+    root = target.get("root_selector", "")
+    if root.startswith("$"):
+        fields = response_items(operation, "")
+        keys = set(JSONATA_KEY.findall(root))
+        read = set(JSONATA_NAME.findall(STRING.sub('""', root)))
+        problems += [f"{template} rows have no field {name}" for name in sorted(read - set(fields))]
+    else:
+        keys = set(response_items(operation, root))
+    problems += [
+        f"{template} rows have no column {column['selector']}"
+        for column in target["columns"]
+        if column["selector"] not in keys
+    ]
+    return problems
+
+
+def api_targets(board: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) of every target on the query API datasource."""
+    for panel in all_panels(board):
+        for target in panel.get("targets", []):
+            datasource = target.get("datasource") or panel.get("datasource") or {}
+            if datasource.get("uid") == API_DATASOURCE_UID:
+                yield panel, target
+
+
+@dashboard_files
+def test_dashboard_api_queries_read_routes_of_the_api(path: Path) -> None:
+    problems = {
+        f"{panel['title']!r} {target['refId']}": found
+        for panel, target in api_targets(load_dashboard(path))
+        if (found := api_query_problems(target))
+    }
+    assert not problems
+
+
+def _api_target(url: str, root: str = "", columns: tuple[str, ...] = ("t",)) -> dict[str, Any]:
+    return {
+        "type": "json",
+        "parser": "backend",
+        "url": url,
+        "url_options": {"method": "GET"},
+        "root_selector": root,
+        "columns": [{"selector": name} for name in columns],
+    }
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        pytest.param(_api_target("/v1/insight/lifecycle"), "no GET route", id="path typo"),
+        pytest.param(
+            _api_target("/v1/insights/lifecycle?period=day"), "no parameter period", id="param"
+        ),
+        pytest.param(
+            _api_target("/v1/insights/lifecycle", columns=("day",)), "no column day", id="column"
+        ),
+        pytest.param(
+            _api_target("/v1/funnels/${funnel}", "step", ("event",)), "step", id="root selector"
+        ),
+        pytest.param(
+            _api_target("/v1/metrics/retention", '$.{"c": cohorts}', ("c",)),
+            "no field cohorts",
+            id="jsonata field",
+        ),
+        pytest.param(
+            _api_target("http://api:8000/v1/insights/lifecycle"), "not a path", id="absolute"
+        ),
+    ],
+)
+def test_the_api_checker_catches_mistakes(target: dict[str, Any], problem: str) -> None:
+    try:
+        problems = api_query_problems(target)
+    except KeyError as missing:  # a root selector through a field the answer lacks
+        problems = [f"no field {missing}"]
+    assert any(problem in found for found in problems), problems
+
+
+def test_api_datasource_reads_the_compose_api_with_a_read_key() -> None:
+    source = datasources()[API_DATASOURCE_UID]
+    assert source["type"] == INFINITY
+    api = load_yaml(COMPOSE_FILE)["services"]["api"]
+    ports = {str(mapping).rsplit(":", 1)[-1] for mapping in api["ports"]}
+    assert "8000" in ports
+    assert source["url"] == "http://api:8000"
+    assert source["jsonData"]["allowedHosts"] == [source["url"]]
+    assert source["jsonData"]["auth_method"] == "bearerToken"
+    # A read key from Grafana's environment, never one in the repository.
+    assert source["secureJsonData"]["bearerToken"] in (
+        "$GRAFANA_API_READ_KEY",
+        "${GRAFANA_API_READ_KEY}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "columns", "panel_type"),
+    [
+        pytest.param(
+            "/v1/metrics/retention",
+            {"period": "day"},
+            {"cohort", "users", "d1", "d7", "d14", "d28"},
+            "table",
+            id="retention cohorts",
+        ),
+        pytest.param(
+            "/v1/funnels/{name}",
+            {},
+            {"event", "users", "conversion_from_start", "conversion_from_previous"},
+            "bargauge",
+            id="funnel conversion",
+        ),
+        pytest.param(
+            "/v1/insights/lifecycle",
+            {"interval": "day"},
+            {"t", "new", "returning", "resurrecting", "dormant"},
+            "timeseries",
+            id="lifecycle",
+        ),
+        pytest.param(
+            "/v1/insights/lifecycle",
+            {"interval": "day"},
+            {"t", "dormant", "resurrecting"},
+            "timeseries",
+            id="churn",
+        ),
+    ],
+)
+def test_analytics_dashboard_has_cohort_funnel_and_churn_panels(
+    route: str, params: dict[str, str], columns: set[str], panel_type: str
+) -> None:
+    board = load_dashboard(ANALYTICS_DASHBOARD)
+    matching = []
+    for panel, target in api_targets(board):
+        found = api_operation(target.get("url_options", {}).get("method", "GET"), target["url"])
+        query = dict(parse_qsl(urlsplit(target["url"]).query))
+        if (
+            found is not None
+            and found[0] == route
+            and panel["type"] == panel_type
+            and {column["selector"] for column in target["columns"]} == columns
+            and params.items() <= query.items()
+        ):
+            matching.append((panel, target, query))
+    assert len(matching) == 1, [panel["title"] for panel, _, _ in matching]
+    ((panel, target, query),) = matching
+    # The key's project, not the API's "default"; the funnel named by the variable.
+    assert query["project"] == "${api_project:percentencode}"
+    if route == "/v1/funnels/{name}":
+        assert urlsplit(target["url"]).path == "/v1/funnels/${funnel:percentencode}"
+    if columns == {"t", "new", "returning", "resurrecting", "dormant"}:
+        overrides = {
+            override["matcher"]["options"]: {p["id"]: p["value"] for p in override["properties"]}
+            for override in panel["fieldConfig"]["overrides"]
+        }
+        assert overrides["dormant"]["custom.transform"] == "negative-Y"
 
 
 FLUX_COLUMNS = frozenset({"_time", "_value", "_field", "_measurement", "_start", "_stop"})
