@@ -15,7 +15,9 @@ from typing import Any, Final
 
 import msgspec
 
-FlatProps = tuple[list[str], list[str], list[str], list[float]]
+# Tuples, not lists: the garbage collector stops tracking a tuple of strings or floats,
+# while every list of every buffered row would be walked at each collection.
+FlatProps = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[float, ...]]
 _FLOAT_LIMIT: Final = 2**1023  # integers a Float64 holds (beyond: text only)
 
 
@@ -68,4 +70,4 @@ def flatten_props(props: dict[str, Any]) -> FlatProps:
                 if is_number(value):
                     num_keys.append(path)
                     num_values.append(float(value))
-    return keys, values, num_keys, num_values
+    return tuple(keys), tuple(values), tuple(num_keys), tuple(num_values)

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.props import flatten_props
+from schemas.props import FlatProps, flatten_props
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
 from sinks.migrations.steps import table_columns, wait_for_mutations
@@ -72,12 +72,12 @@ def apply(ch: ClickHouse, caps: Capabilities) -> None:
         ch.execute("OPTIMIZE TABLE events PARTITION %(day)s FINAL", params)
 
 
-def _flattened(props: Any) -> tuple[list[str], list[str], list[str], list[float]]:
+def _flattened(props: Any) -> FlatProps:
     try:
         decoded = msgspec.json.decode(str(props))
     except (msgspec.DecodeError, RecursionError):
-        return [], [], [], []
-    return flatten_props(decoded) if isinstance(decoded, dict) else ([], [], [], [])
+        return (), (), (), ()
+    return flatten_props(decoded) if isinstance(decoded, dict) else ((), (), (), ())
 
 
 def _as_date(value: object) -> date:

@@ -2,7 +2,8 @@
 query builder offers — the event types of a range, and the properties of their events
 with a type and the most frequent string values.
 
-Counts are distinct events (`uniqExact(event_id)`: copies of an event count once) and
+Counts are distinct events (`EVENT_KEY`, sinks/queries/actor.py: copies of an event
+count once) and
 distinct actors. A property's type: `number` when any event holds it as a number, else
 `bool` when every value is true/false, else `string`; standard dimensions are strings
 and count only where set (non-empty). `top_values` (10, by events) are given for string
@@ -15,7 +16,7 @@ from datetime import UTC, date, datetime
 from typing import Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
-from sinks.queries.actor import ACTOR
+from sinks.queries.actor import ACTOR, EVENT_KEY
 from sinks.queries.properties import PROPS_PREFIX, STANDARD, SqlParams
 
 TOP_VALUES: Final = 10
@@ -53,7 +54,7 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
     """Every event type of [day_from, day_to], most events first."""
     params = SqlParams("d")
     rows = ch.execute(
-        f"SELECT type, uniqExact(event_id) AS n, uniqExact({ACTOR}), max(ts) FROM events "
+        f"SELECT type, uniqExact({EVENT_KEY}) AS n, uniqExact({ACTOR}), max(ts) FROM events "
         f"WHERE {_range(project, day_from, day_to, params)} GROUP BY type ORDER BY n DESC, type",
         params.values,
     )
@@ -92,7 +93,7 @@ def properties(
         where += f" AND type = {params(event)}"
     rows = ch.execute(
         f"""
-        SELECT pair.1 AS name, uniqExact(event_id) AS n, min(pair.2 IN ('true', 'false'))
+        SELECT pair.1 AS name, uniqExact({EVENT_KEY}) AS n, min(pair.2 IN ('true', 'false'))
         FROM events ARRAY JOIN {_PAIRS} AS pair
         WHERE {where}
         GROUP BY name ORDER BY n DESC, name
@@ -115,7 +116,7 @@ def properties(
         listed = params(strings)
         tops = ch.execute(
             f"""
-            SELECT pair.1 AS name, pair.2 AS value, uniqExact(event_id) AS n
+            SELECT pair.1 AS name, pair.2 AS value, uniqExact({EVENT_KEY}) AS n
             FROM events ARRAY JOIN {_PAIRS} AS pair
             WHERE {where} AND has({listed}, pair.1)
             GROUP BY name, value ORDER BY name, n DESC, value

@@ -6,7 +6,7 @@ day of its first event (earliest time, then smallest event_id) and takes its pro
 from that event: filters keep the sessions whose first event matches them, breakdowns
 group by its values (top `breakdown_limit` combinations by sessions over the range, the
 rest as `$other`). duration = last time - first time; a bounce is a session of one event.
-Copies of an event count once.
+Copies of an event count once (sessions count distinct event ids).
 
 Which events are read: those of the range's days and one day on each side, so a session
 that starts before `from` is recognized as such and one that starts on `to` keeps its
@@ -23,7 +23,7 @@ from datetime import date, timedelta
 from typing import Any, Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
-from sinks.queries.actor import ACTOR
+from sinks.queries.actor import ACTOR, EVENT_KEY
 from sinks.queries.properties import (
     OTHER,
     Filter,
@@ -60,22 +60,24 @@ def _sessions_sql(
     (day, actor, b0.., duration_ms, events)."""
     dims = breakdown_sql(breakdown, params)
     names = [f"b{n}" for n in range(len(dims))]
-    # One row per event: the dimensions a session may take from it, whether it matches.
+    # One row per stored copy of an event: the dimensions a session may take from it and
+    # whether it matches. Copies are not merged first (a GROUP BY event_id over the range
+    # outgrew 18.16's memory limit at 10M events): they change no time, and sessions count
+    # their distinct event ids.
     carried = ", ".join(
-        [f"any({expression}) AS {name}" for expression, name in zip(dims, names, strict=True)]
-        + [f"any({filter_sql(filters, params)}) AS matches"]
+        [f"{expression} AS {name}" for expression, name in zip(dims, names, strict=True)]
+        + [f"{filter_sql(filters, params)} AS matches"]
     )
     row = f"tuple({', '.join(['matches', *names]) if names else 'matches'})"
     events = f"""
-        SELECT event_id, any({ACTOR}) AS actor, any(session_id) AS sid, any(ts) AS ts, {carried}
+        SELECT event_id, {ACTOR} AS actor, session_id AS sid, ts, {carried}
         FROM events
         WHERE project = {params(project)}
           AND day >= toDate({params(day_from - timedelta(days=1))})
           AND day <= toDate({params(day_to + timedelta(days=1))})
-        GROUP BY event_id
     """
     with_id = f"""
-        SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts, count() AS n,
+        SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts, uniqExact({EVENT_KEY}) AS n,
                argMin({row}, (ts, event_id)) AS first
         FROM ({events}) WHERE sid != ''
         GROUP BY actor, sid
@@ -91,8 +93,8 @@ def _sessions_sql(
         GROUP BY actor
     """
     without_id = f"""
-        SELECT actor, min(item.1) AS first_ts, max(item.1) AS last_ts, count() AS n,
-               argMin(item.3, (item.1, item.2)) AS first
+        SELECT actor, min(item.1) AS first_ts, max(item.1) AS last_ts,
+               uniqExact(cityHash64(item.2)) AS n, argMin(item.3, (item.1, item.2)) AS first
         FROM ({ordered}) ARRAY JOIN timeline AS item, numbers AS number
         GROUP BY actor, number
     """

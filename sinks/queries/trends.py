@@ -3,8 +3,8 @@ one type (or any), per interval of [from, to], optionally broken down by up to t
 properties, from the raw `events` table.
 
 Exactness: `events` may hold copies of an event (replays, retries) until merges, so
-counts are `uniqExact(event_id)`, users `uniqExact` of the actor (sinks/queries/actor.py),
-and the property maths (sum … p99) read one row per event_id (a GROUP BY event_id
+counts are distinct `EVENT_KEY`s, users distinct actors (both sinks/queries/actor.py),
+and the property maths (sum … p99) read one row per event (a GROUP BY `EVENT_KEY`
 subquery) before aggregating. Percentiles are `quantileExact`. A property math counts the
 events whose property is a number; other events are left out.
 
@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal, TypedDict, get_args
 
 from sinks.clickhouse import ClickHouse
-from sinks.queries.actor import ACTOR
+from sinks.queries.actor import ACTOR, EVENT_KEY
 from sinks.queries.properties import (
     OTHER,
     Filter,
@@ -194,13 +194,13 @@ def _one_series(
         return [_result(index, series, None, keys, value_of, total.get(("",), 0.0), query)]
 
     raw = breakdown_sql(properties, params)
-    ranked = sorted(
-        _aggregate(ch, series, where, raw, params, None).items(),
-        key=lambda item: (-item[1], item[0]),
-    )
-    kept = [combination[1:] for combination, _ in ranked[:limit]]
-    grouped = grouped_breakdown_sql(raw, kept, params) if len(ranked) > limit else raw
-    totals = _aggregate(ch, series, where, grouped, params, None)
+    totals = _aggregate(ch, series, where, raw, params, None)
+    grouped = raw
+    if len(totals) > limit:  # fold the rest into $other, its total computed as a group
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        kept = [combination[1:] for combination, _ in ranked[:limit]]
+        grouped = grouped_breakdown_sql(raw, kept, params)
+        totals = _aggregate(ch, series, where, grouped, params, None)
     points = _aggregate(ch, series, where, grouped, params, query.interval)
     order = sorted(totals, key=lambda c: (c[1:] == (OTHER,) * len(properties), -totals[c], c))
     results = []
@@ -245,9 +245,9 @@ def _aggregate(
     group = ", ".join(["t", *names])
     if series.math in _COUNTING:
         math = {
-            "total": "uniqExact(event_id)",
+            "total": f"uniqExact({EVENT_KEY})",
             "unique_users": f"uniqExact({ACTOR})",
-            "per_user_avg": f"uniqExact(event_id) / uniqExact({ACTOR})",
+            "per_user_avg": f"uniqExact({EVENT_KEY}) / uniqExact({ACTOR})",
         }[series.math]
         sql = (
             f"SELECT {bucket} AS t{', ' if names else ''}{selected}, {math} AS value "
@@ -265,7 +265,7 @@ def _aggregate(
         )
         sql = (
             f"SELECT {group}, {_PROPERTY_MATH[series.math]} AS value FROM "
-            f"(SELECT {inner} FROM events WHERE {where} GROUP BY event_id) GROUP BY {group}"
+            f"(SELECT {inner} FROM events WHERE {where} GROUP BY {EVENT_KEY}) GROUP BY {group}"
         )
     rows = ch.execute(sql, params.values)
     return {tuple(str(part) for part in row[:-1]): _number(row[-1]) for row in rows}

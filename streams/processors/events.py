@@ -30,7 +30,7 @@ EVENTS_COLUMNS = (
     "props_num_keys",
     "props_num_values",
 )
-NO_PROPS: FlatProps = ([], [], [], [])
+NO_PROPS: FlatProps = ((), (), (), ())
 
 
 class EventsProcessor:
