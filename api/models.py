@@ -63,6 +63,7 @@ class PropertyFilter(BaseModel):
 
 # ----------------------------------------------------------------------------- funnels
 
+
 class FunnelStepSpec(BaseModel):
     """An event type with optional equality filters on its props (schemas/funnels.py)."""
 
@@ -147,6 +148,11 @@ class _TimeField(BaseModel):
     t: str = Field(description='"2026-10-01T13:00:00Z" (minute, hour) or "2026-10-01" (day)')
 
 
+class ErrorCount(BaseModel):
+    code: str = Field(description="playback_error props.code, as text")
+    plays: int = Field(description="plays with at least one error of this code")
+
+
 class PlaybackMetrics(BaseModel):
     plays: int
     started: int
@@ -160,6 +166,39 @@ class PlaybackMetrics(BaseModel):
     bitrate_switches: int
     avg_bitrate_kbps: float | None = Field(description="null without heartbeat play time")
     watch_hours: float
+    # SPEC §4 "QoE beyond the counts"
+    video_start_failure_pct: float | None = Field(description="/ plays x 100; null without")
+    exit_before_start_pct: float | None
+    playback_failure_pct: float | None
+    startup_ms_p90: int | None = Field(description="null without a started play")
+    startup_ms_p99: int | None
+    rebuffer_frequency: float | None = Field(
+        description="rebuffers per minute watched; null without watch time"
+    )
+    rebuffer_duration_ms_avg: float | None = Field(
+        description="rebuffer time / plays with a rebuffer; null without one"
+    )
+    downshifts: int = Field(description="quality changes with to_kbps < from_kbps")
+    upshifts: int = Field(description="quality changes with to_kbps > from_kbps")
+    downshift_pct: float | None = Field(
+        description="started plays with a downshift / started plays x 100"
+    )
+    errors: list[ErrorCount] = Field(description="the 10 error codes on most plays")
+    avg_fps: float | None = Field(
+        description="frames rendered per second played (heartbeats with frames); null without"
+    )
+    dropped_frame_pct: float | None = Field(
+        description="dropped / (rendered + dropped) x 100; null without frames"
+    )
+    experience_score: float | None = Field(
+        description="0-100, mean over plays that started or failed (README); null without"
+    )
+    success_score: float | None = Field(description="0-100: share of scored plays not failed")
+    startup_score: float | None = Field(description="0-100, mean over started plays")
+    smoothness_score: float | None = Field(description="0-100, mean over started plays")
+    quality_score: float | None = Field(
+        description="0-100, mean over started plays with frame data"
+    )
 
 
 # Base order puts `group` / `t` first in the JSON.
@@ -216,6 +255,7 @@ class ErasureScheduled(BaseModel):
 
 # ----------------------------------------------------------------------------- insights
 
+
 class InsightBody(BaseModel):
     """What every insight body has: the project and the days."""
 
@@ -239,8 +279,7 @@ class TrendSeriesSpec(BaseModel):
     event: StrictStr | None = Field(description="an event type, or null for any")
     math: StrictStr = Field(
         default="total",
-        description="total, unique_users, per_user_avg, sum, avg, min, max, median, p90, "
-        "p95, p99",
+        description="total, unique_users, per_user_avg, sum, avg, min, max, median, p90, p95, p99",
     )
     property: StrictStr | None = Field(
         default=None, description="the numeric property of sum..p99 (props.<path>)"
@@ -349,3 +388,25 @@ class RetentionGroupCohort(BaseModel):
     breakdown: dict[str, str] | None = Field(description="the first start event's values")
     size: int
     retained: list[int] = Field(description="retained[k]: cohort users returning in period k")
+
+
+class PlaybackInsightBody(InsightBody):
+    interval: Literal["minute", "hour", "day"] | None = Field(
+        default=None, description="also per bucket of the plays' first events (UTC)"
+    )
+
+
+class _BreakdownField(BaseModel):
+    breakdown: dict[str, str] | None = Field(description="the first events' values, or null")
+
+
+class PlaybackInsightGroup(PlaybackMetrics, _BreakdownField):
+    points: list[PlaybackPoint] | None = Field(
+        description="per bucket that has plays, in time order; null without an interval"
+    )
+
+
+class PlaybackInsightResult(BaseModel):
+    groups: list[PlaybackInsightGroup] = Field(
+        description="most plays first, $other last; one group (breakdown null) without a breakdown"
+    )

@@ -3,8 +3,9 @@ compare the pipeline's answers with."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -245,9 +246,164 @@ def expected_plays(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "bitrate_ms": sum(_whole(e["props"].get("played_ms")) for e in heartbeats),
                 "watch_ms": startup_ms + played + rebuffer_ms,
+                **_expected_qoe(ordered, startup_ms, played + startup_ms + rebuffer_ms),
             }
         )
     return plays
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _expected_qoe(ordered: list[dict[str, Any]], startup_ms: int, watch_ms: int) -> dict[str, Any]:
+    """SPEC §4 "QoE beyond the counts" of one play from its events in order."""
+    shifts = [
+        (_number(e["props"].get("from_kbps")), _number(e["props"].get("to_kbps")))
+        for e in ordered
+        if e["type"] == "playback_quality_change"
+    ]
+    shifts = [(a, b) for a, b in shifts if a is not None and b is not None]
+    framed = [
+        e
+        for e in ordered
+        if e["type"] == "playback_heartbeat"
+        and (
+            _number(e["props"].get("frames_rendered")) is not None
+            or _number(e["props"].get("frames_dropped")) is not None
+        )
+    ]
+    rendered = sum(_whole(e["props"].get("frames_rendered")) for e in framed)
+    dropped = sum(_whole(e["props"].get("frames_dropped")) for e in framed)
+    codes = {
+        str(e["props"]["code"])[:128]
+        for e in ordered
+        if e["type"] == "playback_error" and isinstance(e["props"].get("code"), str | int)
+    }
+    starts = [e for e in ordered if e["type"] == "playback_start"]
+    fatal = [
+        e["ts"]
+        for e in ordered
+        if e["type"] == "playback_error" and e["props"].get("fatal") is True
+    ]
+    rebuffers = [e for e in ordered if e["type"] == "playback_rebuffer"]
+    rebuffer_ms = sum(_whole(e["props"].get("duration_ms")) for e in rebuffers)
+    scores = expected_scores(
+        bool(starts),
+        bool(fatal),
+        startup_ms,
+        len(rebuffers),
+        rebuffer_ms,
+        watch_ms,
+        rendered,
+        dropped,
+    )
+    return {
+        "downshifts": sum(after < before for before, after in shifts),
+        "upshifts": sum(after > before for before, after in shifts),
+        "error_codes": set(sorted(codes)[:16]),
+        "frames_rendered": rendered,
+        "frames_dropped": dropped,
+        "frames_ms": sum(_whole(e["props"].get("played_ms")) for e in framed),
+        "experience": scores[0],
+        "startup_score": scores[1],
+        "smoothness_score": scores[2],
+        "quality_score": scores[3],
+    }
+
+
+def _hundredths(value: float) -> int:
+    return math.floor(value * 100 + 0.5)
+
+
+def expected_scores(
+    started: bool,
+    failed: bool,
+    startup_ms: int,
+    rebuffers: int,
+    rebuffer_ms: int,
+    watch_ms: int,
+    rendered: int,
+    dropped: int,
+) -> tuple[int | None, int | None, int | None, int | None]:
+    """README "Experience score", written again from its text: (overall, startup,
+    smoothness, quality) of one play in hundredths, None where undefined."""
+    if not started:
+        return (0 if failed else None), None, None, None
+    startup = 100 * 8 / (8 + startup_ms / 1000)
+    fraction = rebuffer_ms / watch_ms if watch_ms else 0.0
+    smooth = (100 / math.sqrt(1 + (rebuffers / 2) ** 2) + 100 * math.exp(-10 * fraction)) / 2
+    quality = 100 * math.exp(-10 * dropped / (rendered + dropped)) if rendered + dropped else None
+    parts = [startup, smooth] + ([quality] if quality is not None else [])
+    overall = 0.0 if failed else math.prod(parts) ** (1 / len(parts))
+    return (
+        _hundredths(overall),
+        _hundredths(startup),
+        _hundredths(smooth),
+        None if quality is None else _hundredths(quality),
+    )
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return part / whole * 100 if whole else None
+
+
+def _mean_score(values: list[int]) -> float | None:
+    return sum(values) / len(values) / 100 if values else None
+
+
+def qoe_metrics(plays: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """SPEC §4 "QoE beyond the counts" over a group of plays (dicts of `expected_plays`
+    or anything with the same keys)."""
+    n = len(plays)
+    startups = [p["startup_ms"] for p in plays if p["started"]]
+    watch = sum(p["watch_ms"] for p in plays)
+    rebuffered = [p for p in plays if p["rebuffer_count"]]
+    rendered = sum(p["frames_rendered"] for p in plays)
+    dropped = sum(p["frames_dropped"] for p in plays)
+    frames_ms = sum(p["frames_ms"] for p in plays)
+    codes: dict[str, int] = {}
+    for play in plays:
+        for code in play["error_codes"]:
+            codes[code] = codes.get(code, 0) + 1
+    scored = [p for p in plays if p["experience"] is not None]
+    started = [p for p in plays if p["started"]]
+    failures = sum(bool(p["video_start_failure"] or p["playback_failure"]) for p in scored)
+    return {
+        "video_start_failure_pct": _pct(sum(p["video_start_failure"] for p in plays), n),
+        "exit_before_start_pct": _pct(sum(p["exit_before_start"] for p in plays), n),
+        "playback_failure_pct": _pct(sum(p["playback_failure"] for p in plays), n),
+        "startup_ms_p90": _exact_quantile(startups, 0.9) if startups else None,
+        "startup_ms_p99": _exact_quantile(startups, 0.99) if startups else None,
+        "rebuffer_frequency": (
+            sum(p["rebuffer_count"] for p in plays) / (watch / 60_000) if watch else None
+        ),
+        "rebuffer_duration_ms_avg": (
+            sum(p["rebuffer_ms"] for p in rebuffered) / len(rebuffered) if rebuffered else None
+        ),
+        "downshifts": sum(p["downshifts"] for p in plays),
+        "upshifts": sum(p["upshifts"] for p in plays),
+        "downshift_pct": _pct(sum(p["downshifts"] > 0 for p in started), len(started)),
+        "errors": [
+            {"code": code, "plays": count}
+            for code, count in sorted(codes.items(), key=lambda item: (-item[1], item[0]))[:10]
+        ],
+        "avg_fps": rendered / (frames_ms / 1000) if frames_ms else None,
+        "dropped_frame_pct": _pct(dropped, rendered + dropped),
+        "experience_score": _mean_score([p["experience"] for p in scored]),
+        "success_score": _pct(len(scored) - failures, len(scored)),
+        "startup_score": _mean_score(
+            [p["startup_score"] for p in started if p["startup_score"] is not None]
+        ),
+        "smoothness_score": _mean_score(
+            [p["smoothness_score"] for p in started if p["smoothness_score"] is not None]
+        ),
+        "quality_score": _mean_score(
+            [p["quality_score"] for p in started if p["quality_score"] is not None]
+        ),
+    }
 
 
 def _exact_quantile(values: list[int], level: float) -> int:
@@ -277,6 +433,7 @@ def playback_metrics(plays: list[dict[str, Any]]) -> dict[str, Any]:
         if bitrate_ms
         else None,
         "watch_hours": watch_ms / 3_600_000,
+        **qoe_metrics(plays),
     }
 
 

@@ -1,25 +1,36 @@
-"""`GET /v1/metrics/playback` and `/v1/metrics/playback/timeseries` (SPEC §4 "Playback
-quality", §5). Plays count on the UTC day/minute of their first event."""
+"""`GET /v1/metrics/playback`, `/v1/metrics/playback/timeseries` (SPEC §4 "Playback
+quality" and "QoE beyond the counts", §5) and `POST /v1/insights/playback` (§5.1: the same
+fields filtered and broken down by the properties of each play's first event). Plays count
+on the UTC day/minute of their first event."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
-from api.deps import Context, Days, Fresh, ReadProject
+from api.deps import Context, Days, Fresh, KeyProject, ReadProject, body_project
 from api.errors import ERROR_RESPONSES
-from api.models import PlaybackPoint, PlaybackSummaryRow
+from api.models import (
+    PlaybackInsightBody,
+    PlaybackInsightResult,
+    PlaybackPoint,
+    PlaybackSummaryRow,
+)
 from api.params import MAX_MINUTE_RANGE_DAYS, limit_range
+from api.routes.insights import ProjectQuery, body_key, insight_slice
 from sinks.queries.playback import GroupBy, Interval, playback_summary, playback_timeseries
+from sinks.queries.playback_insight import playback_insight
 
 router = APIRouter(tags=["playback"], responses=ERROR_RESPONSES)
 
 SUMMARY = TypeAdapter(list[PlaybackSummaryRow])
 SERIES = TypeAdapter(list[PlaybackPoint])
+INSIGHT = TypeAdapter(PlaybackInsightResult)
 MAX_LIMIT = 100_000
 
 
@@ -80,4 +91,32 @@ async def get_playback_timeseries(
         adapter=SERIES,
         query=lambda ch: playback_timeseries(ch, project, days.day_from, days.day_to, interval),
         encode=orjson.dumps,
+    )
+
+
+@router.post("/v1/insights/playback", response_model=PlaybackInsightResult, tags=["insights"])
+async def query_playback(
+    key_project: KeyProject,
+    context: Context,
+    fresh: Fresh,
+    body: Annotated[PlaybackInsightBody, Body()],
+    project: ProjectQuery = None,
+) -> Response:
+    """The playback and QoE fields of the plays whose first event is in [from, to] and
+    matches the filters, per breakdown value of that event (top `breakdown_limit`, the
+    rest as `$other`), over the range and, with `interval`, per bucket that has plays."""
+    chosen = body_project(key_project, body.project, project)
+    days, where = insight_slice(body, context)
+    if body.interval == "minute":
+        days = limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
+        where = replace(where, day_from=days.day_from)  # a defaulted `from` moves up
+    return await context.results.respond(
+        fresh=fresh,
+        endpoint="insights-playback",
+        project=chosen,
+        params=body_key(body, days),
+        first_day=days.day_from,
+        last_day=days.day_to,
+        adapter=INSIGHT,
+        query=lambda ch: {"groups": playback_insight(ch, chosen, where, body.interval)},
     )

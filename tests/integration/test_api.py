@@ -114,6 +114,7 @@ SPEC_PATHS = [
     ("get", "/v1/insights/lifecycle", "200", "LifecyclePoint"),
     ("get", "/v1/insights/stickiness", "200", "StickinessPoint"),
     ("post", "/v1/insights/sessions", "200", "SessionsDay"),
+    ("post", "/v1/insights/playback", "200", "PlaybackInsightResult"),
     ("get", "/v1/schema/events", "200", "SchemaEvent"),
     ("get", "/v1/schema/properties", "200", "SchemaProperty"),
 ]
@@ -766,6 +767,7 @@ async def test_openapi_lists_every_spec_path_with_its_response_schema(
             "bitrate_switches",
             "avg_bitrate_kbps",
             "watch_hours",
+            *QOE_FIELDS,
         },
         "EventCount": {"t", "type", "count"},
         "ServiceMetrics": {"days", "totals"},
@@ -774,6 +776,29 @@ async def test_openapi_lists_every_spec_path_with_its_response_schema(
         assert set(schemas[model]["properties"]) == names, model
     assert document["paths"]["/v1/funnels/{name}"]["get"]["responses"]["404"]
     assert document["paths"]["/v1/funnels/query"]["post"]["requestBody"]
+
+
+# SPEC §4 "QoE beyond the counts" (issue 17) and the experience sub-scores.
+QOE_FIELDS = (
+    "video_start_failure_pct",
+    "exit_before_start_pct",
+    "playback_failure_pct",
+    "startup_ms_p90",
+    "startup_ms_p99",
+    "rebuffer_frequency",
+    "rebuffer_duration_ms_avg",
+    "downshifts",
+    "upshifts",
+    "downshift_pct",
+    "errors",
+    "avg_fps",
+    "dropped_frame_pct",
+    "experience_score",
+    "success_score",
+    "startup_score",
+    "smoothness_score",
+    "quality_score",
+)
 
 
 # ---------------------------------------------------------------------------- garbage

@@ -27,6 +27,7 @@ from sinks.migrate import migrate
 from sinks.queries.playback import playback_summary, playback_timeseries
 from streams.processors.base import Position, TableRows
 from streams.processors.plays import PLAY_COLUMNS, PlaysProcessor, quantile_exact
+from tests.expectations import expected_scores, qoe_metrics
 
 PROJECT = "p-play"
 MINUTE = 60_000
@@ -39,6 +40,8 @@ DEVICES = ["quest3", "quest2", "pico4"]
 APPS = ["3.0.0", "3.1.0", "3.2.0"]
 CONTENTS = [f"c-{index}" for index in range(6)]
 BITRATES = [800, 1500, 3000, 6000, 12000]
+OSES = ["horizon", "picoos", "visionos"]
+SOURCES = ["native", "segment", "posthog"]
 
 
 @pytest.fixture
@@ -66,6 +69,11 @@ class PlayBuilder:
         self.generated, self.rng, self.play_id, self.user = generated, rng, play_id, user
         self.device, self.app = rng.choice(DEVICES), rng.choice(APPS)
         self.region = rng.choice(["eu", "us", "apac"])
+        self.os = rng.choice(OSES)
+        self.session = f"s-{play_id}" if rng.random() < 0.8 else ""
+        # Render stats come from some players only; a Quest 2 drops more frames.
+        self.frames = rng.random() < 0.6
+        self.drop_rate = {"quest2": 0.04, "quest3": 0.01, "pico4": 0.02}[self.device]
         self.events: list[Event] = []
         generated.plays[play_id] = self.events
 
@@ -78,8 +86,10 @@ class PlayBuilder:
             type=f"playback_{kind}",
             user_id=self.user,
             ts=ts,
+            session_id=self.session,
             device_model=device,
             app_version=self.app,
+            os=self.os if not self.events or self.rng.random() < 0.9 else "other",
             region=self.region,
             props={"play_id": self.play_id, **props},
         )
@@ -92,7 +102,10 @@ def _build_play(builder: PlayBuilder, start: int, scenario: str) -> None:
     content = rng.choice([*CONTENTS, None])
     on_request = rng.random() < 0.7
     t = start
-    request_props = {"content_id": content} if content and on_request else {}
+    request_props: dict[str, Any] = {"content_id": content} if content and on_request else {}
+    if rng.random() < 0.5:
+        request_props["autoplay"] = rng.random() < 0.5
+        request_props["layout"] = {"fov": rng.choice([90, 110, 180])}
     builder.add("request", t, **request_props)
     if scenario == "start_failure":
         if rng.random() < 0.5:
@@ -124,12 +137,17 @@ def _build_play(builder: PlayBuilder, start: int, scenario: str) -> None:
             t += 1
             builder.add("quality_change", t, from_kbps=bitrate, to_kbps=new)
             bitrate = new
-        if rng.random() < 0.05:
+        if rng.random() < 0.08:
             t += 1
-            builder.add("error", t, code="W-3", fatal=False)
+            builder.add("error", t, code=rng.choice(["W-3", "W-3", 404, "W-5"]), fatal=False)
         played = rng.randint(5_000, 10_000)
         t += played
-        builder.add("heartbeat", t, played_ms=played, bitrate_kbps=bitrate)
+        beat: dict[str, Any] = {"played_ms": played, "bitrate_kbps": bitrate}
+        if builder.frames:
+            rendered = played * rng.choice([72, 90, 120]) // 1000
+            beat["frames_rendered"] = rendered
+            beat["frames_dropped"] = int(rendered * builder.drop_rate * rng.random() * 2)
+        builder.add("heartbeat", t, **beat)
     if scenario == "normal":
         builder.add("end", t + rng.randint(100, 5_000), played_ms=rng.randint(0, 5_000))
     elif scenario == "playback_failure":
@@ -187,6 +205,11 @@ def _schedule(
             generated.deliver(last_ts + rng.randint(360_000, 480_000), event)
 
 
+def source_of(user_id: str) -> str:
+    """Each user's SDK sends through one endpoint family."""
+    return SOURCES[sum(map(ord, user_id)) % len(SOURCES)]
+
+
 def run_processor(generated: Generated) -> list[TableRows]:
     """Feed the deliveries as a runner would: records of one user's consecutive events
     (at most 4, within a second), and a flush every 15 s of arrival time whether or not
@@ -200,7 +223,12 @@ def run_processor(generated: Generated) -> list[TableRows]:
     def send() -> None:
         nonlocal offset, pending
         if pending:
-            record = EventRecord(project=PROJECT, received_at=pending_at, events=pending)
+            record = EventRecord(
+                project=PROJECT,
+                received_at=pending_at,
+                events=pending,
+                source=source_of(pending[0].user_id),
+            )
             processor.process(record, Position(0, offset))
             offset += 1
             pending = []
@@ -255,6 +283,19 @@ class RefPlay:
     bitrate_kbps_ms: int
     heartbeat_ms: int
     watch_ms: int
+    downshifts: int
+    upshifts: int
+    error_codes: set[str]
+    frames_rendered: int
+    frames_dropped: int
+    frames_ms: int
+    first: Event
+    source: str
+    # scores in hundredths; None where undefined
+    experience: int | None
+    startup_score: int | None
+    smoothness_score: int | None
+    quality_score: int | None
 
 
 def reference_play(events: list[Event]) -> RefPlay:
@@ -270,6 +311,20 @@ def reference_play(events: list[Event]) -> RefPlay:
     played += sum(e.props["played_ms"] for e in ordered if e.type == "playback_end")
     rebuffers = [e.props["duration_ms"] for e in ordered if e.type == "playback_rebuffer"]
     startup = starts[0].props["startup_ms"] if starts else 0
+    shifts = [
+        (e.props["from_kbps"], e.props["to_kbps"])
+        for e in ordered
+        if e.type == "playback_quality_change"
+    ]
+    framed = [e for e in beats if "frames_rendered" in e.props]
+    rendered = sum(e.props["frames_rendered"] for e in framed)
+    dropped = sum(e.props["frames_dropped"] for e in framed)
+    watch = startup + played + sum(rebuffers)
+    started = bool(starts)
+    failed = bool(fatal_times)
+    scores = expected_scores(
+        started, failed, startup, len(rebuffers), sum(rebuffers), watch, rendered, dropped
+    )
     return RefPlay(
         first_ts=first.ts,
         content_id=content,
@@ -285,7 +340,19 @@ def reference_play(events: list[Event]) -> RefPlay:
         bitrate_switches=sum(e.type == "playback_quality_change" for e in ordered),
         bitrate_kbps_ms=sum(e.props["bitrate_kbps"] * e.props["played_ms"] for e in beats),
         heartbeat_ms=sum(e.props["played_ms"] for e in beats),
-        watch_ms=startup + played + sum(rebuffers),
+        watch_ms=watch,
+        downshifts=sum(to < before for before, to in shifts),
+        upshifts=sum(to > before for before, to in shifts),
+        error_codes={str(e.props["code"]) for e in ordered if e.type == "playback_error"},
+        frames_rendered=rendered,
+        frames_dropped=dropped,
+        frames_ms=sum(e.props["played_ms"] for e in framed),
+        first=first,
+        source=source_of(first.user_id),
+        experience=scores[0],
+        startup_score=scores[1],
+        smoothness_score=scores[2],
+        quality_score=scores[3],
     )
 
 
@@ -314,6 +381,7 @@ def reference_metrics(plays: list[RefPlay]) -> dict[str, Any]:
         "bitrate_switches": sum(p.bitrate_switches for p in plays),
         "avg_bitrate_kbps": sum(p.bitrate_kbps_ms for p in plays) / beat_ms if beat_ms else None,
         "watch_hours": watch / 3_600_000,
+        **qoe_metrics([vars(play) for play in plays]),
     }
 
 
@@ -367,6 +435,14 @@ def test_generator_covers_every_case(generated: Generated, blocks: list[TableRow
     totals = reference_metrics(plays)
     for name in ("video_start_failures", "exits_before_start", "playback_failures"):
         assert totals[name] >= 5, name
+    for name in ("downshifts", "upshifts"):
+        assert totals[name] >= 5, name
+    assert {error["code"] for error in totals["errors"]} >= {"E-START", "E-PLAY", "W-3", "404"}
+    started = [play for play in plays if play.started]
+    assert any(play.quality_score is not None for play in started)
+    assert any(play.quality_score is None for play in started), "every play reported frames"
+    assert totals["dropped_frame_pct"]
+    assert totals["experience_score"]
     rows = [row for block in blocks for row in block.rows]
     deleted = PLAY_COLUMN_INDEX["deleted"]
     assert len(rows) > len(plays), "no play was re-emitted with a higher version"
@@ -534,6 +610,24 @@ def test_empty_range_and_hostile_parameters(
         "bitrate_switches": 0,
         "avg_bitrate_kbps": None,
         "watch_hours": 0.0,
+        "video_start_failure_pct": None,
+        "exit_before_start_pct": None,
+        "playback_failure_pct": None,
+        "startup_ms_p90": None,
+        "startup_ms_p99": None,
+        "rebuffer_frequency": None,
+        "rebuffer_duration_ms_avg": None,
+        "downshifts": 0,
+        "upshifts": 0,
+        "downshift_pct": None,
+        "errors": [],
+        "avg_fps": None,
+        "dropped_frame_pct": None,
+        "experience_score": None,
+        "success_score": None,
+        "startup_score": None,
+        "smoothness_score": None,
+        "quality_score": None,
     }
     assert playback_timeseries(clickhouse, "nobody", today, today, "minute") == []
 

@@ -17,6 +17,7 @@ from sinks.clickhouse import ServerClickHouse
 from sinks.queries.funnels import predefined_funnel
 from sinks.queries.playback import playback_summary
 from streams.processors.activity import utc_day
+from tests.expectations import expected_scores
 from tests.gateway_process import GatewayProcess
 from tests.integration.test_funnel_sql import adhoc_funnel
 from tests.pipeline_checks import post_all
@@ -136,6 +137,9 @@ def test_plays_and_funnels_exact(
     funnels_file: Path,
 ) -> None:
     watch_ms = (800 + 10_000 + 5_000 + 500) + (1200 + 3_000)
+    # (experience, startup, smoothness) in hundredths; none is undefined for a started play
+    score_a = [v or 0 for v in expected_scores(True, False, 800, 1, 500, 16_300, 0, 0)[:3]]
+    score_d = [v or 0 for v in expected_scores(True, True, 1200, 0, 0, 4_200, 0, 0)[:3]]
     expected = [
         {
             "group": "all",
@@ -151,6 +155,26 @@ def test_plays_and_funnels_exact(
             "bitrate_switches": 1,
             "avg_bitrate_kbps": (4000 * 10_000 + 2000 * 5_000 + 3000 * 3_000) / 18_000,
             "watch_hours": watch_ms / 3_600_000,
+            # QoE beyond the counts (SPEC §4): one play each of the four kinds.
+            "video_start_failure_pct": 25.0,
+            "exit_before_start_pct": 25.0,
+            "playback_failure_pct": 25.0,
+            "startup_ms_p90": 1200,
+            "startup_ms_p99": 1200,
+            "rebuffer_frequency": 1 / (watch_ms / 60_000),
+            "rebuffer_duration_ms_avg": 500.0,
+            "downshifts": 1,
+            "upshifts": 0,
+            "downshift_pct": 50.0,  # A of the started A and D
+            "errors": [{"code": "E_DRM", "plays": 1}, {"code": "E_NET", "plays": 1}],
+            "avg_fps": None,
+            "dropped_frame_pct": None,
+            # Scored: A, B and D (C exited before start); B and D failed and score 0.
+            "experience_score": score_a[0] / 3 / 100,
+            "success_score": 1 / 3 * 100,
+            "startup_score": (score_a[1] + score_d[1]) / 2 / 100,
+            "smoothness_score": (score_a[2] + score_d[2]) / 2 / 100,
+            "quality_score": None,
         }
     ]
     batch = plays() + funnel_events()

@@ -4,6 +4,7 @@ events, replays, state round trips, the live QoE series, and the QoE math."""
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from array import array
 from collections.abc import Callable, Iterator
@@ -26,17 +27,26 @@ from streams.processors.plays import (
     PlaysProcessor,
     PlayState,
     QoeContribution,
-    _from_rest,
-    _to_rest,
     avg_bitrate_kbps,
+    avg_fps,
+    dropped_frame_pct,
+    experience_score,
+    mean,
+    mean_score,
+    percent,
     play_state_key,
     play_watch_ms,
     qoe_fields,
+    quality_score,
     quantile_exact,
+    rebuffer_frequency,
     rebuffer_ratio,
     rows_as_dicts,
+    smoothness_score,
+    startup_score,
     watch_hours,
 )
+from streams.processors.plays.codec import _from_rest, _to_rest
 
 T0 = 1_764_100_020_000  # first event of most plays (second 20 of a minute)
 IDLE = 300_000
@@ -642,6 +652,17 @@ def test_state_round_trip_mid_play_gives_identical_output() -> None:
                 bitrate_switches=2,
                 bitrate_weighted_sum=90_000_000,
                 bitrate_weight_ms=20_000,
+                first_type="playback_request",
+                os="horizon",
+                source="segment",
+                session_id="s-1",
+                first_props=b'{"content_id":"c-1","layout":{"fov":110}}',
+                downshifts=2,
+                upshifts=1,
+                error_codes=("500", "E-NET"),
+                frames_rendered=1_770,
+                frames_dropped=30,
+                frames_ms=20_000,
                 first_fatal_ts=T0 + 30_000,
                 has_end=True,
                 last_ts=T0 + 31_000,
@@ -895,3 +916,338 @@ def test_long_play_counts_each_event_once_whatever_the_order() -> None:
     feed.flush(FAR)
     assert feed.final_rows()["pl-1"]["event_count"] == len(beats) + 1
     assert feed.final_rows()["pl-1"]["played_ms"] == len(beats) * 10_000
+
+
+# ---------------------------------------------------------------- QoE beyond the counts
+
+
+def test_row_carries_the_first_events_properties_for_filters() -> None:
+    first = Event(
+        event_id="a",
+        type="playback_request",
+        user_id="u-7",
+        ts=T0,
+        session_id="s-9",
+        device_model="quest3",
+        os="horizon",
+        props={"play_id": "pl-1", "autoplay": True, "layout": {"fov": 110}},
+    )
+    later = Event(
+        event_id="b",
+        type="playback_start",
+        user_id="u-7",
+        ts=T0 + 500,
+        session_id="s-other",
+        os="android",
+        props={"play_id": "pl-1", "content_id": "c-9", "startup_ms": 500, "bitrate_kbps": 1},
+    )
+    feed = Feed()
+    feed.processor.process(
+        EventRecord(project=PROJECT, received_at=T0 + 600, events=[later], source="posthog"),
+        Position(0, 0),
+    )
+    feed.processor.process(
+        EventRecord(project=PROJECT, received_at=T0 + 700, events=[first], source="segment"),
+        Position(0, 1),
+    )
+    feed.flush(FAR)
+    row = feed.final_rows()["pl-1"]
+    assert (row["type"], row["os"], row["source"], row["session_id"]) == (
+        "playback_request",
+        "horizon",
+        "segment",
+        "s-9",
+    )
+    # The first event's props as `events` flattens them; content_id is the play's.
+    flat = dict(zip(row["props_keys"], row["props_values"], strict=True))  # type: ignore[call-overload]
+    assert flat == {
+        "play_id": "pl-1",
+        "autoplay": "true",
+        "layout.fov": "110",
+        "content_id": "c-9",
+    }
+    assert dict(zip(row["props_num_keys"], row["props_num_values"], strict=True)) == {  # type: ignore[call-overload]
+        "layout.fov": 110.0
+    }
+
+
+VR_PLAY = [
+    ev("request", T0, content_id="c-1"),
+    ev("start", T0 + 1_000, startup_ms=1_000, bitrate_kbps=3000),
+    ev(
+        "heartbeat",
+        T0 + 11_000,
+        played_ms=10_000,
+        bitrate_kbps=3000,
+        frames_rendered=900,
+        frames_dropped=0,
+    ),
+    ev("quality_change", T0 + 11_001, from_kbps=3000, to_kbps=6000),
+    ev(
+        "heartbeat",
+        T0 + 21_000,
+        played_ms=10_000,
+        bitrate_kbps=6000,
+        frames_rendered=870,
+        frames_dropped=30,
+    ),
+    ev("quality_change", T0 + 21_001, from_kbps=6000, to_kbps=1500),
+    ev("quality_change", T0 + 21_002, from_kbps=1500, to_kbps=1500),
+    ev("error", T0 + 22_000, code=500, fatal=False),
+    ev("error", T0 + 23_000, code="E-NET", fatal=False),
+    ev("error", T0 + 24_000, code=500, fatal=False),
+    ev("heartbeat", T0 + 34_000, played_ms=10_000, bitrate_kbps=1500),
+    ev("end", T0 + 34_100, played_ms=0),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param(
+            VR_PLAY,
+            {
+                "downshifts": 1,
+                "upshifts": 1,
+                "bitrate_switches": 3,
+                "error_codes": ["500", "E-NET"],
+                "frames_rendered": 1_770,
+                "frames_dropped": 30,
+                "frames_ms": 20_000,  # the heartbeat without frames is not in it
+                "scored": 1,
+                # 8 / (8 + 1) x 100 = 88.89; no rebuffer: 100; 100 e^(-10 x 30/1800) = 84.65
+                "startup_score": 8_889,
+                "smoothness_score": 10_000,
+                "quality_score": 8_465,
+                "experience_score": 9_095,  # (88.889 x 100 x 84.648)^(1/3) = 90.954
+            },
+            id="VR play: shifts, error codes, frames, every sub-score",
+        ),
+        pytest.param(
+            NORMAL,
+            {
+                "frames_ms": 0,
+                "quality_score": 0,
+                "startup_score": 9_091,  # 8 / 8.8 x 100
+                # (100 / sqrt(1.25) + 100 e^(-10 x 500 / 23,300)) / 2 = (89.443 + 80.687) / 2
+                "smoothness_score": 8_506,
+                "experience_score": 8_794,  # sqrt(90.909 x 85.065): no frames, two parts
+                "upshifts": 1,
+                "downshifts": 0,
+            },
+            id="no frame data: the score of startup and smoothness",
+        ),
+        pytest.param(
+            [
+                ev("request", T0),
+                ev("error", T0 + 3_000, code="E-START", fatal=True),
+                ev("error", T0 + 3_001, code="E-START", fatal=True),
+            ],
+            {
+                "scored": 1,
+                "experience_score": 0,
+                "startup_score": 0,
+                "error_codes": ["E-START"],
+            },
+            id="start failure: scored, 0",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=0, bitrate_kbps=1),
+                ev("error", T0 + 1, code="E-PLAY", fatal=True),
+            ],
+            {"scored": 1, "experience_score": 0, "startup_score": 10_000},
+            id="playback failure: sub-scores kept, the play scores 0",
+        ),
+        pytest.param(
+            [ev("request", T0), ev("end", T0 + 4_000, played_ms=0)],
+            {"scored": 0, "experience_score": 0, "error_codes": []},
+            id="exit before start: not scored",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=8_000, bitrate_kbps=1),
+                ev("rebuffer", T0 + 1, duration_ms=1_000),
+                ev("rebuffer", T0 + 2, duration_ms=1_000),
+                ev("end", T0 + 3, played_ms=10_000),
+            ],
+            {
+                "startup_score": 5_000,
+                # (100 / sqrt(2) + 100 e^(-10 x 2,000 / 20,000)) / 2 = (70.711 + 36.788) / 2
+                "smoothness_score": 5_375,
+                "experience_score": 5_184,  # sqrt(50 x 53.749) = 51.841
+            },
+            id="slow start and two rebuffers",
+        ),
+        pytest.param(
+            [
+                ev("start", T0, startup_ms=100, bitrate_kbps=1),
+                ev("heartbeat", T0 + 1, played_ms=1_000, bitrate_kbps=1, frames_rendered="x"),
+                ev("quality_change", T0 + 2, from_kbps="fast", to_kbps=1),
+            ],
+            {"frames_ms": 0, "frames_rendered": 0, "downshifts": 0, "upshifts": 0},
+            id="non-numeric frames and kbps are no data",
+        ),
+    ],
+)
+def test_qoe_fields_of_a_play(events: list[Event], expected: dict[str, object]) -> None:
+    row = closed_row(*events)
+    assert {key: row[key] for key in expected} == expected
+
+
+def test_error_codes_keep_the_smallest_sixteen_whatever_the_order() -> None:
+    errors = [ev("error", T0 + n, code=f"E-{n:02d}", fatal=False) for n in range(20)]
+    expected = [f"E-{n:02d}" for n in range(16)]
+    for seed in range(3):
+        shuffled = random.Random(seed).sample(errors, len(errors))
+        assert closed_row(ev("request", T0 - 1), *shuffled)["error_codes"] == expected
+    long = closed_row(ev("error", T0, code="x" * 500, fatal=False))["error_codes"]
+    assert long == ["x" * 128]
+
+
+@pytest.mark.parametrize("seed", range(6), ids=lambda seed: f"shuffle {seed}")
+def test_shuffled_duplicated_and_replayed_vr_traffic_gives_the_same_row(seed: int) -> None:
+    in_order = closed_row(*VR_PLAY)
+    assert _deliver(VR_PLAY, [1], seed) == in_order
+    assert _deliver([*VR_PLAY, *VR_PLAY[3:7]], [2, 3], seed) == in_order  # duplicates
+    feed = Feed()
+    position = feed.send(*VR_PLAY[:6])
+    feed.processor.take_state_changes()  # nothing rests: the play is open
+    feed.processor.process(  # a replay of the record at its position
+        EventRecord(project=PROJECT, received_at=T0 + 50_000, events=VR_PLAY[:6]), position
+    )
+    feed.send(*VR_PLAY[6:])
+    feed.flush(FAR)
+    feed.processor.take_state_changes()  # closed: at rest now
+    feed.send(*random.Random(seed).sample(VR_PLAY, 5))  # late copies of a rested play
+    feed.flush(FAR + 1)
+    assert feed.final_rows()["pl-1"] == in_order
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "expected"),
+    [
+        pytest.param(percent, (1, 8), 12.5, id="percent"),
+        pytest.param(percent, (0, 0), None, id="percent of nothing"),
+        pytest.param(rebuffer_frequency, (3, 120_000), 1.5, id="rebuffers per minute"),
+        pytest.param(rebuffer_frequency, (0, 0), None, id="frequency without watch time"),
+        pytest.param(mean, (900, 2), 450.0, id="mean rebuffer duration"),
+        pytest.param(mean, (0, 0), None, id="no play rebuffered"),
+        pytest.param(avg_fps, (1_800, 20_000), 90.0, id="fps"),
+        pytest.param(avg_fps, (0, 0), None, id="fps without frames"),
+        pytest.param(dropped_frame_pct, (990, 10), 1.0, id="dropped %"),
+        pytest.param(dropped_frame_pct, (0, 0), None, id="dropped % without frames"),
+        pytest.param(startup_score, (400,), 8 / 8.4 * 100, id="Mux startup: 400 ms about 95"),
+        pytest.param(startup_score, (2_000,), 80.0, id="Mux startup: 2 s is 80"),
+        pytest.param(startup_score, (8_000,), 50.0, id="Mux startup: 8 s is 50"),
+        pytest.param(smoothness_score, (0, 0, 0), 100.0, id="no rebuffer, no watch time"),
+        pytest.param(quality_score, (0, 0), None, id="quality without frames"),
+        pytest.param(quality_score, (100, 0), 100.0, id="no dropped frame"),
+        pytest.param(mean_score(0, 0) is None, (), True, id="mean score of nothing"),
+    ],
+)
+def test_qoe_math_by_hand(
+    function: Callable[..., object] | bool, args: tuple[int, ...], expected: object
+) -> None:
+    got = function(*args) if callable(function) else function
+    assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected
+
+
+@pytest.mark.parametrize(
+    ("failed", "started", "quality", "expected"),
+    [
+        pytest.param(True, False, None, 0.0, id="start failure"),
+        pytest.param(True, True, 90.0, 0.0, id="playback failure gates the rest"),
+        pytest.param(False, False, None, None, id="exit before start: no score"),
+        pytest.param(False, True, None, math.sqrt(80 * 100), id="no frame data: two parts"),
+        pytest.param(False, True, 12.5, (80 * 100 * 12.5) ** (1 / 3), id="three parts"),
+    ],
+)
+def test_experience_score_edge_cases(
+    failed: bool, started: bool, quality: float | None, expected: float | None
+) -> None:
+    got = experience_score(failed, started, 80.0, 100.0, quality)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_group_scores_without_started_plays_and_with_only_failures() -> None:
+    """A group of two start failures: success 0, experience 0, startup and smoothness
+    undefined (no start); a group of exits before start only: nothing scored."""
+    failures = [
+        closed_row(
+            ev("request", T0, play_id=f"f{n}"),
+            ev("error", T0 + 1, play_id=f"f{n}", code="E", fatal=True),
+        )
+        for n in range(2)
+    ]
+    scored = sum(int(str(row["scored"])) for row in failures)
+    total = sum(int(str(row["experience_score"])) for row in failures)
+    starts = sum(int(str(row["started"])) for row in failures)
+    assert (mean_score(total, scored), mean_score(0, starts)) == (0.0, None)
+    exits = closed_row(ev("request", T0), ev("end", T0 + 1, played_ms=0))
+    assert mean_score(int(str(exits["experience_score"])), int(str(exits["scored"]))) is None
+
+
+@pytest.mark.parametrize(
+    ("content_id", "text", "number"),
+    [
+        pytest.param("c-1", "c-1", None, id="the play's content, kept once on the play"),
+        pytest.param(7, "7", 7.0, id="a numeric content_id stays the first event's prop"),
+    ],
+)
+def test_first_event_content_id_survives_rest(
+    content_id: object, text: str, number: float | None
+) -> None:
+    feed = Feed()
+    feed.send(
+        ev("request", T0, content_id=content_id, quality="4k"), ev("end", T0 + 1, played_ms=0)
+    )
+    feed.flush(FAR)
+    feed.processor.take_state_changes()  # at rest
+    feed.send(ev("error", T0 + 2, code="late", fatal=False))  # re-emitted from rest
+    feed.flush(FAR + 1)
+    row = feed.final_rows()["pl-1"]
+    props = dict(zip(row["props_keys"], row["props_values"], strict=True))  # type: ignore[call-overload]
+    numbers = dict(zip(row["props_num_keys"], row["props_num_values"], strict=True))  # type: ignore[call-overload]
+    assert props == {"play_id": "pl-1", "quality": "4k", "content_id": text}
+    assert numbers.get("content_id") == number
+    assert (row["error_codes"], row["type"]) == (["late"], "playback_request")
+
+
+def test_a_state_from_before_the_qoe_fields_loads_and_keeps_counting() -> None:
+    """A changelog value written before migration 0010's fields: they read as empty, the
+    play goes on, and what arrives from then on is counted."""
+    feed = Feed()
+    feed.send(*VR_PLAY[:4])
+    feed.flush(T0 + 30_000)
+    key = play_state_key(PROJECT, "pl-1")
+    value = feed.processor.take_state_changes()[key]
+    assert value is not None
+    state = msgspec.msgpack.decode(value)
+    new_fields = {
+        "first_type",
+        "os",
+        "source",
+        "session_id",
+        "first_props",
+        "downshifts",
+        "upshifts",
+        "error_codes",
+        "frames_rendered",
+        "frames_dropped",
+        "frames_ms",
+    }
+    assert new_fields <= set(state)
+    old = {name: item for name, item in state.items() if name not in new_fields}
+
+    restored = Feed(offset=feed.offset)
+    restored.processor.load_state(key, msgspec.msgpack.encode(old))
+    restored.send(*VR_PLAY[4:])
+    restored.flush(FAR)
+    restored.processor.take_state_changes()  # at rest and back: the empty type survives
+    restored.send(ev("error", T0 + 99_000, code="late", fatal=False))
+    restored.flush(FAR + 1)
+    row = restored.final_rows()["pl-1"]
+    assert (row["type"], row["os"], row["upshifts"], row["downshifts"]) == ("", "", 0, 1)
+    assert row["error_codes"] == ["500", "E-NET", "late"]
+    assert row["frames_rendered"] == 870  # the heartbeat before the upgrade is not in it

@@ -1,0 +1,399 @@
+"""The plays processor: feeds events to play states, closes and forgets plays, writes
+rows and the live series (see the package docstring for the contract)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from quip.settings import Settings
+from schemas.events import Event, EventRecord
+from streams.processors.base import Position, ProcessorOutput, SeriesPoint, TableRows
+from streams.processors.plays.codec import (
+    _PLAY_PREFIX,
+    _SERIES_PREFIX,
+    _from_rest,
+    _play_decoder,
+    _play_encoder,
+    _resting_decoder,
+    _series_decoder,
+    _to_rest,
+    play_state_key,
+    series_state_key,
+)
+from streams.processors.plays.deadlines import _DEADLINE_BUCKET_MS, _Deadlines
+from streams.processors.plays.qoe import DAY_MS, MINUTE_MS, qoe_fields
+from streams.processors.plays.state import (
+    PLAY_COLUMNS,
+    PlayState,
+    SeriesKey,
+    SeriesState,
+    _apply,
+    _minute,
+    _new_state,
+    play_id_of,
+)
+
+DEFAULT_IDLE_TIMEOUT_MS: Final = int(Settings.model_fields["play_idle_timeout_s"].default) * 1000
+
+PLAYS_TABLE: Final = "plays"
+QOE_MEASUREMENT: Final = "playback_qoe"
+UNKNOWN_TAG: Final = "unknown"  # InfluxDB tags cannot be empty
+
+
+class PlaysProcessor:
+    """Pure `StatefulProcessor` for SPEC §4 playback quality (see the module docstring for
+    the full contract). Not thread-safe: one runner task owns an instance."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS,
+        grace_ms: int | None = None,
+        series_horizon_ms: int | None = None,
+    ) -> None:
+        if idle_timeout_ms <= 0:
+            raise ValueError("idle_timeout_ms must be positive")
+        self.idle_timeout_ms = idle_timeout_ms
+        self.grace_ms = 2 * idle_timeout_ms if grace_ms is None else grace_ms
+        self.series_horizon_ms = self.grace_ms if series_horizon_ms is None else series_horizon_ms
+        # Closed plays that nothing has changed since their state was taken rest as bytes
+        # (`_to_rest`): in a backlog, every play is held for the grace period after it
+        # closes, and that is most of the processor's memory.
+        self._plays: dict[tuple[str, str], PlayState | bytes] = {}
+        self._resting_buffer = bytearray()
+        self._open: set[tuple[str, str]] = set()
+        # Deadline indexes, so a flush looks only at plays that are due, not at every held
+        # play: open plays by last ts and by last received_at (idle closing), closed plays
+        # by last received_at, then by last ts (forgetting needs both past the grace).
+        # An index holds keys only (`_Deadlines`); the time is read from the play. A play
+        # gets its idle entries at the flush after it opens (`_opened`, a list emptied at
+        # each flush: a set of every indexed play kept its peak size for good); an entry
+        # that comes up before the play is due goes back in under the play's current
+        # time, one for a play no longer open is dropped. A play that re-opens while an
+        # old entry is still queued has two for a while: the first to come due closes
+        # it, the other finds it closed.
+        self._idle_by_ts = _Deadlines()
+        self._idle_by_received = _Deadlines()
+        self._opened: list[tuple[str, str]] = []
+        self._expiry_by_received = _Deadlines()
+        self._expiry_by_ts = _Deadlines()
+        self._touched: set[tuple[str, str]] = set()
+        self._series: dict[SeriesKey, SeriesState] = {}
+        self._pending_series: set[SeriesKey] = set()
+        self._changed_plays: set[tuple[str, str]] = set()
+        self._changed_series: set[SeriesKey] = set()
+        self._watermark = 0  # largest min(ts, received_at) seen
+        self._received_watermark = 0  # largest received_at seen
+        # Series are per minute: looking for expired ones once per watermark minute is
+        # enough (the scan over every series at each flush was 11 % of a live worker's CPU).
+        self._series_swept_minute = -1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PlaysProcessor:
+        return cls(idle_timeout_ms=settings.play_idle_timeout_s * 1000)
+
+    @property
+    def watermark(self) -> int:
+        return self._watermark
+
+    def held_plays(self) -> int:
+        return len(self._plays)
+
+    def open_plays(self) -> int:
+        return len(self._open)
+
+    # ------------------------------------------------------------ input
+
+    def process(self, record: EventRecord, position: Position) -> None:
+        received_at = record.received_at
+        self._received_watermark = max(self._received_watermark, received_at)
+        by_play: dict[str, list[Event]] = {}
+        for event in record.events:
+            self._watermark = max(self._watermark, min(event.ts, received_at))
+            play_id = play_id_of(event)
+            if play_id is not None:
+                by_play.setdefault(play_id, []).append(event)
+        for play_id, events in by_play.items():
+            key = (record.project, play_id)
+            state = self._play(key)
+            if state is None:
+                state = _new_state(
+                    record.project, play_id, position.partition, events[0], record.source
+                )
+                state.last_received_at = received_at
+                self._plays[key] = state
+                self._open.add(key)
+                self._opened.append(key)
+            elif state.positions.get(position.partition, -1) >= position.offset:
+                continue  # a replay of what this state already reflects
+            applied = False
+            for event in events:
+                applied |= _apply(state, event, received_at, record.source)
+            state.positions[position.partition] = position.offset
+            self._changed_plays.add(key)
+            if not applied:
+                continue
+            self._touched.add(key)
+            if state.closed and not state.ends_itself:
+                state.closed = False  # idle-closed, and it turns out not to be over
+                self._open.add(key)
+                self._opened.append(key)
+
+    def erase(self, project: str, user_id: str) -> None:
+        """Drops the user's plays and their contributions to the QoE series (re-sent
+        without them). Scans every held play: erasures are rare."""
+        for key in [key for key in self._plays if key[0] == project]:
+            state = self._peek(key)
+            if state is None or state.user_id != user_id:
+                continue
+            del self._plays[key]
+            self._open.discard(key)
+            self._touched.discard(key)
+            self._changed_plays.add(key)
+            series_key = state.series_key
+            series = self._series.get(series_key) if series_key is not None else None
+            if series is not None and series.plays.pop(state.play_id, None) is not None:
+                assert series_key is not None
+                self._pending_series.add(series_key)
+                self._changed_series.add(series_key)
+
+    # ------------------------------------------------------------ output
+
+    def flush(self, now_ms: int) -> ProcessorOutput:
+        """Close what is due, return rows for closed plays that changed since they were
+        last written (plus tombstones), and points for the series that changed; then forget
+        plays past their grace period and series past their horizon."""
+        for key in list(self._touched):  # new or changed since the last flush: index them
+            state = self._held(key)
+            if state.closed:
+                self._expiry_by_received.add(state.last_received_at, key)
+            elif state.ends_itself:
+                self._close(key, state)
+        for key in self._opened:
+            opened = self._plays.get(key)  # open plays never rest as bytes
+            if isinstance(opened, PlayState) and not opened.closed:
+                self._idle_by_ts.add(opened.last_ts, key)
+                self._idle_by_received.add(opened.last_received_at, key)
+        self._opened.clear()
+        self._close_idle(self._idle_by_ts, "last_ts", self._watermark)
+        self._close_idle(self._idle_by_received, "last_received_at", now_ms)
+
+        rows: list[tuple[object, ...]] = []
+        for key in sorted(self._touched):
+            state = self._held(key)
+            self._sync_series(state)
+            if state.closed and state.emitted_version != state.version:
+                previous = state.emitted_first_ts
+                if previous is not None and previous // DAY_MS != state.first_ts // DAY_MS:
+                    rows.append(state.tombstone(previous))
+                rows.append(state.row())
+                state.emitted_version = state.version
+                state.emitted_first_ts = state.first_ts
+                self._changed_plays.add(key)
+        self._touched.clear()
+        self._forget_expired()
+
+        points = self._series_points()
+        output = ProcessorOutput(points=points)
+        if rows:
+            output.tables.append(TableRows(PLAYS_TABLE, PLAY_COLUMNS, rows))
+        return output
+
+    def _play(self, key: tuple[str, str]) -> PlayState | None:
+        """The held play, as an object from now on (it is about to change)."""
+        state = self._plays.get(key)
+        if isinstance(state, bytes):
+            state = self._plays[key] = _from_rest(key, state)
+        return state
+
+    def _held(self, key: tuple[str, str]) -> PlayState:
+        state = self._play(key)
+        assert state is not None
+        return state
+
+    def _peek(self, key: tuple[str, str]) -> PlayState | None:
+        """The held play, read only (a resting play stays at rest)."""
+        state = self._plays.get(key)
+        return _from_rest(key, state) if isinstance(state, bytes) else state
+
+    def _closed_times(self, key: tuple[str, str]) -> tuple[int, int] | None:
+        """(last ts, last received_at) of a closed play, None if it is not held or open."""
+        state = self._plays.get(key)
+        if isinstance(state, bytes):
+            rest = _resting_decoder.decode(state)
+            return rest.first_ts + rest.last_ts, rest.first_ts + rest.last_received_at
+        if state is None or not state.closed:
+            return None
+        return state.last_ts, state.last_received_at
+
+    def _close(self, key: tuple[str, str], state: PlayState) -> None:
+        state.closed = True
+        self._open.discard(key)
+        self._touched.add(key)
+        self._changed_plays.add(key)
+        self._expiry_by_received.add(state.last_received_at, key)
+
+    def _close_idle(self, index: _Deadlines, field: str, clock: int) -> None:
+        """Close the open plays whose `field` + idle timeout is before `clock`."""
+        timeout = self.idle_timeout_ms
+        for _, keys in index.take(clock - timeout - 1):
+            for key in keys:
+                state = self._plays.get(key)  # open plays never rest as bytes
+                if not isinstance(state, PlayState) or state.closed:
+                    continue
+                time = getattr(state, field)
+                if time + timeout < clock:
+                    self._close(key, state)
+                else:  # not due yet, or it moved on since it was indexed
+                    index.add(time, key)
+
+    def _forget_expired(self) -> None:
+        """Forget closed plays past the grace period in both event and arrival time."""
+        grace = self.grace_ms
+        by_received, by_ts = self._expiry_by_received, self._expiry_by_ts
+        # An entry whose play's time is no longer in its bucket is stale: the play changed
+        # and was indexed again under its new time. A play due in event time but no longer
+        # in arrival time took a late event: it is back in `by_received`.
+        received_watermark, watermark = self._received_watermark, self._watermark
+        for bucket, keys in by_received.take(received_watermark - grace - 1):
+            for key in keys:
+                times = self._closed_times(key)
+                if times is None or times[1] // _DEADLINE_BUCKET_MS != bucket:
+                    continue
+                if times[1] + grace < received_watermark:
+                    by_ts.add(times[0], key)
+                else:
+                    by_received.add(times[1], key)
+        for bucket, keys in by_ts.take(watermark - grace - 1):
+            for key in keys:
+                times = self._closed_times(key)
+                if times is None or times[0] // _DEADLINE_BUCKET_MS != bucket:
+                    continue
+                if times[0] + grace >= watermark:
+                    by_ts.add(times[0], key)
+                elif times[1] + grace < received_watermark:
+                    del self._plays[key]
+                    self._changed_plays.add(key)
+
+    def _sync_series(self, state: PlayState) -> None:
+        new_key: SeriesKey = (
+            state.project,
+            state.partition,
+            _minute(state.first_ts),
+            state.content_id,
+            state.device_model,
+        )
+        old_key = state.series_key
+        if old_key is not None and old_key != new_key:
+            old = self._series.get(old_key)
+            if old is not None and old.plays.pop(state.play_id, None) is not None:
+                self._pending_series.add(old_key)
+                self._changed_series.add(old_key)
+            state.series_key = None
+            self._changed_plays.add((state.project, state.play_id))
+        series = self._series.get(new_key)
+        if series is None:
+            if new_key[2] + MINUTE_MS + self.series_horizon_ms < self._watermark:
+                return  # too old for the live view; never overwrite a settled point
+            series = self._series[new_key] = SeriesState()
+        if state.series_key != new_key:
+            state.series_key = new_key
+            self._changed_plays.add((state.project, state.play_id))
+        contribution = state.contribution()
+        current = series.plays.get(state.play_id)
+        if current == contribution or (
+            current is not None and current.version > contribution.version
+        ):
+            return
+        series.plays[state.play_id] = contribution
+        self._pending_series.add(new_key)
+        self._changed_series.add(new_key)
+
+    def _series_points(self) -> list[SeriesPoint]:
+        points = []
+        for key in sorted(self._pending_series):
+            series = self._series.get(key)
+            if series is None:
+                continue
+            project, partition, minute_ms, content_id, device_model = key
+            tags = {
+                "project": project,
+                "partition": str(partition),
+                "content_id": content_id or UNKNOWN_TAG,
+                "device_model": device_model or UNKNOWN_TAG,
+            }
+            points.append(
+                SeriesPoint(QOE_MEASUREMENT, tags, qoe_fields(series.plays.values()), minute_ms)
+            )
+            if not series.plays:
+                del self._series[key]  # the zero point above replaces what was written
+        self._pending_series.clear()
+
+        minute = self._watermark // MINUTE_MS
+        if minute == self._series_swept_minute:
+            return points
+        self._series_swept_minute = minute
+        for key, series in list(self._series.items()):
+            project, _, minute_ms, _, _ = key
+            if minute_ms + MINUTE_MS + self.series_horizon_ms >= self._watermark:
+                continue
+            if any((project, play_id) in self._plays for play_id in series.plays):
+                continue
+            del self._series[key]
+            self._changed_series.add(key)
+        return points
+
+    # ------------------------------------------------------------ state
+
+    def take_state_changes(self) -> dict[str, bytes | None]:
+        changes: dict[str, bytes | None] = {}
+        for project, play_id in sorted(self._changed_plays):
+            play_key = (project, play_id)
+            state = self._play(play_key)
+            changes[play_state_key(project, play_id)] = (
+                None if state is None else _play_encoder.encode(state)
+            )
+            if state is not None and state.closed and play_key not in self._touched:
+                self._plays[play_key] = _to_rest(state, self._resting_buffer)
+        for key in sorted(self._changed_series):
+            series = self._series.get(key)
+            changes[series_state_key(key)] = (
+                None if series is None else _play_encoder.encode(series)
+            )
+        self._changed_plays.clear()
+        self._changed_series.clear()
+        return changes
+
+    def load_state(self, key: str, value: bytes) -> None:
+        """Restore one entry written by `take_state_changes`. Raises ValueError for a key
+        this processor did not write, msgspec.DecodeError for a corrupt value."""
+        if key.startswith(_PLAY_PREFIX):
+            state = _play_decoder.decode(value)
+            play_key = (state.project, state.play_id)
+            self._plays[play_key] = state
+            if not state.closed:
+                self._open.add(play_key)
+                self._opened.append(play_key)
+            self._touched.add(play_key)  # re-sync its series, write it if still unwritten
+            self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
+            self._received_watermark = max(self._received_watermark, state.last_received_at)
+        elif key.startswith(_SERIES_PREFIX):
+            raw = msgspec.json.decode(key[len(_SERIES_PREFIX) :].encode())
+            project, partition, minute_ms, content_id, device_model = raw
+            series_key: SeriesKey = (
+                str(project),
+                int(partition),
+                int(minute_ms),
+                str(content_id),
+                str(device_model),
+            )
+            self._series[series_key] = _series_decoder.decode(value)
+        else:
+            raise ValueError(f"not a plays state key: {key!r}")
+
+
+def rows_as_dicts(table: TableRows) -> list[dict[str, object]]:
+    """TableRows as column → value dicts (for tests and debugging)."""
+    return [dict(zip(table.columns, row, strict=True)) for row in table.rows]
