@@ -464,6 +464,7 @@ class Engine:
     version: str
     data_dir: Path | None = None
     temp_dir: bool = False
+    url: str | None = None  # a server's database URL (the API under test connects apart)
 
 
 def open_engine(kind: str, args: argparse.Namespace) -> Engine:
@@ -479,7 +480,7 @@ def open_engine(kind: str, args: argparse.Namespace) -> Engine:
     admin = ServerClickHouse(f"{base}/default")
     ch = ServerClickHouse(f"{base}/{database}")
     version = str(ch.execute("SELECT version()")[0][0])
-    return Engine("server", ch, admin, version)
+    return Engine("server", ch, admin, version, url=f"{base}/{database}")
 
 
 def drop_database(engine: Engine, database: str) -> None:
@@ -582,7 +583,7 @@ def check_props(ch: ClickHouse, sample: int = 2000) -> int:
     )
     for kind, props, *arrays in rows:
         expected = flatten_props(msgspec.json.decode(str(props)))
-        if tuple(list(column) for column in arrays) != expected:
+        if tuple(tuple(column) for column in arrays) != expected:
             raise RuntimeError(f"{kind}: props {props} but arrays {arrays}")
     return len(rows)
 
@@ -979,7 +980,10 @@ async def measure_engine(
     repeat: int,
     warm_repeat: int,
 ) -> list[Measured]:
-    app = create_app(settings, engine.ch, cache=QueryCache(hit_ratio_gauge=None))
+    # A server connection serves one query at a time: the app (whose data-version watcher
+    # polls in the background) gets its own, the raw calls below use engine.ch.
+    api_engine = ServerClickHouse(engine.url) if engine.url else engine.ch
+    app = create_app(settings, api_engine, cache=QueryCache(hit_ratio_gauge=None))
     context = cast(ApiContext, app.state.context)
     transport = httpx.ASGITransport(app=app)
     results = []

@@ -102,6 +102,7 @@ from schemas.services import SERVICE_TOPICS  # noqa: E402
 from schemas.topics import ANALYTICS_EVENTS  # noqa: E402
 from sinks.clickhouse import ServerClickHouse  # noqa: E402
 from sinks.migrate import migrate  # noqa: E402
+from streams.kafka_source import services_group  # noqa: E402
 
 EVENTS_ROUTE = "/v1/events"
 # `quip up` labels its ingest routes "other" (the query API's route list does not name
@@ -532,7 +533,8 @@ def start_cluster(args: argparse.Namespace, setup: Setup) -> Target:
     migrate(clickhouse)
     clickhouse.close()
     influx_query(args.influx_url, f'CREATE DATABASE "{database}"')
-    asyncio.run(start_group_at_end(args.bootstrap, group, [ANALYTICS_EVENTS.name, *SERVICE_TOPICS]))
+    asyncio.run(start_group_at_end(args.bootstrap, group, [ANALYTICS_EVENTS.name]))
+    asyncio.run(start_group_at_end(args.bootstrap, services_group(group), list(SERVICE_TOPICS)))
     funnels = setup.workdir / "funnels.toml"
     shutil.copyfile(args.funnels_file, funnels)
     common = {

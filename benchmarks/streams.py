@@ -5,8 +5,9 @@ Needs, already running: Kafka, clickhouse-server and InfluxDB (deploy/local/serv
 What it creates, and removes before exiting (unless --keep):
   - a ClickHouse database `bench_<nonce>` (migrated with sinks.migrate) that the worker
     writes to, and an InfluxDB database `bench_<nonce>` for the worker's QoE series;
-  - a consumer group `bench-<nonce>` (the worker's Faust app id), committed at the current
-    end of analytics.events and the service topics before anything is produced, so the
+  - consumer groups `bench-<nonce>` (the worker's events consumer) and
+    `bench-<nonce>-services` (its Faust app id), committed at the current end of
+    analytics.events and of the service topics before anything is produced, so the
     worker processes only what this run writes; the topics named after that app id
     (state changelogs, Faust's assignor topic) are deleted at the end (the empty group
     expires by itself);
@@ -89,6 +90,7 @@ from schemas.services import SERVICE_TOPICS  # noqa: E402
 from schemas.topics import ANALYTICS_EVENTS  # noqa: E402
 from sinks.clickhouse import ClickHouseError, ServerClickHouse  # noqa: E402
 from sinks.migrate import migrate  # noqa: E402
+from streams.kafka_source import services_group  # noqa: E402
 
 TARGET_EVENTS_PER_S = 50_000  # per worker, consume -> ClickHouse
 TARGET_FRESHNESS_P95_S = 5.0
@@ -1940,7 +1942,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         clickhouse.close()
         influx_query(args.influx_url, f'CREATE DATABASE "{database}"')
         partitions = asyncio.run(
-            start_group_at_end(args.bootstrap, run.group, [ANALYTICS_EVENTS.name, *SERVICE_TOPICS])
+            start_group_at_end(args.bootstrap, run.group, [ANALYTICS_EVENTS.name])
+        ) + asyncio.run(
+            start_group_at_end(args.bootstrap, services_group(run.group), list(SERVICE_TOPICS))
         )
         results["setup"]["group_partitions_committed"] = partitions
         if args.phase in ("throughput", "both"):

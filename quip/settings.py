@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     # many divided by the process's requests/s. 0 = no bound.
     ingest_max_in_flight: int = Field(default=64, ge=0)
     funnels_file: Path | None = None
-    # Faust app id = Kafka consumer group of `quip worker` (one group per deployment).
+    # Kafka consumer group of `quip worker`'s events consumer (one group per deployment);
+    # its service-topic agents use `<worker_group>-services` (streams/kafka_source.py).
     worker_group: str = "quip-worker"
+    # The longest time between two polls of the events consumer before the group drops the
+    # worker. The consumer keeps polling (partitions paused) while a store is down, so this
+    # bounds a processing stall, not an outage.
+    worker_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     play_idle_timeout_s: int = Field(default=300, ge=1)
     # `quip up`: the bus log rolls to a new segment past this size; processed ones are deleted.
     bus_segment_mb: int = Field(default=64, ge=1)

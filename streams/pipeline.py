@@ -1,14 +1,13 @@
 """The worker's loops: decode → pure processors → batch → sink flush → changelog → ack.
 
-`EventPipeline` is the one consumer of `analytics.events`. The Faust consumer hands it
-aiokafka's records as fetched, in lists (no Faust message, stream, channel or event per
-record: that machinery cost more than everything else a small record needs,
-benchmarks/README.md).
+`EventPipeline` is the one consumer of `analytics.events`. Its source
+(streams/kafka_source.py, aiokafka's public consumer) hands it aiokafka's records as
+fetched, in lists, and pauses its partitions while `has_room` is false.
 Each record is decoded once and fed to every processor (events, activity, plays,
-funnels). Batches close by records, bytes or time. A batch's messages are acked, so that
-Faust may commit their offsets, only after *every* sink has the batch and the state
-changes are in Kafka: delivery is at-least-once and the idempotent sinks make results
-exact.
+funnels). Batches close by records, bytes or time. A batch's messages are acked only
+after *every* sink has the batch and the state changes are in Kafka; the source then
+commits the offset after the batch's last record of each partition: delivery is
+at-least-once and the idempotent sinks make results exact.
 
 Stateful processors run one instance per partition (like Kafka Streams tasks): their
 state changes go to the partition of the same number of their changelog topic
@@ -68,6 +67,8 @@ SERVICE_BATCH_MAX_RECORDS = 2_000
 # backlog, 83 % with the pauses).
 FEED_SLICE_RECORDS = 500
 
+ROOM_POLL_S = 0.005
+
 _WAITING_FOR_RECORDS = EVENTS_LOOP_SECONDS.labels("records")
 _FEEDING = EVENTS_LOOP_SECONDS.labels("feed")
 _TAKING = EVENTS_LOOP_SECONDS.labels("take")
@@ -122,9 +123,10 @@ class Stage:
 
 class EventPipeline:
     """The `analytics.events` loop. Fetched messages arrive in lists through `enqueue`
-    (the consumer hands them over as fetched, see streams/app.py); `run` takes batches of
-    them, feeds every stage, flushes, changelogs, and only then acks the batch's messages,
-    with one call of `ack` per batch, so their offsets can be committed."""
+    (the source hands them over as fetched, see streams/kafka_source.py); `run` takes
+    batches of them, feeds every stage, flushes, changelogs, and only then acks the batch's
+    messages, with one call of `ack` per batch and batches in fetch order, so the source
+    can commit the offset after each partition's last acked record."""
 
     def __init__(
         self,
@@ -147,7 +149,8 @@ class EventPipeline:
         self.generation = generation
         self._lock = asyncio.Lock()
         self._changelog_lock = asyncio.Lock()
-        # A few fetches ahead at most: a full queue blocks the fetch loop (back pressure).
+        # A few fetches ahead at most: while it is full the source pauses its partitions
+        # (back pressure) and keeps polling.
         # Eight lists of up to broker_max_poll_records hold more than a batch, so a backlog
         # never waits for the next fetch to fill one (benchmarks/streams.py: with four the
         # loop waited for records 31 % of its time, 21 % with eight, 17 % with sixteen,
@@ -166,8 +169,25 @@ class EventPipeline:
         return EVENTS_AGENT
 
     # ------------------------------------------------------------------ loop
+    def has_room(self) -> bool:
+        """Whether `enqueue` would take a fetched list without waiting."""
+        return not self._queue.full()
+
+    async def wait_for_room(self, timeout_s: float) -> bool:
+        """True as soon as `has_room`, False once `timeout_s` passed without it. Polls
+        every ROOM_POLL_S: the queue offers no wait for room that does not also put."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._queue.full():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(ROOM_POLL_S, remaining))
+        return True
+
     async def enqueue(self, messages: list[Any], generation: int) -> None:
-        """`generation`: the one in which the messages were fetched."""
+        """`generation`: the one in which the messages were fetched. Waits while the
+        queue is full."""
         fetched_at = asyncio.get_running_loop().time()
         await self._queue.put((generation, fetched_at, messages))
 
@@ -300,7 +320,9 @@ class EventPipeline:
         eager: all of them): every processor is dropped, its state to be read again from
         the changelog by whoever is assigned the partition next, this worker included.
         Returns once no state change of the old generation can still reach the
-        changelog."""
+        changelog. The source bounds this wait by its revocation deadline: a changelog
+        write cut off by it may still land, carrying state of records that were not
+        committed and that the next owner replays onto its own read of the changelog."""
         self._expect_assignment()
         self._held = None
         while not self._queue.empty():

@@ -15,6 +15,7 @@ from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouse, ServerClickHouse
 from sinks.migrate import migrate
+from streams.kafka_source import services_group
 from tests.conftest import CLICKHOUSE_URL
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.insight_data import (
@@ -44,7 +45,8 @@ def gateway(registry_topics: None, project: str) -> Iterator[GatewayProcess]:
 @pytest.fixture
 def worker_env(server_clickhouse: ServerClickHouse, unique_name: str) -> dict[str, str]:
     migrate(server_clickhouse)
-    asyncio.run(start_group_at_end(unique_name, [ANALYTICS_EVENTS.name, *SERVICE_TOPICS]))
+    asyncio.run(start_group_at_end(unique_name, [ANALYTICS_EVENTS.name]))
+    asyncio.run(start_group_at_end(services_group(unique_name), list(SERVICE_TOPICS)))
     return {
         "QUIP_CLICKHOUSE_URL": f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}",
         "QUIP_WORKER_GROUP": unique_name,

@@ -642,13 +642,17 @@ def test_dashboard_flux_queries_read_written_series(path: Path) -> None:
 
 @cache
 def api_schema() -> dict[str, Any]:
-    """The query API's OpenAPI document, from the app itself (no engine is opened)."""
+    """The query API's OpenAPI document, from the app itself. Cluster settings: its engine
+    pool connects lazily and its producer only in the lifespan, so nothing is opened (an
+    embedded app would open chDB, which binds one data path per test process)."""
     from pydantic import SecretStr
 
     from api.app import create_app
     from quip.settings import Settings
 
-    settings = Settings(read_keys=SecretStr("default:rk"), admin_keys=SecretStr("default:ak"))
+    settings = Settings(
+        mode="cluster", read_keys=SecretStr("default:rk"), admin_keys=SecretStr("default:ak")
+    )
     return create_app(settings).openapi()
 
 
