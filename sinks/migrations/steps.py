@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from sinks.clickhouse import ClickHouse
@@ -38,3 +39,13 @@ def table_columns(ch: ClickHouse, table: str) -> list[str]:
         {"database": ch.database, "table": table},
     )
     return [str(row[0]) for row in rows]
+
+
+def add_missing_columns(ch: ClickHouse, table: str, columns: Sequence[tuple[str, str]]) -> None:
+    """`ALTER TABLE … ADD COLUMN name definition` for each (name, definition) the table
+    lacks: 18.16 does not parse `ADD COLUMN IF NOT EXISTS`, so a run stopped between two
+    ALTERs resumes with the columns left."""
+    present = set(table_columns(ch, table))
+    for name, definition in columns:
+        if name not in present:
+            ch.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")

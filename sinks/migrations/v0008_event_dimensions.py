@@ -17,10 +17,13 @@ from typing import Final
 
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
-from sinks.migrations.steps import table_columns
+from sinks.migrations.steps import add_missing_columns
 
-# (column, the column it follows): the order of EVENTS_COLUMNS.
-NEW_COLUMNS: Final = (("os", "app_version"), ("source", "region"))
+# Placed in the order of EVENTS_COLUMNS.
+NEW_COLUMNS: Final = (
+    ("os", "String DEFAULT '' AFTER app_version"),
+    ("source", "String DEFAULT '' AFTER region"),
+)
 
 
 def statements(caps: Capabilities) -> list[str]:
@@ -30,7 +33,4 @@ def statements(caps: Capabilities) -> list[str]:
 
 def apply(ch: ClickHouse, caps: Capabilities) -> None:
     del caps  # the same statements on every engine
-    present = set(table_columns(ch, "events"))
-    for column, after in NEW_COLUMNS:
-        if column not in present:
-            ch.execute(f"ALTER TABLE events ADD COLUMN {column} String DEFAULT '' AFTER {after}")
+    add_missing_columns(ch, "events", NEW_COLUMNS)

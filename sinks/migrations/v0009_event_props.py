@@ -29,7 +29,7 @@ import msgspec
 from schemas.props import FlatProps, flatten_props
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
-from sinks.migrations.steps import table_columns, wait_for_mutations
+from sinks.migrations.steps import add_missing_columns, table_columns, wait_for_mutations
 
 NEW_COLUMNS: Final = (
     ("props_keys", "Array(String)"),
@@ -49,10 +49,7 @@ def statements(caps: Capabilities) -> list[str]:
 
 def apply(ch: ClickHouse, caps: Capabilities) -> None:
     del caps
-    existing = set(table_columns(ch, "events"))
-    for name, kind in NEW_COLUMNS:
-        if name not in existing:
-            ch.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+    add_missing_columns(ch, "events", NEW_COLUMNS)
     wait_for_mutations(ch, "events")
     skipped = {*DERIVED, *(name for name, _ in NEW_COLUMNS)}
     columns = [name for name in table_columns(ch, "events") if name not in skipped]

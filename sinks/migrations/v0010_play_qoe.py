@@ -34,7 +34,7 @@ from typing import Final
 
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
-from sinks.migrations.steps import table_columns
+from sinks.migrations.steps import add_missing_columns
 
 NEW_COLUMNS: Final = (
     ("type", "String DEFAULT ''"),
@@ -66,7 +66,4 @@ def statements(caps: Capabilities) -> list[str]:
 
 def apply(ch: ClickHouse, caps: Capabilities) -> None:
     del caps  # the same statements on every engine
-    present = set(table_columns(ch, "plays"))
-    for name, kind in NEW_COLUMNS:
-        if name not in present:
-            ch.execute(f"ALTER TABLE plays ADD COLUMN {name} {kind}")
+    add_missing_columns(ch, "plays", NEW_COLUMNS)
