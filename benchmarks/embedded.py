@@ -83,7 +83,7 @@ PROJECT, WRITE_KEY, READ_KEY = "bench", "wk_bench_embedded", "rk_bench_embedded"
 
 
 def generate_bodies(args: argparse.Namespace, path: Path) -> dict[str, Any]:
-    """The simulator's historical traffic (quip/simulate.py, --users over --days ending
+    """The simulator's historical traffic (quip/simulate/, --users over --days ending
     now), cut at --events, as request bodies in send order in `path` (`<I I` body length,
     events, then the body). Consecutive requests are merged up to --per-request events
     (context copied into each event), as a backend forwarding headsets' batches would;

@@ -2,7 +2,7 @@
 
 docs/scaling.md turns "10,000 concurrent headsets, 1M daily users" into events/s and
 requests/s with these figures; they come from the same pure, seeded generator that the
-simulator sends (quip/simulate.py), so nothing is sent anywhere and a run takes seconds.
+simulator sends (quip/simulate/), so nothing is sent anywhere and a run takes seconds.
 
 Reported:
 - events, sessions and plays per active user-day, events per session, and the
