@@ -17,7 +17,7 @@ User erasures are also put on the bus (`publisher`), so the workers forget the u
 
 Routes: one router per resource under api/routes/ (the dashboard page included);
 `/health`, `/ready` (ClickHouse answers `SELECT 1`) and `/metrics` (Prometheus, with
-`cache_hit_ratio`) from quip/ops.py.
+`cache_hit_ratio`) from common/ops.py.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ from api.routes import (
     services,
     users,
 )
+from common.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
+from common.settings import Mode, Settings
 from ingest.app import Publisher
 from ingest.auth import KeyRing
 from ingest.producer import GroupCommitProducer
-from quip.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
-from quip.settings import Mode, Settings
 from schemas.funnels import load_funnels
 from sinks.clickhouse import ClickHouse, ClickHouseError, EmbeddedClickHouse, ServerClickHouse
 from sinks.engines import open_clickhouse

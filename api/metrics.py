@@ -1,5 +1,5 @@
 """The query API's Prometheus metrics (SPEC §7 names where the spec names them), defined
-once. HTTP request metrics come from quip/ops.py like every process."""
+once. HTTP request metrics come from common/ops.py like every process."""
 
 from __future__ import annotations
 

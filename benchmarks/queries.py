@@ -106,7 +106,7 @@ from api.app import create_app  # noqa: E402
 from api.cache import QueryCache  # noqa: E402
 from api.context import ApiContext  # noqa: E402
 from benchmarks.ingest import git_commit  # noqa: E402
-from quip.settings import Mode, Settings  # noqa: E402
+from common.settings import Mode, Settings  # noqa: E402
 from schemas.funnels import FunnelDefinition, FunnelStep  # noqa: E402
 from schemas.props import flatten_props  # noqa: E402
 from sinks.clickhouse import (  # noqa: E402

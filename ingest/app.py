@@ -26,6 +26,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
+from common.settings import Settings
 from ingest.admission import Admission
 from ingest.auth import KeyRing, key_from_authorization
 from ingest.body import BadEncoding, BodyTooLarge, read_body
@@ -49,8 +51,6 @@ from ingest.validate import (
     validate_dicts,
     validate_native,
 )
-from quip.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
-from quip.settings import Settings
 from schemas.events import DeadLetter, EventRecord, encode_dead_letter, encode_record, record_key
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 

@@ -27,7 +27,7 @@ from schemas.events import PROPS_TYPES, Event
 from schemas.topics import DAY_MS
 
 if TYPE_CHECKING:
-    from quip.settings import Settings
+    from common.settings import Settings
 
 ReasonCode = Literal[
     "not_an_object",  # the event is not a JSON object

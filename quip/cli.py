@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from quip.settings import Mode, Settings
+from common.settings import Mode, Settings
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -139,7 +139,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     server with the quip schema: quip/startup.py)."""
     import os
 
-    from quip.settings import generate_dev_keys
+    from common.settings import generate_dev_keys
     from quip.startup import refuse_embedded_mismatch, uses_line
     from schemas.funnels import FunnelConfigError, load_funnels
 

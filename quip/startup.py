@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from quip.settings import Mode, Settings
+from common.settings import Mode, Settings
 
 # Imported before clickhouse_driver (the probe below): sinks.clickhouse sets the driver's
 # lazy date table first, which saves every process ~20 MB.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quip.settings import Settings
+from common.settings import Settings
 from sinks.clickhouse import ClickHouse, EmbeddedClickHouse, ServerClickHouse
 
 

@@ -10,7 +10,7 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
-from quip.settings import Settings
+from common.settings import Settings
 from streams.processors.base import SeriesPoint
 
 

@@ -18,11 +18,11 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from api.app import create_app as create_api_app
+from common.settings import Settings, generate_dev_keys
 from ingest.app import Gateway, add_ingest_routes
 from ingest.openapi import describe_ingest_routes
 from quip.embedded.bus import LocalBus
 from quip.embedded.runner import EmbeddedRunner, StateStore
-from quip.settings import Settings, generate_dev_keys
 from schemas.funnels import load_funnels
 from sinks.clickhouse import EmbeddedClickHouse
 from sinks.engines import chdb_path

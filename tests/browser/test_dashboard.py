@@ -22,7 +22,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from quip.settings import Mode, Settings
+from common.settings import Mode, Settings
 from schemas.funnels import load_funnels
 from sinks.clickhouse import EmbeddedClickHouse
 from sinks.migrate import migrate

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from quip.settings import Settings
+from common.settings import Settings
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouse, ServerClickHouse

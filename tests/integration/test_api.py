@@ -29,7 +29,7 @@ from pydantic import TypeAdapter
 from api.app import create_app
 from api.pool import POOL_SIZE
 from api.routes.playback import MAX_LIMIT, SERIES, SUMMARY
-from quip.settings import Settings
+from common.settings import Settings
 from schemas.events import Event, EventRecord
 from schemas.funnels import FunnelDefinition, FunnelStep, load_funnels
 from schemas.services import (

@@ -19,7 +19,7 @@ from api.app import create_app
 from api.cache import QueryCache
 from api.freshness import ChangeWatcher
 from api.pool import EnginePool
-from quip.settings import Settings
+from common.settings import Settings
 from sinks.changes import changes_since, record_changes, touched_days
 from sinks.clickhouse import ClickHouse, ServerClickHouse
 from sinks.migrate import migrate

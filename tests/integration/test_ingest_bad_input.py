@@ -16,9 +16,9 @@ import msgspec
 import orjson
 import pytest
 
+from common.settings import Settings
 from ingest.app import create_app
 from quip.embedded.bus import LocalBus
-from quip.settings import Settings
 from schemas.events import DeadLetter, decode_record
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 

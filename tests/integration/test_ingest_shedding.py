@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import orjson
 
+from common.settings import Settings
 from ingest.app import create_app
 from quip.embedded.bus import LocalBus
-from quip.settings import Settings
 from schemas.events import decode_record
 from schemas.topics import ANALYTICS_EVENTS
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from quip.settings import Settings
+from common.settings import Settings
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.queries.properties import Filter, Slice

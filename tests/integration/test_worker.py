@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
-from quip.settings import Settings
+from common.settings import Settings
 from schemas.events import DeadLetter, decode_dead_letter
 from schemas.publisher import ServicePublisher
 from schemas.services import (

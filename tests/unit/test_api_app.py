@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from api.app import GC_YOUNG_THRESHOLD, create_app
 from api.cache import QueryCache, utc_today
 from api.pool import EnginePool
+from common.settings import Settings
 from ingest.producer import BusUnavailable, OutgoingRecord
-from quip.settings import Settings
 from schemas.events import decode_record, erased_user, record_key
 from schemas.funnels import FunnelConfigError
 from schemas.topics import ANALYTICS_EVENTS

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from quip.settings import Settings
+from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -215,7 +215,7 @@ def test_quip_variables_are_settings_fields(services: dict[str, dict[str, Any]])
         if variable != "QUIP_MODE"
         and variable.removeprefix("QUIP_").lower() not in Settings.model_fields
     }
-    assert not unknown, f"not fields of quip.settings.Settings: {sorted(unknown)}"
+    assert not unknown, f"not fields of common.settings.Settings: {sorted(unknown)}"
 
 
 def test_project_services_run_in_cluster_mode(services: dict[str, dict[str, Any]]) -> None:

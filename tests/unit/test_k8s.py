@@ -28,7 +28,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from quip.settings import Mode, Settings
+from common.settings import Mode, Settings
 from schemas.topics import ANALYTICS_EVENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -428,7 +428,7 @@ def test_every_variable_is_a_settings_field() -> None:
         if not name.startswith("QUIP_")
         or name.removeprefix("QUIP_").lower() not in Settings.model_fields
     }
-    assert not unknown, f"not fields of quip.settings.Settings: {sorted(unknown)}"
+    assert not unknown, f"not fields of common.settings.Settings: {sorted(unknown)}"
 
 
 def test_settings_load_in_cluster_mode(monkeypatch: pytest.MonkeyPatch) -> None:

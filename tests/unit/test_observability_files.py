@@ -51,7 +51,7 @@ API_DATASOURCE_UID = "quip-api"
 
 # The modules that create every Prometheus metric object of the quip processes.
 METRIC_MODULES = (
-    "quip/ops.py",
+    "common/ops.py",
     "ingest/metrics.py",
     "streams/metrics.py",
     "sinks/writer.py",
@@ -648,7 +648,7 @@ def api_schema() -> dict[str, Any]:
     from pydantic import SecretStr
 
     from api.app import create_app
-    from quip.settings import Settings
+    from common.settings import Settings
 
     settings = Settings(
         mode="cluster", read_keys=SecretStr("default:rk"), admin_keys=SecretStr("default:ak")
@@ -985,7 +985,7 @@ def test_job_matchers_match_a_scrape_job() -> None:
 
 def code_strings() -> set[str]:
     strings = set()
-    for package in ("quip", "ingest", "streams", "sinks", "api", "schemas"):
+    for package in ("quip", "common", "ingest", "streams", "sinks", "api", "schemas"):
         for module in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(module.read_text())):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from quip.settings import Settings
+from common.settings import Settings
 from schemas.events import Event, EventRecord
 from streams.processors.base import Position, ProcessorOutput, SeriesPoint
 from streams.processors.plays import (

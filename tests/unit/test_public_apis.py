@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("ingest", "streams", "sinks", "api", "schemas", "quip")
+PACKAGES = ("common", "ingest", "streams", "sinks", "api", "schemas", "quip")
 LIBRARIES = ("faust", "mode", "aiokafka")
 # Standard-library names spelled with an underscore: os._exit is the documented way to
 # exit at once, namedtuple's _replace/_asdict are its public API, zlib._Decompress is the

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from quip.settings import (
+from common.settings import (
     DEV_KEY_PREFIX,
     KeyParseError,
     Mode,

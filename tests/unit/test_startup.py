@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quip.settings import Mode, Settings
+from common.settings import Mode, Settings
 from quip.startup import (
     ModeMismatch,
     redacted_url,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quip.settings import Mode, Settings
+from common.settings import Mode, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

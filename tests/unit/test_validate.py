@@ -11,6 +11,7 @@ import msgspec
 import orjson
 import pytest
 
+from common.settings import Settings
 from ingest.validate import (
     REASON_CODES,
     BadBatch,
@@ -21,7 +22,6 @@ from ingest.validate import (
     validate_dicts,
     validate_native,
 )
-from quip.settings import Settings
 from schemas.events import (
     DeadLetter,
     Event,

@@ -7,7 +7,7 @@ from typing import Final
 
 import msgspec
 
-from quip.settings import Settings
+from common.settings import Settings
 from schemas.events import Event, EventRecord
 from streams.processors.base import Position, ProcessorOutput, SeriesPoint, TableRows
 from streams.processors.plays.codec import (
