@@ -11,7 +11,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
 from common.settings import Settings
-from streams.processors.base import SeriesPoint
+from schemas.output import SeriesPoint
 
 
 class InfluxWriter:

@@ -26,11 +26,11 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from schemas.output import ProcessorOutput, SeriesPoint, TableRows
 from sinks.changes import DATA_CHANGES_TABLE, record_changes, touched_days
 from sinks.clickhouse import ClickHouse
 from sinks.influx import InfluxWriter
 from sinks.queries.erasure import erase_users
-from streams.processors.base import ProcessorOutput, SeriesPoint, TableRows
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.settings import Settings
 from schemas.funnels import load_funnels
+from schemas.output import ProcessorOutput
+from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.engines import open_clickhouse
@@ -57,10 +59,9 @@ from streams.metrics import (
 )
 from streams.pipeline import EventPipeline, ServicePipeline, Stage
 from streams.processors.activity import ActivityProcessor
-from streams.processors.base import ProcessorOutput
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
-from streams.processors.plays import PLAY_COLUMNS, PLAYS_TABLE, PlaysProcessor
+from streams.processors.plays import PlaysProcessor
 from streams.processors.services import ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import DeadLetter, decode_record, encode_dead_letter
+from schemas.output import ProcessorOutput
 from sinks.writer import SinkWriter
 from streams.changelog import Changelog, ChangelogSend
 from streams.metrics import (
@@ -44,13 +45,7 @@ from streams.metrics import (
     SOCIAL_MESSAGES_DELIVERED,
     UNDECODABLE_RECORDS,
 )
-from streams.processors.base import (
-    EventProcessor,
-    Position,
-    ProcessorOutput,
-    StatefulProcessor,
-    apply_record,
-)
+from streams.processors.base import EventProcessor, Position, StatefulProcessor, apply_record
 from streams.processors.services import ServiceDeadLetter, ServiceMetricsProcessor
 
 log = logging.getLogger(__name__)

@@ -22,19 +22,14 @@ from pathlib import Path
 
 from quip.embedded.bus import LocalBus
 from schemas.events import decode_record
+from schemas.output import ProcessorOutput
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.changes import DATA_CHANGES_TABLE, record_changes, touched_days
 from sinks.clickhouse import ClickHouse
 from sinks.queries.erasure import erase_users
 from streams.metrics import EVENTS_PROCESSED, UNDECODABLE_RECORDS
 from streams.pipeline import merge_outputs
-from streams.processors.base import (
-    EventProcessor,
-    Position,
-    ProcessorOutput,
-    StatefulProcessor,
-    apply_record,
-)
+from streams.processors.base import EventProcessor, Position, StatefulProcessor, apply_record
 
 log = logging.getLogger(__name__)
 

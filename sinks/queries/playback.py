@@ -44,8 +44,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal, TypedDict, cast, get_args
 
-from sinks.clickhouse import ClickHouse, Row
-from streams.processors.plays import (
+from common.qoe import (
     avg_bitrate_kbps,
     avg_fps,
     dropped_frame_pct,
@@ -56,6 +55,7 @@ from streams.processors.plays import (
     rebuffer_ratio,
     watch_hours,
 )
+from sinks.clickhouse import ClickHouse, Row
 
 GroupBy = Literal["none", "content_id", "device_model", "app_version"]
 Interval = Literal["minute", "hour", "day"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from schemas.events import EventRecord
-from streams.processors.base import Position, ProcessorOutput, TableRows
+from schemas.output import ProcessorOutput, TableRows
+from streams.processors.base import Position
 
 DAY_MS = 86_400_000
 _EPOCH = date(1970, 1, 1)

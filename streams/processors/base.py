@@ -11,10 +11,11 @@ keeps state, ignore records at or before the position its state already reflects
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from schemas.events import EventRecord, erased_user
+from schemas.output import ProcessorOutput
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -24,38 +25,6 @@ class Position:
 
     partition: int
     offset: int
-
-
-@dataclass(slots=True)
-class TableRows:
-    """Rows for one ClickHouse table, inserted as one block."""
-
-    table: str
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesPoint:
-    """One InfluxDB point (line protocol semantics); time in epoch milliseconds."""
-
-    measurement: str
-    tags: dict[str, str]
-    fields: dict[str, float | int]
-    time_ms: int
-
-
-@dataclass(slots=True)
-class ProcessorOutput:
-    """`erasures`: (project, user_id) whose stored rows the sinks delete before inserting
-    `tables` (which no longer hold the user's rows from before the erasure)."""
-
-    tables: list[TableRows] = field(default_factory=list)
-    points: list[SeriesPoint] = field(default_factory=list)
-    erasures: list[tuple[str, str]] = field(default_factory=list)
-
-    def is_empty(self) -> bool:
-        return not any(t.rows for t in self.tables) and not self.points and not self.erasures
 
 
 class EventProcessor(Protocol):

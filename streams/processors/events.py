@@ -7,8 +7,9 @@ from __future__ import annotations
 import orjson
 
 from schemas.events import EventRecord
+from schemas.output import ProcessorOutput, TableRows
 from schemas.props import FlatProps, flatten_props
-from streams.processors.base import Position, ProcessorOutput, TableRows
+from streams.processors.base import Position
 
 EVENTS_TABLE = "events"
 EVENTS_COLUMNS = (

@@ -60,7 +60,8 @@ from schemas.funnels import (
     FunnelDefinition,
     FunnelStep,
 )
-from streams.processors.base import Position, ProcessorOutput, TableRows
+from schemas.output import ProcessorOutput, TableRows
+from streams.processors.base import Position
 
 HOUR_MS: Final = 3_600_000
 # Gateway replicas' clocks and produce delays: records on one partition are in received_at

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from schemas.output import ProcessorOutput, SeriesPoint, TableRows
 from schemas.services import (
     SERVICE_TOPICS,
     ContentPublished,
@@ -50,7 +51,7 @@ from schemas.services import (
     decode_message,
 )
 from schemas.topics import CMS_PUBLISH, HOUR_MS, SOCIAL_NOTIFICATIONS, VIDEO_ENCODING
-from streams.processors.base import Position, ProcessorOutput, SeriesPoint, TableRows
+from streams.processors.base import Position
 
 MINUTE_MS = 60_000
 

@@ -19,6 +19,7 @@ import msgspec
 
 from schemas.events import Event, EventRecord
 from schemas.funnels import FunnelDefinition
+from schemas.output import ProcessorOutput
 from schemas.services import (
     ContentPublished,
     EmailNotification,
@@ -29,7 +30,7 @@ from schemas.services import (
 from schemas.topics import CMS_PUBLISH, NOTIFICATIONS_EMAIL, SOCIAL_NOTIFICATIONS, VIDEO_ENCODING
 from sinks.clickhouse import ClickHouse
 from streams.processors.activity import ActivityProcessor
-from streams.processors.base import Position, ProcessorOutput
+from streams.processors.base import Position
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
 from streams.processors.plays import PlaysProcessor

@@ -32,6 +32,7 @@ from api.routes.playback import MAX_LIMIT, SERIES, SUMMARY
 from common.settings import Settings
 from schemas.events import Event, EventRecord
 from schemas.funnels import FunnelDefinition, FunnelStep, load_funnels
+from schemas.output import ProcessorOutput
 from schemas.services import (
     EmailNotification,
     ServiceMessage,
@@ -43,7 +44,7 @@ from sinks.clickhouse import ClickHouse, EmbeddedClickHouse, ServerClickHouse
 from sinks.migrate import migrate
 from sinks.queries.erasure import ERASURE_TARGETS, USER_KEYED_TOPICS, pending_mutations
 from streams.processors.activity import ActivityProcessor, utc_day
-from streams.processors.base import Position, ProcessorOutput
+from streams.processors.base import Position
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
 from streams.processors.plays import PlaysProcessor

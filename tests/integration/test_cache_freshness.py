@@ -20,10 +20,10 @@ from api.cache import QueryCache
 from api.freshness import ChangeWatcher
 from api.pool import EnginePool
 from common.settings import Settings
+from schemas.output import TableRows
 from sinks.changes import changes_since, record_changes, touched_days
 from sinks.clickhouse import ClickHouse, ServerClickHouse
 from sinks.migrate import migrate
-from streams.processors.base import TableRows
 from tests.conftest import KAFKA_BOOTSTRAP
 from tests.gateway_process import GatewayProcess
 from tests.integration.test_embedded import Embedded

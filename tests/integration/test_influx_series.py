@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from schemas.events import Event, EventRecord
+from schemas.output import SeriesPoint
 from schemas.services import (
     ContentPublished,
     EmailNotification,
@@ -30,7 +31,7 @@ from schemas.services import (
 )
 from schemas.topics import CMS_PUBLISH, NOTIFICATIONS_EMAIL, SOCIAL_NOTIFICATIONS, VIDEO_ENCODING
 from sinks.influx import InfluxWriter
-from streams.processors.base import Position, SeriesPoint
+from streams.processors.base import Position
 from streams.processors.plays import PlaysProcessor
 from streams.processors.services import ServiceMetricsProcessor
 from tests.conftest import INFLUX_URL

@@ -13,10 +13,10 @@ import pytest
 
 from api.app import create_app
 from common.settings import Settings
+from schemas.output import TableRows
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.queries.properties import Filter, Slice
-from streams.processors.base import TableRows
 from tests.integration.test_playback_insight_sql import FIRST, LAST, reference_insight
 from tests.integration.test_playback_sql import (
     PROJECT,

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from schemas.events import Event, EventRecord, encode_record
 from schemas.funnels import FunnelDefinition, FunnelStep
+from schemas.output import ProcessorOutput
 from sinks.clickhouse import ServerClickHouse
 from sinks.migrate import migrate
 from sinks.queries.funnels import predefined_funnel
@@ -27,7 +28,7 @@ from sinks.writer import SinkHealth, SinkWriter
 from streams import pipeline as pipeline_module
 from streams.changelog import Changelog
 from streams.pipeline import FEED_SLICE_RECORDS, EventPipeline, Stage
-from streams.processors.base import Position, ProcessorOutput
+from streams.processors.base import Position
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
 from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, services

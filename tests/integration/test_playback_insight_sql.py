@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from schemas.output import TableRows
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.queries.playback_insight import playback_insight
 from sinks.queries.properties import Filter, PropertyError, Slice
-from streams.processors.base import TableRows
 from tests.integration.test_playback_sql import (
     BASE,
     BUCKETS,

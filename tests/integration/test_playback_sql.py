@@ -20,13 +20,16 @@ from typing import Any
 
 import pytest
 
+from common.qoe import quantile_exact
 from schemas.events import Event, EventRecord
+from schemas.output import TableRows
+from schemas.plays import PLAY_COLUMNS
 from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.queries.playback import playback_summary, playback_timeseries
-from streams.processors.base import Position, TableRows
-from streams.processors.plays import PLAY_COLUMNS, PlaysProcessor, quantile_exact
+from streams.processors.base import Position
+from streams.processors.plays import PlaysProcessor
 from tests.expectations import expected_scores, qoe_metrics
 
 PROJECT = "p-play"

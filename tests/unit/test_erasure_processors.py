@@ -21,8 +21,9 @@ from schemas.events import (
     erasure_record,
 )
 from schemas.funnels import FunnelDefinition, FunnelStep
+from schemas.output import ProcessorOutput
 from streams.processors.activity import ActivityProcessor
-from streams.processors.base import EventProcessor, Position, ProcessorOutput, apply_record
+from streams.processors.base import EventProcessor, Position, apply_record
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor, state_key
 from streams.processors.plays import QOE_MEASUREMENT, PlaysProcessor, play_state_key

@@ -14,18 +14,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from common.settings import Settings
-from schemas.events import Event, EventRecord
-from streams.processors.base import Position, ProcessorOutput, SeriesPoint
-from streams.processors.plays import (
+from common.qoe import (
     DAY_MS,
-    DEFAULT_IDLE_TIMEOUT_MS,
     MINUTE_MS,
-    PLAY_COLUMNS,
-    PLAYS_TABLE,
-    QOE_MEASUREMENT,
-    PlaysProcessor,
-    PlayState,
     QoeContribution,
     avg_bitrate_kbps,
     avg_fps,
@@ -34,17 +25,28 @@ from streams.processors.plays import (
     mean,
     mean_score,
     percent,
-    play_state_key,
     play_watch_ms,
     qoe_fields,
     quality_score,
     quantile_exact,
     rebuffer_frequency,
     rebuffer_ratio,
-    rows_as_dicts,
     smoothness_score,
     startup_score,
     watch_hours,
+)
+from common.settings import Settings
+from schemas.events import Event, EventRecord
+from schemas.output import ProcessorOutput, SeriesPoint
+from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
+from streams.processors.base import Position
+from streams.processors.plays import (
+    DEFAULT_IDLE_TIMEOUT_MS,
+    QOE_MEASUREMENT,
+    PlaysProcessor,
+    PlayState,
+    play_state_key,
+    rows_as_dicts,
 )
 from streams.processors.plays.codec import _from_rest, _to_rest
 

@@ -69,46 +69,22 @@ Live QoE series (InfluxDB, measurement `playback_qoe`)
 State (take_state_changes / load_state, msgpack): one key per held play
 (`play:["project","play_id"]`) and one per live series (`qoe:[...]`); None deletes.
 
-Modules: `qoe` (the math), `state` (a play and what each event adds), `codec` (changelog
+The QoE math is common/qoe.py; the table's columns schemas/plays.py.
+Modules: `state` (a play and what each event adds), `codec` (changelog
 and resting forms), `deadlines` (which plays are due), `processor` (the processor).
 """
 
 from streams.processors.plays.codec import play_state_key, series_state_key
 from streams.processors.plays.processor import (
     DEFAULT_IDLE_TIMEOUT_MS,
-    PLAYS_TABLE,
     QOE_MEASUREMENT,
     UNKNOWN_TAG,
     PlaysProcessor,
     rows_as_dicts,
 )
-from streams.processors.plays.qoe import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    QoeContribution,
-    avg_bitrate_kbps,
-    avg_fps,
-    dropped_frame_pct,
-    experience_score,
-    hundredths,
-    mean,
-    mean_score,
-    percent,
-    play_watch_ms,
-    qoe_fields,
-    quality_score,
-    quantile_exact,
-    rebuffer_frequency,
-    rebuffer_ratio,
-    smoothness_score,
-    startup_score,
-    watch_hours,
-)
 from streams.processors.plays.state import (
     MAX_ERROR_CODE_LENGTH,
     MAX_ERROR_CODES,
-    PLAY_COLUMNS,
     PlayState,
     SeriesKey,
     SeriesState,
@@ -116,40 +92,17 @@ from streams.processors.plays.state import (
 )
 
 __all__ = [
-    "DAY_MS",
     "DEFAULT_IDLE_TIMEOUT_MS",
-    "HOUR_MS",
     "MAX_ERROR_CODES",
     "MAX_ERROR_CODE_LENGTH",
-    "MINUTE_MS",
-    "PLAYS_TABLE",
-    "PLAY_COLUMNS",
     "QOE_MEASUREMENT",
     "UNKNOWN_TAG",
     "PlayState",
     "PlaysProcessor",
-    "QoeContribution",
     "SeriesKey",
     "SeriesState",
-    "avg_bitrate_kbps",
-    "avg_fps",
-    "dropped_frame_pct",
-    "experience_score",
-    "hundredths",
-    "mean",
-    "mean_score",
-    "percent",
     "play_id_of",
     "play_state_key",
-    "play_watch_ms",
-    "qoe_fields",
-    "quality_score",
-    "quantile_exact",
-    "rebuffer_frequency",
-    "rebuffer_ratio",
     "rows_as_dicts",
     "series_state_key",
-    "smoothness_score",
-    "startup_score",
-    "watch_hours",
 ]

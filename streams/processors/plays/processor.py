@@ -7,9 +7,12 @@ from typing import Final
 
 import msgspec
 
+from common.qoe import DAY_MS, MINUTE_MS, qoe_fields
 from common.settings import Settings
 from schemas.events import Event, EventRecord
-from streams.processors.base import Position, ProcessorOutput, SeriesPoint, TableRows
+from schemas.output import ProcessorOutput, SeriesPoint, TableRows
+from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
+from streams.processors.base import Position
 from streams.processors.plays.codec import (
     _PLAY_PREFIX,
     _SERIES_PREFIX,
@@ -23,9 +26,7 @@ from streams.processors.plays.codec import (
     series_state_key,
 )
 from streams.processors.plays.deadlines import _DEADLINE_BUCKET_MS, _Deadlines
-from streams.processors.plays.qoe import DAY_MS, MINUTE_MS, qoe_fields
 from streams.processors.plays.state import (
-    PLAY_COLUMNS,
     PlayState,
     SeriesKey,
     SeriesState,
@@ -37,7 +38,6 @@ from streams.processors.plays.state import (
 
 DEFAULT_IDLE_TIMEOUT_MS: Final = int(Settings.model_fields["play_idle_timeout_s"].default) * 1000
 
-PLAYS_TABLE: Final = "plays"
 QOE_MEASUREMENT: Final = "playback_qoe"
 UNKNOWN_TAG: Final = "unknown"  # InfluxDB tags cannot be empty
 

@@ -12,9 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.events import Event
-from schemas.props import FlatProps, flatten_props, prop_text
-from streams.processors.plays.qoe import (
+from common.qoe import (
     MINUTE_MS,
     QoeContribution,
     experience_score,
@@ -24,54 +22,8 @@ from streams.processors.plays.qoe import (
     smoothness_score,
     startup_score,
 )
-
-PLAY_COLUMNS: Final = (
-    "project",
-    "play_id",
-    "user_id",
-    "content_id",
-    "device_model",
-    "app_version",
-    "region",
-    "first_ts",
-    "last_ts",
-    "started",
-    "video_start_failure",
-    "exit_before_start",
-    "playback_failure",
-    "startup_ms",
-    "played_ms",
-    "rebuffer_ms",
-    "rebuffer_count",
-    "bitrate_switches",
-    "bitrate_weighted_sum",
-    "bitrate_weight_ms",
-    "watch_ms",
-    "event_count",
-    "deleted",
-    "version",
-    # migration 0010: the first event's other properties (filters and breakdowns of
-    # `POST /v1/insights/playback`) and the QoE beyond the counts
-    "type",
-    "os",
-    "source",
-    "session_id",
-    "props_keys",
-    "props_values",
-    "props_num_keys",
-    "props_num_values",
-    "downshifts",
-    "upshifts",
-    "error_codes",
-    "frames_rendered",
-    "frames_dropped",
-    "frames_ms",
-    "scored",
-    "experience_score",
-    "startup_score",
-    "smoothness_score",
-    "quality_score",
-)
+from schemas.events import Event
+from schemas.props import FlatProps, flatten_props, prop_text
 
 _UINT32_MAX: Final = 2**32 - 1
 # Error codes kept per play: the smallest MAX_ERROR_CODES distinct codes (the same set
