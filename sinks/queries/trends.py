@@ -58,16 +58,16 @@ Math = Literal[
     "p99",
 ]
 MATHS: Final[tuple[str, ...]] = get_args(Math)
-_COUNTING: Final = ("total", "unique_users", "per_user_avg")
-_PROPERTY_MATH: Final[dict[str, str]] = {
-    "sum": "sum(v)",
-    "avg": "avg(v)",
-    "min": "min(v)",
-    "max": "max(v)",
-    "median": "quantileExact(0.5)(v)",
-    "p90": "quantileExact(0.9)(v)",
-    "p95": "quantileExact(0.95)(v)",
-    "p99": "quantileExact(0.99)(v)",
+# The aggregate function of each property math and its parameters.
+_PROPERTY_MATH: Final[dict[str, tuple[str, str]]] = {
+    "sum": ("sum", ""),
+    "avg": ("avg", ""),
+    "min": ("min", ""),
+    "max": ("max", ""),
+    "median": ("quantileExact", "(0.5)"),
+    "p90": ("quantileExact", "(0.9)"),
+    "p95": ("quantileExact", "(0.95)"),
+    "p99": ("quantileExact", "(0.99)"),
 }
 _BUCKETS: Final[dict[str, str]] = {
     "hour": "toUInt32(toStartOfHour(time))",
@@ -187,31 +187,29 @@ def _one_series(
     params = SqlParams("t")
     where = _where(project, query, series, params)
     keys = buckets(query.interval, query.day_from, query.day_to)
-    if not properties:
-        points = _aggregate(ch, series, where, [], params, query.interval)
-        total = _aggregate(ch, series, where, [], params, None)
-        value_of = {key: value for (key, *_), value in points.items()}
-        return [_result(index, series, None, keys, value_of, total.get(("",), 0.0), query)]
-
     raw = breakdown_sql(properties, params)
-    totals = _aggregate(ch, series, where, raw, params, None)
-    grouped = raw
-    if len(totals) > limit:  # fold the rest into $other, its total computed as a group
-        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
-        kept = [combination[1:] for combination, _ in ranked[:limit]]
-        grouped = grouped_breakdown_sql(raw, kept, params)
-        totals = _aggregate(ch, series, where, grouped, params, None)
-    points = _aggregate(ch, series, where, grouped, params, query.interval)
-    order = sorted(totals, key=lambda c: (c[1:] == (OTHER,) * len(properties), -totals[c], c))
-    results = []
-    for combination in order:
-        values = combination[1:]
-        value_of = {key: value for (key, *rest), value in points.items() if tuple(rest) == values}
-        breakdown = dict(zip(properties, values, strict=True))
-        results.append(
-            _result(index, series, breakdown, keys, value_of, totals[combination], query)
+    groups = _aggregate(ch, series, where, raw, params, query.interval)
+    if not properties:
+        points, total = groups[()]
+        return [_result(index, series, None, keys, points, total, query)]
+    if len(groups) > limit:  # fold the rest into $other, its total computed as a group
+        ranked = sorted(groups.items(), key=lambda item: (-item[1][1], item[0]))
+        kept = [combination for combination, _ in ranked[:limit]]
+        groups = _aggregate(
+            ch, series, where, grouped_breakdown_sql(raw, kept, params), params, query.interval
         )
-    return results
+    order = sorted(groups, key=lambda c: (c == (OTHER,) * len(properties), -groups[c][1], c))
+    return [
+        _result(
+            index,
+            series,
+            dict(zip(properties, combination, strict=True)),
+            keys,
+            *groups[combination],
+            query,
+        )
+        for combination in order
+    ]
 
 
 def _where(project: str, query: TrendsQuery, series: Series, params: SqlParams) -> str:
@@ -228,33 +226,46 @@ def _where(project: str, query: TrendsQuery, series: Series, params: SqlParams) 
     return " AND ".join(conditions)
 
 
+def _math_sql(series: Series) -> tuple[str, str, str]:
+    """(what the scan keeps per bucket and combination, a bucket's value from it, the
+    range's value from every bucket's): event counts add up over buckets (an event and
+    its copies share one), distinct users and property maths merge their states."""
+    if series.math == "total":
+        return f"uniqExact({EVENT_KEY}) AS n", "n", "sum(n)"
+    if series.math == "unique_users":
+        return f"uniqExactState({ACTOR}) AS s", "finalizeAggregation(s)", "uniqExactMerge(s)"
+    if series.math == "per_user_avg":
+        return (
+            f"uniqExact({EVENT_KEY}) AS n, uniqExactState({ACTOR}) AS s",
+            "n / finalizeAggregation(s)",
+            "sum(n) / uniqExactMerge(s)",
+        )
+    function, parameters = _PROPERTY_MATH[series.math]
+    return f"{function}State{parameters}(v) AS s", "finalizeAggregation(s)", (
+        f"{function}Merge{parameters}(s)"
+    )
+
+
 def _aggregate(
     ch: ClickHouse,
     series: Series,
     where: str,
     breakdown: Sequence[str],
     params: SqlParams,
-    interval: str | None,
-) -> dict[tuple[str, ...], float]:
-    """The math per (bucket, breakdown values...) — bucket "" when `interval` is None."""
-    bucket = _BUCKETS[interval] if interval is not None else "''"
+    interval: str,
+) -> dict[tuple[str, ...], tuple[dict[str, float], float]]:
+    """Per combination of breakdown values (just `()` without a breakdown): the math per
+    bucket and over the whole range, from one scan of `events`."""
+    bucket = _BUCKETS[interval]
     names = [f"b{n}" for n in range(len(breakdown))]
-    selected = ", ".join(
-        f"{expression} AS {name}" for expression, name in zip(breakdown, names, strict=True)
+    selected = "".join(
+        f", {expression} AS {name}" for expression, name in zip(breakdown, names, strict=True)
     )
     group = ", ".join(["t", *names])
-    if series.math in _COUNTING:
-        math = {
-            "total": f"uniqExact({EVENT_KEY})",
-            "unique_users": f"uniqExact({ACTOR})",
-            "per_user_avg": f"uniqExact({EVENT_KEY}) / uniqExact({ACTOR})",
-        }[series.math]
-        sql = (
-            f"SELECT {bucket} AS t{', ' if names else ''}{selected}, {math} AS value "
-            f"FROM events WHERE {where} GROUP BY {group}"
-        )
+    kept, point, total = _math_sql(series)
+    if series.property is None:
+        scan = f"SELECT {bucket} AS t{selected}, {kept} FROM events WHERE {where} GROUP BY {group}"
     else:
-        assert series.property is not None
         value = property_sql(series.property, params).number
         inner = ", ".join(
             [
@@ -263,12 +274,23 @@ def _aggregate(
                 f"any({value}) AS v",
             ]
         )
-        sql = (
-            f"SELECT {group}, {_PROPERTY_MATH[series.math]} AS value FROM "
+        scan = (
+            f"SELECT {group}, {kept} FROM "
             f"(SELECT {inner} FROM events WHERE {where} GROUP BY {EVENT_KEY}) GROUP BY {group}"
         )
-    rows = ch.execute(sql, params.values)
-    return {tuple(str(part) for part in row[:-1]): _number(row[-1]) for row in rows}
+    by = f" GROUP BY {', '.join(names)}" if names else ""
+    rows = ch.execute(
+        f"SELECT {''.join(f'{name}, ' for name in names)}groupArray(t), groupArray({point}), "
+        f"{total} FROM ({scan}){by}",
+        params.values,
+    )
+    return {
+        tuple(str(part) for part in row[:-3]): (
+            {str(t): _number(value) for t, value in zip(row[-3], row[-2], strict=True)},
+            _number(row[-1]),
+        )
+        for row in rows
+    }
 
 
 def _number(value: Any) -> float:
