@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from ingest.validate import TYPE_PATTERN, Limits
+from schemas.services import MAX_MESSAGES_PER_REQUEST, SERVICE_TOPICS
 
 _LIMITS: Final = Limits()
 _REF = "#/components/schemas/{name}"
@@ -132,6 +133,27 @@ class IngestError(msgspec.Struct):
     error: str
 
 
+class ServicesResult(msgspec.Struct):
+    """Every message is durably on the bus."""
+
+    accepted: int
+
+
+class InvalidMessage(msgspec.Struct):
+    index: int
+    reason: str
+
+
+class ServicesError(msgspec.Struct):
+    """Nothing of the request was published."""
+
+    error: str
+    errors: Annotated[
+        list[InvalidMessage], msgspec.Meta(description="the invalid messages, when it is theirs")
+    ] = []
+
+
+_SERVICE_SCHEMAS: Final = tuple(topic.schema for topic in SERVICE_TOPICS.values())
 _COMPONENTS: Final = (
     NativeBatch,
     SegmentBatch,
@@ -140,6 +162,9 @@ _COMPONENTS: Final = (
     PostHogEvent,
     IngestResult,
     IngestError,
+    ServicesResult,
+    ServicesError,
+    *_SERVICE_SCHEMAS,
 )
 
 
@@ -249,6 +274,51 @@ _POSTHOG_CAPTURE: Final = IngestRoute(
     },
     parameters=_POSTHOG_QUERY,
 )
+_SERVICE_MESSAGE: Final = {"oneOf": [_ref(schema) for schema in _SERVICE_SCHEMAS]}
+_SERVICES: Final = IngestRoute(
+    "Service bus over HTTP (quip up): one message or an array of them for the topic; the "
+    "write key's project is every message's; all or nothing",
+    {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    _SERVICE_MESSAGE,
+                    {
+                        "type": "array",
+                        "items": _SERVICE_MESSAGE,
+                        "maxItems": MAX_MESSAGES_PER_REQUEST,
+                    },
+                ]
+            }
+        }
+    },
+    _BEARER,
+    responses={
+        "200": {
+            "description": "every message is durably on the bus",
+            "content": {"application/json": {"schema": _ref(ServicesResult)}},
+        },
+        "400": {
+            "description": "body not JSON, or invalid messages (each listed); nothing published",
+            "content": {"application/json": {"schema": _ref(ServicesError)}},
+        },
+        "401": _error("missing or unknown write key"),
+        "404": _error("not a service topic"),
+        "413": _error(
+            f"body over 1 MB after decompression, or over {MAX_MESSAGES_PER_REQUEST} messages"
+        ),
+        "429": CAPTURE_RESPONSES["429"],
+        "503": CAPTURE_RESPONSES["503"],
+    },
+    parameters=[
+        {
+            "name": "topic",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": list(SERVICE_TOPICS)},
+        }
+    ],
+)
 _FLAGS: Final = IngestRoute(
     "PostHog feature flags: no flags are set, so the page goes on",
     None,
@@ -279,6 +349,7 @@ INGEST_ROUTES: Final[dict[str, IngestRoute]] = {
         for path in paths
     },
     **{path: _POSTHOG_CAPTURE for path in ("/batch/", "/capture/", "/e/", "/i/v0/e/")},
+    "/v1/services/{topic}": _SERVICES,
     "/decide/": _FLAGS,
     "/flags/": _FLAGS,
     "/array/{token}/config": IngestRoute(

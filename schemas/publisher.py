@@ -1,4 +1,7 @@
-"""The publisher the social, CMS and video services use to put messages on the bus (SPEC §3).
+"""The publishers the social, CMS and video services use to put messages on the bus
+(SPEC §3): `ServicePublisher` sends to Kafka (cluster mode), `HttpServicePublisher` to
+`POST /v1/services/{topic}` of `quip up` (embedded mode, whose bus is local). The caller
+picks one; both check messages the same way and have the same methods.
 
 Usage::
 
@@ -17,8 +20,9 @@ Usage::
         await publisher.stop()
 
     # or: async with ServicePublisher(bootstrap, client_id="cms") as publisher: ...
+    # quip up: async with HttpServicePublisher("http://127.0.0.1:8000", write_key=key) as ...
 
-Contract:
+Contract (both):
 - Only the four Structs of `schemas/services.py` are accepted, and each is checked against
   its schema before anything is sent: a wrong type or an invalid message raises
   `InvalidMessage` and nothing of that call is sent (`publish_many` checks the whole batch
@@ -34,6 +38,18 @@ Contract:
   retried in the background.
 - `topic_prefix` renames every topic to `<prefix><name>` (tests, staging on a shared
   cluster); production code leaves it empty and publishes to the registry's names.
+
+Over HTTP (`HttpServicePublisher`, ingest/services.py has the endpoint's contract):
+- The write key's project is every message's: leave `project` unset, or set it to that
+  project (another one is refused by the server: `InvalidMessage`, nothing of that
+  request published).
+- Durability: a returned call means every message is written and fsync'ed on `quip up`'s
+  bus. A batch goes as one request per topic and per `MAX_MESSAGES_PER_REQUEST` messages
+  (or ~1 MB), each all or nothing, so a failed `publish_many` may have delivered some of
+  them; re-publishing the whole batch is safe.
+- Failure: `PublishError` for an answer that a retry may change (429, 503, 5xx, network
+  errors, the request timeout; nothing is retried inside), or, with `retryable` False, one
+  it cannot (unknown write key; `NoServiceEndpoint`: the URL is not `quip up`'s).
 """
 
 from __future__ import annotations
@@ -45,13 +61,38 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import aiohttp
+import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas.services import ServiceMessage, encode_message, message_key, topic_for
+from schemas.services import (
+    MAX_MESSAGES_PER_REQUEST,
+    InvalidMessage,
+    ServiceMessage,
+    encode_message,
+    message_key,
+    topic_for,
+)
+
+# Under the endpoint's 1 MiB body limit, with room for the brackets and commas.
+MAX_REQUEST_BYTES = 1_000_000
 
 
 class PublishError(RuntimeError):
-    """Kafka did not confirm one or more messages; re-publishing them is safe."""
+    """The bus did not confirm one or more messages; re-publishing them is safe. `retryable`
+    is False when trying again cannot help (a configuration error)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class NoServiceEndpoint(PublishError):
+    """The URL serves no `POST /v1/services/{topic}` (HTTP 404 or 405): not `quip up`, e.g. a
+    cluster gateway, whose services publish to Kafka instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +219,92 @@ class ServicePublisher:
             assert not isinstance(metadata, BaseException)
             published.append(PublishedRecord(outgoing.topic, metadata.partition, metadata.offset))
         return published
+
+
+class HttpServicePublisher:
+    """Publishes to `<url>/v1/services/<topic>` with a write key (see the module docstring)."""
+
+    def __init__(self, url: str, *, write_key: str, request_timeout_s: float = 15.0) -> None:
+        self.url = url.rstrip("/")
+        self.write_key = write_key
+        self.request_timeout_s = request_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={
+                    "Authorization": f"Bearer {self.write_key}",
+                    "Content-Type": "application/json",
+                },
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
+            )
+
+    async def stop(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> HttpServicePublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def publish(self, message: ServiceMessage) -> None:
+        """Send one message; returns once the bus has it."""
+        await self.publish_many([message])
+
+    async def publish_many(self, messages: Iterable[ServiceMessage]) -> int:
+        """Check every message, then send them in order, one request per topic and chunk;
+        returns how many the server accepted."""
+        by_topic: dict[str, list[bytes]] = {}
+        for message in messages:
+            value = encode_message(message)  # raises InvalidMessage for anything wrong
+            by_topic.setdefault(topic_for(message).name, []).append(value)
+        if self._session is None:
+            raise RuntimeError("HttpServicePublisher is not started: await start() first")
+        accepted = 0
+        for topic, values in by_topic.items():
+            for chunk in _chunks(values):
+                accepted += await self._post(self._session, topic, chunk)
+        return accepted
+
+    async def _post(self, session: aiohttp.ClientSession, topic: str, values: list[bytes]) -> int:
+        endpoint = f"{self.url}/v1/services/{topic}"
+        try:
+            async with session.post(endpoint, data=b"[" + b",".join(values) + b"]") as response:
+                status, payload = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PublishError(f"{endpoint}: {exc!r}") from exc
+        if status == 200:
+            return int(orjson.loads(payload)["accepted"])
+        text = payload[:1000].decode("utf-8", "replace")
+        if status == 400:
+            raise InvalidMessage(f"{endpoint} refused the request: {text}")
+        if status in (404, 405):
+            raise NoServiceEndpoint(f"{endpoint}: HTTP {status}: no service endpoint here")
+        retryable = status not in (401, 403, 413)
+        raise PublishError(f"{endpoint}: HTTP {status}: {text}", retryable=retryable)
+
+
+def _chunks(values: list[bytes]) -> Iterable[list[bytes]]:
+    """Consecutive runs of at most MAX_MESSAGES_PER_REQUEST values and MAX_REQUEST_BYTES."""
+    chunk: list[bytes] = []
+    size = 0
+    for value in values:
+        if chunk and (
+            len(chunk) == MAX_MESSAGES_PER_REQUEST or size + len(value) + 1 > MAX_REQUEST_BYTES
+        ):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(value)
+        size += len(value) + 1
+    if chunk:
+        yield chunk

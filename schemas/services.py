@@ -11,8 +11,9 @@ Contract, common to every message:
   job going from "queued" to "succeeded" is two messages). Reusing a message_id for
   different content is a producer bug; which copy is counted is then unspecified.
 - `ts` is the time of the fact, epoch milliseconds (UTC days are derived from it).
-- `project` is optional and defaults to "default": service messages have no write key, so
+- `project` is optional and defaults to "default": messages on Kafka have no write key, so
   a multi-project install tags them itself; `GET /v1/metrics/services?project=` filters on it.
+  Over HTTP (`quip up`, ingest/services.py) the write key's project is the message's.
 - Unknown fields are ignored on decode, so producers may add fields before consumers know
   them; a missing required field, a wrong type or an unknown status is a validation error.
 
@@ -37,6 +38,8 @@ from schemas.topics import (
 )
 
 DEFAULT_PROJECT = "default"
+# Per request of the HTTP transport (`POST /v1/services/{topic}`), as for events (SPEC §2).
+MAX_MESSAGES_PER_REQUEST = 1000
 
 MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -74,7 +74,12 @@ class Sender:
         self._jitter = random.Random()  # noqa: S311 (backoff jitter)
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue(options.concurrency * 2)
         self._services = ServiceSender(
-            options.kafka_bootstrap, summary, options.retry_for_s, self._warn_once
+            options.kafka_bootstrap,
+            options.url,
+            options.key,
+            summary,
+            options.retry_for_s,
+            self._warn_once,
         )
         self._last: dict[str, asyncio.Event] = {}
         self._users: set[str] = set()

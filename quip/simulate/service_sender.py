@@ -1,5 +1,8 @@
-"""Sending the simulated services' messages (social, CMS, video, e-mail): published to
-Kafka with the project's `ServicePublisher` when a bootstrap is given, else only counted.
+"""Sending the simulated services' messages (social, CMS, video, e-mail) with the
+project's publishers: to Kafka (`ServicePublisher`) when a bootstrap is given (cluster
+mode), else over HTTP to the same URL as the events (`HttpServicePublisher`, `quip up`'s
+`POST /v1/services/{topic}`, with the write key). A URL without that endpoint (a cluster
+gateway) answers 404: the messages are then only counted, as not sent.
 
 Messages are queued by the run (`submit`) and published by one task in batches of up to
 500, each batch retried for up to `retry_for_s`; what is still refused then, or everything
@@ -14,8 +17,13 @@ from collections.abc import Callable
 from typing import Final
 
 from quip.simulate.summary import Summary
-from schemas.publisher import PublishError, ServicePublisher
-from schemas.services import ServiceMessage
+from schemas.publisher import (
+    HttpServicePublisher,
+    NoServiceEndpoint,
+    PublishError,
+    ServicePublisher,
+)
+from schemas.services import InvalidMessage, ServiceMessage
 
 PUBLISH_BATCH: Final = 500
 
@@ -27,11 +35,15 @@ class ServiceSender:
     def __init__(
         self,
         kafka_bootstrap: str | None,
+        url: str,
+        write_key: str,
         summary: Summary,
         retry_for_s: float,
         warn_once: Callable[[str, str], None],
     ) -> None:
         self.kafka_bootstrap = kafka_bootstrap
+        self.url = url
+        self.write_key = write_key
         self.summary = summary
         self.retry_for_s = retry_for_s
         self._warn_once = warn_once
@@ -39,16 +51,12 @@ class ServiceSender:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.kafka_bootstrap:
-            self._task = asyncio.create_task(self._publish(self.kafka_bootstrap))
-        else:
-            self.summary.services_note = "not sent: no --kafka-bootstrap"
+        self._task = asyncio.create_task(self._publish())
 
     async def submit(self, message: ServiceMessage) -> None:
         """Queue a message (waits while 10,000 are queued)."""
         self.summary.services_generated += 1
-        if self._task is not None:
-            await self._queue.put(message)
+        await self._queue.put(message)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -59,8 +67,14 @@ class ServiceSender:
         if self._task is not None:
             self._task.cancel()
 
-    async def _publish(self, bootstrap: str) -> None:
-        publisher = ServicePublisher(bootstrap, client_id="quip-simulate")
+    async def _publish(self) -> None:
+        publisher: ServicePublisher | HttpServicePublisher
+        if self.kafka_bootstrap:
+            where = f"Kafka at {self.kafka_bootstrap}"
+            publisher = ServicePublisher(self.kafka_bootstrap, client_id="quip-simulate")
+        else:
+            where = self.url
+            publisher = HttpServicePublisher(self.url, write_key=self.write_key)
         deadline = time.monotonic() + self.retry_for_s
         attempt = 0
         while True:
@@ -71,13 +85,13 @@ class ServiceSender:
                 attempt += 1
                 self._warn_once(
                     "kafka",
-                    f"Kafka at {bootstrap} unreachable ({exc!r}); retrying for up to "
+                    f"{where} unreachable ({exc!r}); retrying for up to "
                     f"{self.retry_for_s:g} s (--retry-for) before the service "
                     "messages are counted as failed",
                 )
                 if time.monotonic() > deadline:
-                    self.summary.services_note = f"Kafka unreachable at {bootstrap}: {exc!r}"
-                    await self._drain_as_failed()
+                    self.summary.services_note = f"{where} unreachable: {exc!r}"
+                    await self._drain(count_failed=True)
                     return
                 await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
         try:
@@ -93,26 +107,38 @@ class ServiceSender:
                         closing = True
                         break
                     batch.append(more)
-                await self._publish_batch(publisher, batch)
+                try:
+                    await self._publish_batch(publisher, batch)
+                except NoServiceEndpoint:
+                    self.summary.services_note = (
+                        f"not sent: {self.url} has no service endpoint (a cluster gateway: "
+                        "pass --kafka-bootstrap)"
+                    )
+                    await self._drain(count_failed=False)
+                    return
         finally:
             await publisher.stop()
 
     async def _publish_batch(
-        self, publisher: ServicePublisher, batch: list[ServiceMessage]
+        self, publisher: ServicePublisher | HttpServicePublisher, batch: list[ServiceMessage]
     ) -> None:
+        """Raises NoServiceEndpoint; any other failure is counted once retries are over."""
         deadline = time.monotonic() + self.retry_for_s
         attempt = 0
         while True:
             try:
                 await publisher.publish_many(batch)
-            except PublishError as exc:
+            except NoServiceEndpoint:
+                raise
+            except (PublishError, InvalidMessage) as exc:
                 attempt += 1
                 self._warn_once(
                     "publish",
-                    f"publishing service messages to Kafka failed ({exc}); each batch is "
+                    f"publishing service messages failed ({exc}); each batch is "
                     f"retried for up to {self.retry_for_s:g} s (--retry-for)",
                 )
-                if time.monotonic() > deadline:
+                retryable = isinstance(exc, PublishError) and exc.retryable
+                if not retryable or time.monotonic() > deadline:
                     self.summary.services_failed += len(batch)
                     self.summary.note_failure(f"service messages: {exc}")
                     return
@@ -121,9 +147,11 @@ class ServiceSender:
                 self.summary.services_published += len(batch)
                 return
 
-    async def _drain_as_failed(self) -> None:
+    async def _drain(self, *, count_failed: bool) -> None:
+        """Take the rest of the queue without sending it (failed, or only not sent)."""
         while True:
             message = await self._queue.get()
             if message is None:
                 return
-            self.summary.services_failed += 1
+            if count_failed:
+                self.summary.services_failed += 1
