@@ -28,7 +28,14 @@ from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.queries.playback import playback_summary, playback_timeseries
+from sinks.queries.playback_concurrency import (
+    NOW_WINDOW_MS,
+    concurrent_viewers_now,
+    peak_concurrent,
+    viewers_per_minute,
+)
 from streams.processors.base import Position
+from streams.processors.events import EventsProcessor
 from streams.processors.plays import PlaysProcessor
 from tests.expectations import expected_scores, qoe_metrics
 
@@ -664,3 +671,104 @@ def test_plays_table_ttl_follows_server_version(clickhouse: ClickHouse) -> None:
 def test_bad_arguments_are_refused_before_any_sql(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---------------------------------------------------------------- concurrent viewers
+
+
+def reference_viewers(generated: Generated) -> dict[int, int]:
+    """minute → plays whose [first event, last event] covers it, minute by minute from
+    the generated events."""
+    counts: dict[int, int] = defaultdict(int)
+    for events in generated.plays.values():
+        first, last = min(e.ts for e in events), max(e.ts for e in events)
+        for minute in range(first // MINUTE, last // MINUTE + 1):
+            counts[minute * MINUTE] += 1
+    return dict(counts)
+
+
+def test_concurrent_viewers_match_the_events(
+    clickhouse: ClickHouse, generated: Generated, blocks: list[TableRows]
+) -> None:
+    _insert(clickhouse, blocks)
+    spans = [(min(e.ts for e in v), max(e.ts for e in v)) for v in generated.plays.values()]
+    assert any(first // DAY < last // DAY for first, last in spans)  # across midnight
+    assert sum(first // MINUTE < last // MINUTE for first, last in spans) > 100
+    viewers = reference_viewers(generated)
+    first_day, last_day = _day(BASE), _day(BASE + 3 * DAY)
+    ranges = [
+        (first_day, last_day),
+        (generated.midnight_day, generated.midnight_day),
+        (generated.midnight_day + timedelta(days=1), generated.midnight_day + timedelta(days=1)),
+        (last_day + timedelta(days=1), last_day + timedelta(days=2)),
+    ]
+    for merged in (False, True):
+        if merged:
+            _merge(clickhouse)
+        for day_from, day_to in ranges:
+            want = {m: n for m, n in viewers.items() if day_from <= _day(m) <= day_to}
+            got = viewers_per_minute(clickhouse, PROJECT, day_from, day_to)
+            assert got == want, (merged, day_from, day_to)
+            for interval, size in (("minute", MINUTE), ("hour", HOUR), ("day", DAY)):
+                peaks: dict[int, int] = {}
+                for minute, n in want.items():
+                    peaks[minute // size * size] = max(peaks.get(minute // size * size, 0), n)
+                expected = [
+                    {
+                        "t": _day(t).isoformat() if interval == "day" else _stamp(t),
+                        "peak_concurrent": peaks[t],
+                    }
+                    for t in sorted(peaks)
+                ]
+                got_peaks = peak_concurrent(clickhouse, PROJECT, day_from, day_to, interval)  # type: ignore[arg-type]
+                assert got_peaks == expected, (merged, day_from, day_to, interval)
+    # The day after midnight counts the plays that began the evening before.
+    after = generated.midnight_day + timedelta(days=1)
+    midnight_ms = (BASE // DAY) * DAY + (after - _day(BASE)).days * DAY
+    assert viewers_per_minute(clickhouse, PROJECT, after, after).get(midnight_ms, 0) > sum(
+        _day(first) == after and first // MINUTE == midnight_ms // MINUTE for first, _ in spans
+    )
+
+
+def test_concurrent_viewers_now_are_open_plays_seen_in_the_last_minute(
+    clickhouse: ClickHouse,
+) -> None:
+    now = BASE + 3 * DAY + 30_000  # half a minute after a midnight: yesterday is read too
+
+    def play(play_id: str, *steps: tuple[str, int, dict[str, Any]]) -> list[Event]:
+        return [
+            Event(
+                event_id=f"{play_id}-{n}",
+                type=f"playback_{kind}",
+                user_id="u-now",
+                ts=now - ago,
+                device_model="quest3",
+                props={"play_id": play_id, **props},
+            )
+            for n, (kind, ago, props) in enumerate(steps)
+        ]
+
+    events = [
+        *play("watching", ("request", 200_000, {}), ("heartbeat", 10_000, {"played_ms": 1})),
+        *play("since-yesterday", ("start", 40_000, {}), ("heartbeat", 35_000, {})),
+        *play("just-started", ("request", 0, {})),
+        *play("silent", ("request", 200_000, {}), ("heartbeat", NOW_WINDOW_MS + 1, {})),
+        *play("ended", ("start", 50_000, {}), ("end", 20_000, {"played_ms": 1})),
+        *play("ended-earlier", ("end", 600_000, {}), ("heartbeat", 5_000, {})),
+        *play("failed", ("start", 50_000, {}), ("error", 5_000, {"code": "E", "fatal": True})),
+        *play("warned", ("start", 50_000, {}), ("error", 5_000, {"code": "W", "fatal": False})),
+        *play("future", ("request", -1, {})),
+        Event(event_id="no-play", type="playback_request", user_id="u", ts=now, props={}),
+        Event(event_id="gesture", type="gesture", user_id="u", ts=now, props={"play_id": "g"}),
+    ]
+    processor = EventsProcessor()
+    # Every event twice, as replays and retries store them.
+    for offset, copy in enumerate((events, events)):
+        record = EventRecord(project=PROJECT, received_at=now, events=copy)
+        processor.process(record, Position(0, offset))
+    (table,) = processor.flush(now).tables
+    clickhouse.insert(table.table, table.columns, table.rows)
+    # watching, since-yesterday, just-started, warned
+    assert concurrent_viewers_now(clickhouse, PROJECT, now) == 4
+    assert concurrent_viewers_now(clickhouse, "other", now) == 0
+    assert concurrent_viewers_now(clickhouse, PROJECT, now + 600_000) == 0

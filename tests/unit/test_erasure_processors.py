@@ -26,7 +26,12 @@ from streams.processors.activity import ActivityProcessor
 from streams.processors.base import EventProcessor, Position, apply_record
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor, state_key
-from streams.processors.plays import QOE_MEASUREMENT, PlaysProcessor, play_state_key
+from streams.processors.plays import (
+    QOE_MEASUREMENT,
+    VIEWERS_MEASUREMENT,
+    PlaysProcessor,
+    play_state_key,
+)
 
 PROJECT = "p1"
 T0 = 1_764_100_020_000
@@ -153,6 +158,8 @@ def test_an_erased_users_plays_are_dropped_with_their_qoe_contribution() -> None
     output = processor.flush(T0 + 2000)
     (point,) = [p for p in output.points if p.measurement == QOE_MEASUREMENT]
     assert point.fields["plays"] == 1  # the series is sent again without u1's play
+    (viewers,) = [p for p in output.points if p.measurement == VIEWERS_MEASUREMENT]
+    assert viewers.fields == {"viewers": 1}  # so are the concurrent viewers of the minute
     # both plays go idle: only u2's is written
     closed = processor.flush(T0 + 800 + IDLE + 10_000)
     assert [row[1] for row in rows(closed, "plays")] == ["pl-2"]

@@ -43,6 +43,7 @@ from streams.processors.base import Position
 from streams.processors.plays import (
     DEFAULT_IDLE_TIMEOUT_MS,
     QOE_MEASUREMENT,
+    VIEWERS_MEASUREMENT,
     PlaysProcessor,
     PlayState,
     play_state_key,
@@ -676,6 +677,10 @@ def test_state_round_trip_mid_play_gives_identical_output() -> None:
                 emitted_version=4,
                 emitted_first_ts=T0 + DAY_MS,
                 series_key=(PROJECT, 3, T0 // MINUTE_MS * MINUTE_MS, "c-1", "quest3"),
+                series_batch=5_880_334,
+                qoe_batch=5_880_335,
+                viewing=((T0 - 60_020, T0 - 20, 5_880_335), (T0 + 39_980, T0 + 39_980, 0)),
+                viewed=("c-1", "quest3", ((T0 - 20, T0 - 20, 0),)),
             ),
             id="every field set, event ids other than the first event's",
         ),
@@ -744,13 +749,15 @@ def test_load_state_refuses_unknown_keys() -> None:
 
 
 def _points(outputs: list[ProcessorOutput]) -> dict[tuple[int, str, str], SeriesPoint]:
-    """The last point written per (minute, content, device): what InfluxDB would hold."""
+    """The last QoE point written per (time, content, device): what InfluxDB would hold
+    (tests/unit/test_play_concurrency.py checks the concurrent viewers)."""
     latest: dict[tuple[int, str, str], SeriesPoint] = {}
     for output in outputs:
         for point in output.points:
-            assert point.measurement == QOE_MEASUREMENT
-            key = (point.time_ms, point.tags["content_id"], point.tags["device_model"])
-            latest[key] = point
+            assert point.measurement in (QOE_MEASUREMENT, VIEWERS_MEASUREMENT)
+            if point.measurement == QOE_MEASUREMENT:
+                key = (point.time_ms, point.tags["content_id"], point.tags["device_model"])
+                latest[key] = point
     return latest
 
 
@@ -826,8 +833,10 @@ def test_empty_dimensions_get_a_placeholder_tag() -> None:
     feed.send(
         Event(event_id="z", type="playback_request", user_id="u", ts=T0, props={"play_id": "x"})
     )
-    (point,) = feed.flush(T0).points
-    assert (point.tags["content_id"], point.tags["device_model"]) == ("unknown", "unknown")
+    points = feed.flush(T0).points
+    assert {p.measurement for p in points} == {QOE_MEASUREMENT, VIEWERS_MEASUREMENT}
+    for point in points:
+        assert (point.tags["content_id"], point.tags["device_model"]) == ("unknown", "unknown")
 
 
 # ---------------------------------------------------------------- QoE math

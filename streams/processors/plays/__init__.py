@@ -55,30 +55,45 @@ Late events, duplicates, replays
     Known gap: if those stragglers begin on a later UTC day than the play (a play across
     midnight whose tail arrives more than the grace period late), they form a second row.
 
-Live QoE series (InfluxDB, measurement `playback_qoe`)
-    One point per (project, source partition, first-event minute, content_id,
-    device_model), open plays included, rewritten whenever one of its plays changes;
-    fields: plays, started, video_start_failures, exits_before_start, playback_failures,
-    startup_ms_p50/p95 (only when a play started), rebuffer_ratio (only when watch_ms > 0),
-    watch_ms. The partition tag keeps workers that own different partitions from
-    overwriting each other's points; sum counts across it, and treat percentiles per tag.
-    A minute's series is kept while any of its plays is held and for `series_horizon_ms`
-    after the minute; a play first seen after that is left out of the live view (it is
-    still written to `plays`) rather than overwrite the minute's point with partial data.
+Live series (InfluxDB, measurements `playback_qoe` and `concurrent_viewers`)
+    `playback_qoe`: one point per (project, source partition, first-event minute,
+    content_id, device_model, write batch), open plays included, rewritten whenever one of
+    its plays changes; fields: plays, started, video_start_failures, exits_before_start,
+    playback_failures, startup_ms_p50/p95 (only when a play started), rebuffer_ratio (only
+    when watch_ms > 0), watch_ms. `concurrent_viewers`: one point per (project, partition,
+    minute, content_id, device_model, write batch), field `viewers` = the plays of that
+    batch whose [first event, last event] spans the minute (SPEC §4), from each play's
+    span as the processor holds it, rewritten when a play grows into or leaves the minute.
+    The partition tag keeps workers that own different partitions from overwriting each
+    other's points.
+    Write batches (concurrency.py) keep sums exact for late plays: a play's contribution
+    to a minute belongs to the live batch (the point at the minute) when the record that
+    brought it arrived within `series_horizon_ms` after the minute, else to a late batch
+    of its own (tagged `late=true`, a few ms into the minute); the batch is a function of
+    the record, so replays land in the same batches. A point is only rewritten while its
+    batch is held (any of its plays held, or its window less than the grace behind), so
+    a settled point is never overwritten with part of its plays. Summed over every tag and
+    point of a minute, `plays` equals the plays whose first event is in that minute and
+    `viewers` the concurrent viewers of the minute; percentiles are per point. Known gap,
+    the rows' one: events of a play already purged form a new state, which the series
+    count as another play.
 
 State (take_state_changes / load_state, msgpack): one key per held play
-(`play:["project","play_id"]`) and one per live series (`qoe:[...]`); None deletes.
+(`play:["project","play_id"]`), one per held QoE point (`qoe:[...]`, the batch left out
+for the live one) and one per held viewers point (`viewers:[...]`); None deletes.
 
-The QoE math is common/qoe.py; the table's columns schemas/plays.py.
-Modules: `state` (a play and what each event adds), `codec` (changelog
-and resting forms), `deadlines` (which plays are due), `processor` (the processor).
+The QoE math is common/qoe.py, concurrent viewers and write batches
+common/concurrency.py; the table's columns schemas/plays.py.
+Modules: `state` (a play and what each event adds), `codec` (changelog and resting
+forms), `deadlines` (which plays are due), `processor` (the processor).
 """
 
-from streams.processors.plays.codec import play_state_key, series_state_key
+from streams.processors.plays.codec import play_state_key, series_state_key, viewers_state_key
 from streams.processors.plays.processor import (
     DEFAULT_IDLE_TIMEOUT_MS,
     QOE_MEASUREMENT,
     UNKNOWN_TAG,
+    VIEWERS_MEASUREMENT,
     PlaysProcessor,
     rows_as_dicts,
 )
@@ -97,6 +112,7 @@ __all__ = [
     "MAX_ERROR_CODE_LENGTH",
     "QOE_MEASUREMENT",
     "UNKNOWN_TAG",
+    "VIEWERS_MEASUREMENT",
     "PlayState",
     "PlaysProcessor",
     "SeriesKey",
@@ -105,4 +121,5 @@ __all__ = [
     "play_state_key",
     "rows_as_dicts",
     "series_state_key",
+    "viewers_state_key",
 ]

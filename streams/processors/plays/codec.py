@@ -9,17 +9,18 @@ from typing import Final
 
 import msgspec
 
+from common.concurrency import LIVE, Run, minute_of
 from streams.processors.plays.state import (
     _PLAYBACK_PREFIX,
     _PLAYBACK_PREFIX_LENGTH,
+    BatchKey,
     PlayState,
-    SeriesKey,
     SeriesState,
-    _minute,
 )
 
 _PLAY_PREFIX: Final = "play:"
 _SERIES_PREFIX: Final = "qoe:"
+_VIEWERS_PREFIX: Final = "viewers:"
 
 
 class _RestingPlay(msgspec.Struct, array_like=True):
@@ -70,6 +71,10 @@ class _RestingPlay(msgspec.Struct, array_like=True):
     frames_rendered: int
     frames_dropped: int
     frames_ms: int
+    series_batch: int
+    qoe_batch: int
+    viewing: tuple[Run, ...]
+    viewed: tuple[str, str, tuple[Run, ...]] | None
 
 
 def _ids_as_list(value: object) -> list[int]:
@@ -152,6 +157,10 @@ def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
             state.frames_rendered,
             state.frames_dropped,
             state.frames_ms,
+            state.series_batch,
+            state.qoe_batch,
+            state.viewing,
+            state.viewed,
         ),
         buffer,
     )
@@ -211,10 +220,14 @@ def _from_rest(key: tuple[str, str], blob: bytes) -> PlayState:
         emitted_version=rest.emitted_version,
         emitted_first_ts=_time(rest.emitted_first_ts, first_ts),
         series_key=(
-            (project, rest.partition, _minute(first_ts), content_id, device_model)
+            (project, rest.partition, minute_of(first_ts), content_id, device_model)
             if rest.in_series
             else None
         ),
+        series_batch=rest.series_batch,
+        qoe_batch=rest.qoe_batch,
+        viewing=rest.viewing,
+        viewed=rest.viewed,
     )
 
 
@@ -226,5 +239,28 @@ def play_state_key(project: str, play_id: str) -> str:
     return _PLAY_PREFIX + _json_encoder.encode([project, play_id]).decode()
 
 
-def series_state_key(key: SeriesKey) -> str:
-    return _SERIES_PREFIX + _json_encoder.encode(list(key)).decode()
+def series_state_key(key: BatchKey) -> str:
+    """The live batch's key leaves the batch out (the form from before late batches)."""
+    parts = list(key) if key[5] != LIVE else list(key[:5])
+    return _SERIES_PREFIX + _json_encoder.encode(parts).decode()
+
+
+def viewers_state_key(key: BatchKey) -> str:
+    return _VIEWERS_PREFIX + _json_encoder.encode(list(key)).decode()
+
+
+def batch_key(encoded: str) -> BatchKey:
+    """The BatchKey of a state key's JSON part (a live series' has five elements).
+    Raises ValueError for anything else."""
+    raw = msgspec.json.decode(encoded.encode())
+    if not isinstance(raw, list) or len(raw) not in (5, 6):
+        raise ValueError(f"not a series key: {encoded!r}")
+    project, partition, minute_ms, content_id, device_model, *batch = raw
+    return (
+        str(project),
+        int(partition),
+        int(minute_ms),
+        str(content_id),
+        str(device_model),
+        int(batch[0]) if batch else LIVE,
+    )

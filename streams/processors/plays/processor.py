@@ -7,6 +7,13 @@ from typing import Final
 
 import msgspec
 
+from common.concurrency import (
+    LIVE,
+    minute_batches,
+    minute_of,
+    point_time,
+    window_end,
+)
 from common.qoe import DAY_MS, MINUTE_MS, qoe_fields
 from common.settings import Settings
 from schemas.events import Event, EventRecord
@@ -16,29 +23,34 @@ from streams.processors.base import Position
 from streams.processors.plays.codec import (
     _PLAY_PREFIX,
     _SERIES_PREFIX,
+    _VIEWERS_PREFIX,
     _from_rest,
     _play_decoder,
     _play_encoder,
     _resting_decoder,
     _series_decoder,
     _to_rest,
+    batch_key,
     play_state_key,
     series_state_key,
+    viewers_state_key,
 )
 from streams.processors.plays.deadlines import _DEADLINE_BUCKET_MS, _Deadlines
 from streams.processors.plays.state import (
+    BatchKey,
     PlayState,
     SeriesKey,
     SeriesState,
     _apply,
-    _minute,
     _new_state,
     play_id_of,
+    track_batches,
 )
 
 DEFAULT_IDLE_TIMEOUT_MS: Final = int(Settings.model_fields["play_idle_timeout_s"].default) * 1000
 
 QOE_MEASUREMENT: Final = "playback_qoe"
+VIEWERS_MEASUREMENT: Final = "concurrent_viewers"
 UNKNOWN_TAG: Final = "unknown"  # InfluxDB tags cannot be empty
 
 
@@ -80,10 +92,15 @@ class PlaysProcessor:
         self._expiry_by_received = _Deadlines()
         self._expiry_by_ts = _Deadlines()
         self._touched: set[tuple[str, str]] = set()
-        self._series: dict[SeriesKey, SeriesState] = {}
-        self._pending_series: set[SeriesKey] = set()
+        self._series: dict[BatchKey, SeriesState] = {}
+        self._pending_series: set[BatchKey] = set()
         self._changed_plays: set[tuple[str, str]] = set()
-        self._changed_series: set[SeriesKey] = set()
+        self._changed_series: set[BatchKey] = set()
+        # Concurrent viewers per batch of a minute: [plays counted, held plays among them]
+        # (the entry is forgotten once no held play is in it and its window has passed).
+        self._viewers: dict[BatchKey, list[int]] = {}
+        self._pending_viewers: set[BatchKey] = set()
+        self._changed_viewers: set[BatchKey] = set()
         self._watermark = 0  # largest min(ts, received_at) seen
         self._received_watermark = 0  # largest received_at seen
         # Series are per minute: looking for expired ones once per watermark minute is
@@ -118,6 +135,7 @@ class PlaysProcessor:
         for play_id, events in by_play.items():
             key = (record.project, play_id)
             state = self._play(key)
+            before: tuple[int, int, str, str] | None = None
             if state is None:
                 state = _new_state(
                     record.project, play_id, position.partition, events[0], record.source
@@ -128,6 +146,8 @@ class PlaysProcessor:
                 self._opened.append(key)
             elif state.positions.get(position.partition, -1) >= position.offset:
                 continue  # a replay of what this state already reflects
+            else:
+                before = (state.first_ts, state.last_ts, state.content_id, state.device_model)
             applied = False
             for event in events:
                 applied |= _apply(state, event, received_at, record.source)
@@ -135,6 +155,7 @@ class PlaysProcessor:
             self._changed_plays.add(key)
             if not applied:
                 continue
+            track_batches(state, before, received_at, self.series_horizon_ms)
             self._touched.add(key)
             if state.closed and not state.ends_itself:
                 state.closed = False  # idle-closed, and it turns out not to be over
@@ -152,12 +173,13 @@ class PlaysProcessor:
             self._open.discard(key)
             self._touched.discard(key)
             self._changed_plays.add(key)
-            series_key = state.series_key
-            series = self._series.get(series_key) if series_key is not None else None
-            if series is not None and series.plays.pop(state.play_id, None) is not None:
-                assert series_key is not None
-                self._pending_series.add(series_key)
-                self._changed_series.add(series_key)
+            if state.series_key is not None:
+                series_key: BatchKey = (*state.series_key, state.series_batch)
+                series = self._series.get(series_key)
+                if series is not None and series.plays.pop(state.play_id, None) is not None:
+                    self._pending_series.add(series_key)
+                    self._changed_series.add(series_key)
+            self._count_viewers(state, -1)
 
     # ------------------------------------------------------------ output
 
@@ -184,6 +206,7 @@ class PlaysProcessor:
         for key in sorted(self._touched):
             state = self._held(key)
             self._sync_series(state)
+            self._sync_viewers(state)
             if state.closed and state.emitted_version != state.version:
                 previous = state.emitted_first_ts
                 if previous is not None and previous // DAY_MS != state.first_ts // DAY_MS:
@@ -274,32 +297,37 @@ class PlaysProcessor:
                 if times[0] + grace >= watermark:
                     by_ts.add(times[0], key)
                 elif times[1] + grace < received_watermark:
+                    forgotten = self._peek(key)
+                    if forgotten is not None:
+                        self._count_viewers(forgotten, 0)
                     del self._plays[key]
                     self._changed_plays.add(key)
 
     def _sync_series(self, state: PlayState) -> None:
+        """Moves the play's QoE contribution to the point of its minute, tags and batch."""
         new_key: SeriesKey = (
             state.project,
             state.partition,
-            _minute(state.first_ts),
+            minute_of(state.first_ts),
             state.content_id,
             state.device_model,
         )
         old_key = state.series_key
-        if old_key is not None and old_key != new_key:
-            old = self._series.get(old_key)
+        if old_key is not None and (old_key != new_key or state.series_batch != state.qoe_batch):
+            old_batch_key: BatchKey = (*old_key, state.series_batch)
+            old = self._series.get(old_batch_key)
             if old is not None and old.plays.pop(state.play_id, None) is not None:
-                self._pending_series.add(old_key)
-                self._changed_series.add(old_key)
+                self._pending_series.add(old_batch_key)
+                self._changed_series.add(old_batch_key)
             state.series_key = None
             self._changed_plays.add((state.project, state.play_id))
-        series = self._series.get(new_key)
+        key: BatchKey = (*new_key, state.qoe_batch)
+        series = self._series.get(key)
         if series is None:
-            if new_key[2] + MINUTE_MS + self.series_horizon_ms < self._watermark:
-                return  # too old for the live view; never overwrite a settled point
-            series = self._series[new_key] = SeriesState()
+            series = self._series[key] = SeriesState()
         if state.series_key != new_key:
             state.series_key = new_key
+            state.series_batch = state.qoe_batch
             self._changed_plays.add((state.project, state.play_id))
         contribution = state.contribution()
         current = series.plays.get(state.play_id)
@@ -308,8 +336,75 @@ class PlaysProcessor:
         ):
             return
         series.plays[state.play_id] = contribution
-        self._pending_series.add(new_key)
-        self._changed_series.add(new_key)
+        self._pending_series.add(key)
+        self._changed_series.add(key)
+
+    def _sync_viewers(self, state: PlayState) -> None:
+        """Counts the play in the concurrent viewers of the minutes it spans, each in its
+        batch, and takes it out of the minutes and batches it no longer belongs to."""
+        wanted = (state.content_id, state.device_model, state.viewing)
+        counted = state.viewed
+        if counted == wanted:
+            return
+        old = {} if counted is None else minute_batches(counted[2])
+        new = minute_batches(state.viewing)
+        same_tags = counted is not None and counted[:2] == wanted[:2]
+        project, partition = state.project, state.partition
+        if counted is not None:
+            for minute, batch in old.items():
+                if not (same_tags and new.get(minute) == batch):
+                    key = (project, partition, minute, counted[0], counted[1], batch)
+                    self._add_viewer(key, -1)
+        for minute, batch in new.items():
+            if not (same_tags and old.get(minute) == batch):
+                self._add_viewer((project, partition, minute, wanted[0], wanted[1], batch), 1)
+        state.viewed = wanted
+        self._changed_plays.add((project, state.play_id))
+
+    def _add_viewer(self, key: BatchKey, change: int) -> None:
+        entry = self._viewers.get(key)
+        if entry is None:
+            entry = self._viewers[key] = [0, 0]
+        entry[0] += change
+        entry[1] += change
+        self._pending_viewers.add(key)
+        self._changed_viewers.add(key)
+
+    def _count_viewers(self, state: PlayState, change: int) -> None:
+        """A play leaves the held plays of its viewer entries: forgotten (change 0, it
+        still counts in the written points) or erased (-1, it no longer counts)."""
+        if state.viewed is None:
+            return
+        content_id, device_model, runs = state.viewed
+        for minute, batch in minute_batches(runs).items():
+            key = (state.project, state.partition, minute, content_id, device_model, batch)
+            entry = self._viewers.get(key)
+            if entry is None:
+                continue
+            entry[0] += change
+            entry[1] -= 1
+            self._changed_viewers.add(key)
+            if change:
+                self._pending_viewers.add(key)
+        state.viewed = None
+
+    def _settled(self, key: BatchKey) -> bool:
+        """The batch's window is `grace` behind the arrival clock: no record can join it."""
+        end = window_end(key[2], key[5], self.series_horizon_ms)
+        return end + self.grace_ms < self._received_watermark
+
+    @staticmethod
+    def _point(measurement: str, key: BatchKey, fields: dict[str, int | float]) -> SeriesPoint:
+        project, partition, minute_ms, content_id, device_model, batch = key
+        tags = {
+            "project": project,
+            "partition": str(partition),
+            "content_id": content_id or UNKNOWN_TAG,
+            "device_model": device_model or UNKNOWN_TAG,
+        }
+        if batch != LIVE:
+            tags["late"] = "true"
+        return SeriesPoint(measurement, tags, fields, point_time(minute_ms, batch))
 
     def _series_points(self) -> list[SeriesPoint]:
         points = []
@@ -317,32 +412,32 @@ class PlaysProcessor:
             series = self._series.get(key)
             if series is None:
                 continue
-            project, partition, minute_ms, content_id, device_model = key
-            tags = {
-                "project": project,
-                "partition": str(partition),
-                "content_id": content_id or UNKNOWN_TAG,
-                "device_model": device_model or UNKNOWN_TAG,
-            }
-            points.append(
-                SeriesPoint(QOE_MEASUREMENT, tags, qoe_fields(series.plays.values()), minute_ms)
-            )
+            points.append(self._point(QOE_MEASUREMENT, key, qoe_fields(series.plays.values())))
             if not series.plays:
                 del self._series[key]  # the zero point above replaces what was written
         self._pending_series.clear()
+        for key in sorted(self._pending_viewers):
+            entry = self._viewers.get(key)
+            if entry is None:
+                continue
+            points.append(self._point(VIEWERS_MEASUREMENT, key, {"viewers": entry[0]}))
+        self._pending_viewers.clear()
 
-        minute = self._watermark // MINUTE_MS
+        minute = self._received_watermark // MINUTE_MS
         if minute == self._series_swept_minute:
             return points
         self._series_swept_minute = minute
         for key, series in list(self._series.items()):
-            project, _, minute_ms, _, _ = key
-            if minute_ms + MINUTE_MS + self.series_horizon_ms >= self._watermark:
+            if not self._settled(key):
                 continue
-            if any((project, play_id) in self._plays for play_id in series.plays):
+            if any((key[0], play_id) in self._plays for play_id in series.plays):
                 continue
             del self._series[key]
             self._changed_series.add(key)
+        for key, entry in list(self._viewers.items()):
+            if entry[1] <= 0 and self._settled(key):
+                del self._viewers[key]
+                self._changed_viewers.add(key)
         return points
 
     # ------------------------------------------------------------ state
@@ -362,8 +457,14 @@ class PlaysProcessor:
             changes[series_state_key(key)] = (
                 None if series is None else _play_encoder.encode(series)
             )
+        for key in sorted(self._changed_viewers):
+            entry = self._viewers.get(key)
+            changes[viewers_state_key(key)] = (
+                None if entry is None else _play_encoder.encode(entry)
+            )
         self._changed_plays.clear()
         self._changed_series.clear()
+        self._changed_viewers.clear()
         return changes
 
     def load_state(self, key: str, value: bytes) -> None:
@@ -380,18 +481,15 @@ class PlaysProcessor:
             self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
             self._received_watermark = max(self._received_watermark, state.last_received_at)
         elif key.startswith(_SERIES_PREFIX):
-            raw = msgspec.json.decode(key[len(_SERIES_PREFIX) :].encode())
-            project, partition, minute_ms, content_id, device_model = raw
-            series_key: SeriesKey = (
-                str(project),
-                int(partition),
-                int(minute_ms),
-                str(content_id),
-                str(device_model),
-            )
-            self._series[series_key] = _series_decoder.decode(value)
+            self._series[batch_key(key[len(_SERIES_PREFIX) :])] = _series_decoder.decode(value)
+        elif key.startswith(_VIEWERS_PREFIX):
+            count, held = _viewers_decoder.decode(value)
+            self._viewers[batch_key(key[len(_VIEWERS_PREFIX) :])] = [count, held]
         else:
             raise ValueError(f"not a plays state key: {key!r}")
+
+
+_viewers_decoder = msgspec.msgpack.Decoder(tuple[int, int])
 
 
 def rows_as_dicts(table: TableRows) -> list[dict[str, object]]:

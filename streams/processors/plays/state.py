@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import msgspec
 
+from common.concurrency import Run, batch_of, extend, minute_of, stamp
 from common.qoe import (
-    MINUTE_MS,
     QoeContribution,
     experience_score,
     hundredths,
@@ -35,6 +35,7 @@ _PLAYBACK_PREFIX: Final = "playback_"
 _PLAYBACK_PREFIX_LENGTH: Final = len(_PLAYBACK_PREFIX)
 
 SeriesKey = tuple[str, int, int, str, str]  # project, partition, minute_ms, content, device
+BatchKey = tuple[str, int, int, str, str, int]  # a SeriesKey and a write batch
 
 
 class PlayState(msgspec.Struct, kw_only=True):
@@ -87,6 +88,13 @@ class PlayState(msgspec.Struct, kw_only=True):
     emitted_version: int = 0
     emitted_first_ts: int | None = None
     series_key: SeriesKey | None = None
+    # Write batches (concurrency.py): the one of `series_key`, the one the QoE
+    # contribution goes to now, the minutes the play spans with theirs, and what of them
+    # is counted in the concurrent viewers (content, device, runs).
+    series_batch: int = 0
+    qoe_batch: int = 0
+    viewing: tuple[Run, ...] = ()
+    viewed: tuple[str, str, tuple[Run, ...]] | None = None
 
     @property
     def version(self) -> int:
@@ -280,10 +288,6 @@ def play_id_of(event: Event) -> str | None:
     return play_id if isinstance(play_id, str) and play_id else None
 
 
-def _minute(ts: int) -> int:
-    return ts // MINUTE_MS * MINUTE_MS
-
-
 def _new_state(project: str, play_id: str, partition: int, event: Event, source: str) -> PlayState:
     """A state whose first event is `event`; `_apply` then counts it like any other."""
     state = PlayState(
@@ -327,6 +331,25 @@ def _take_first_event(state: PlayState, event: Event, source: str) -> None:
         state.first_props = _props_encoder.encode(rest)
     else:
         state.first_props = b""
+
+
+def track_batches(
+    state: PlayState,
+    before: tuple[int, int, str, str] | None,
+    received_at: int,
+    horizon_ms: int,
+) -> None:
+    """Stamps what a record changed of the play's minutes and tags with the record's
+    batches (concurrency.py); `before` = (first_ts, last_ts, content_id, device_model)
+    before the record, None for a new play."""
+    first_minute, last_minute = minute_of(state.first_ts), minute_of(state.last_ts)
+    tags_moved = before is None or before[2:] != (state.content_id, state.device_model)
+    if tags_moved or before is None or minute_of(before[0]) != first_minute:
+        state.qoe_batch = batch_of(first_minute, received_at, horizon_ms)
+    if tags_moved:
+        state.viewing = tuple(stamp(first_minute, last_minute, received_at, horizon_ms))
+    elif before is not None and (before[0] != state.first_ts or before[1] != state.last_ts):
+        state.viewing = extend(state.viewing, first_minute, last_minute, received_at, horizon_ms)
 
 
 def _add_error_code(codes: tuple[str, ...], value: object) -> tuple[str, ...]:

@@ -1,0 +1,275 @@
+"""Concurrent viewers (SPEC §4) and the write batches of the live InfluxDB series: the
+math by hand and by brute force over plays spanning minute and day boundaries, and the
+plays processor's points read back the way InfluxDB keeps them (the last write per
+measurement, tags and time) under shuffled, duplicated, replayed and late traffic."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from common.concurrency import (
+    LATE_BATCH_MS,
+    LIVE,
+    batch_of,
+    concurrent_per_minute,
+    extend,
+    point_time,
+    running_counts,
+    stamp,
+)
+from common.qoe import DAY_MS, MINUTE_MS
+from schemas.events import Event, EventRecord
+from schemas.output import SeriesPoint
+from streams.processors.base import Position
+from streams.processors.plays import QOE_MEASUREMENT, VIEWERS_MEASUREMENT, PlaysProcessor
+
+MIDNIGHT = 1_764_115_200_000  # 2025-11-26T00:00:00Z
+IDLE = 300_000
+HORIZON = 2 * IDLE
+PROJECT = "p1"
+
+
+def brute_force(spans: list[tuple[int, int]]) -> dict[int, int]:
+    """Minute by minute: a play counts where first_ts // minute <= m <= last_ts // minute."""
+    counts: dict[int, int] = defaultdict(int)
+    for first_ts, last_ts in spans:
+        for minute in range(first_ts // MINUTE_MS, last_ts // MINUTE_MS + 1):
+            counts[minute * MINUTE_MS] += 1
+    return dict(counts)
+
+
+def test_concurrent_viewers_by_hand_across_midnight() -> None:
+    spans = [
+        (MIDNIGHT - 59_999, MIDNIGHT - 1),  # one minute: 23:59
+        (MIDNIGHT - 1, MIDNIGHT),  # a millisecond, two minutes and two days
+        (MIDNIGHT - 90_000, MIDNIGHT + 61_000),  # 23:58 .. 00:01
+        (MIDNIGHT + 120_000, MIDNIGHT + 120_000),  # one event: 00:02
+    ]
+    assert concurrent_per_minute(spans) == {
+        MIDNIGHT - 2 * MINUTE_MS: 1,
+        MIDNIGHT - MINUTE_MS: 3,
+        MIDNIGHT: 2,
+        MIDNIGHT + MINUTE_MS: 1,
+        MIDNIGHT + 2 * MINUTE_MS: 1,
+    }
+    assert concurrent_per_minute([]) == {}
+
+
+@pytest.mark.parametrize("seed", range(5), ids=lambda seed: f"seed {seed}")
+def test_concurrent_viewers_equal_a_minute_by_minute_count(seed: int) -> None:
+    rng = random.Random(seed)
+    spans = []
+    for _ in range(300):
+        first = MIDNIGHT + rng.randrange(-3 * 3_600_000, 3 * 3_600_000)
+        spans.append((first, first + rng.choice([0, 1, 59_999, 60_000, rng.randrange(DAY_MS)])))
+    assert concurrent_per_minute(spans) == brute_force(spans)
+    # The same from (minute, change) pairs as SQL returns them: grouped, in any order.
+    deltas: dict[int, int] = defaultdict(int)
+    for first_ts, last_ts in spans:
+        deltas[first_ts // MINUTE_MS * MINUTE_MS] += 1
+        deltas[last_ts // MINUTE_MS * MINUTE_MS + MINUTE_MS] -= 1
+    pairs = list(deltas.items())
+    rng.shuffle(pairs)
+    assert running_counts(pairs) == brute_force(spans)
+
+
+def test_batches_live_within_the_horizon_late_after_it() -> None:
+    minute = MIDNIGHT
+    assert batch_of(minute, minute + MINUTE_MS + HORIZON, HORIZON) == LIVE
+    late_at = minute + MINUTE_MS + HORIZON + 1
+    assert batch_of(minute, late_at, HORIZON) == late_at // LATE_BATCH_MS + 1
+    # A record bringing 20 minutes at once: the old ones late, the recent ones live.
+    received = minute + 20 * MINUTE_MS
+    runs = stamp(minute, minute + 19 * MINUTE_MS, received, HORIZON)
+    late = received // LATE_BATCH_MS + 1
+    assert runs == [
+        (minute, minute + 8 * MINUTE_MS, late),
+        (minute + 9 * MINUTE_MS, minute + 19 * MINUTE_MS, LIVE),
+    ]
+    live_minutes = range(runs[1][0], runs[1][1] + 1, MINUTE_MS)
+    assert all(batch_of(m, received, HORIZON) == LIVE for m in live_minutes)
+    assert batch_of(runs[0][1], received, HORIZON) == late
+    # Growing keeps what was stamped; only new minutes take the new record's batch.
+    grown = extend(tuple(runs), minute - MINUTE_MS, minute + 21 * MINUTE_MS, received + 1, HORIZON)
+    assert grown == (
+        (minute - MINUTE_MS, minute + 8 * MINUTE_MS, late),
+        (minute + 9 * MINUTE_MS, minute + 21 * MINUTE_MS, LIVE),
+    )
+    # Late points stay inside their minute, one millisecond per batch, never on the live one.
+    times = {point_time(minute, batch) for batch in (LIVE, late, late + 1)}
+    assert len(times) == 3
+    assert all(minute <= t < minute + MINUTE_MS for t in times)
+
+
+# ---------------------------------------------------------------- the processor
+
+
+def play_events(rng: random.Random, start: int, plays: int) -> list[Event]:
+    """Plays that run from a moment to 45 minutes, across minutes and midnight, on three
+    contents and devices (one play changes content through a late earlier event)."""
+    events = []
+    for index in range(plays):
+        first = start + rng.randrange(40 * MINUTE_MS)
+        content = f"c{index % 3}"
+        device = ("quest2", "quest3")[index % 2]
+        times = [first]
+        while len(times) < 12 and rng.random() < 0.9:
+            times.append(times[-1] + rng.choice([1_000, 30_000, 61_000, 4 * MINUTE_MS]))
+        for n, ts in enumerate(times):
+            kind = "playback_request" if n == 0 else "playback_heartbeat"
+            if n == len(times) - 1 and n > 0:
+                kind = "playback_end"
+            props: dict[str, Any] = {"play_id": f"play-{index}", "played_ms": 1_000}
+            if n == 0:
+                props["content_id"] = content
+            events.append(
+                Event(
+                    event_id=f"e-{index}-{n}",
+                    type=kind,
+                    user_id=f"u{index % 5}",
+                    ts=ts,
+                    device_model=device,
+                    props=props,
+                )
+            )
+    return events
+
+
+def stored(points: list[SeriesPoint]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """What InfluxDB keeps: the last write per measurement, tag set and time."""
+    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for point in points:
+        kept[(point.measurement, tuple(sorted(point.tags.items())), point.time_ms)] = point.fields
+    return kept
+
+
+def per_minute(
+    kept: dict[tuple[Any, ...], dict[str, Any]], measurement: str, field: str
+) -> dict[int, int]:
+    """A field summed over every point of each minute (all tags, every batch)."""
+    sums: dict[int, int] = defaultdict(int)
+    for (name, _, time_ms), fields in kept.items():
+        if name == measurement:
+            sums[time_ms // MINUTE_MS * MINUTE_MS] += fields[field]
+    return {minute: total for minute, total in sums.items() if total}
+
+
+def expected(events: list[Event]) -> tuple[dict[int, int], dict[int, int]]:
+    """(viewers per minute, plays per first-event minute) of the distinct events."""
+    spans: dict[str, tuple[int, int]] = {}
+    for event in events:
+        play = str(event.props["play_id"])
+        first, last = spans.get(play, (event.ts, event.ts))
+        spans[play] = (min(first, event.ts), max(last, event.ts))
+    plays: dict[int, int] = defaultdict(int)
+    for first, _ in spans.values():
+        plays[first // MINUTE_MS * MINUTE_MS] += 1
+    return concurrent_per_minute(spans.values()), dict(plays)
+
+
+def deliver(
+    events: list[Event], seed: int, *, delay: int, late_share: float, replay: bool
+) -> list[SeriesPoint]:
+    """Events (a fifth of them twice) out of order, each arriving up to a minute after
+    its ts, and the plays of `late_share` of the users `delay` later still; records of
+    one to five events in arrival order, flushes in between; optionally a restart from
+    the last taken state with the records after it replayed, as a runner does."""
+    rng = random.Random(seed)
+    late_users = {f"u{n}" for n in range(5) if rng.random() < late_share}
+    sent = events + rng.sample(events, len(events) // 5)
+    arrivals = sorted(
+        (e.ts + rng.randrange(MINUTE_MS) + (delay if e.user_id in late_users else 0), n, e)
+        for n, e in enumerate(sent)
+    )
+    records = []
+    while arrivals:
+        size = rng.randrange(1, 6)
+        chunk, arrivals = arrivals[:size], arrivals[size:]
+        chunk_events = [e for *_, e in chunk]
+        records.append(EventRecord(project=PROJECT, received_at=chunk[-1][0], events=chunk_events))
+    processor = PlaysProcessor(idle_timeout_ms=IDLE)
+    points: list[SeriesPoint] = []
+    saved: dict[str, bytes | None] = {}
+    saved_at = offset = 0
+    while offset < len(records):
+        record = records[offset]
+        processor.process(record, Position(0, offset))
+        offset += 1
+        if rng.random() < 0.3:
+            points += processor.flush(record.received_at).points
+            if rng.random() < 0.3:
+                saved.update(processor.take_state_changes())
+                saved_at = offset
+        if replay and offset == len(records) // 2:
+            replay = False
+            processor = PlaysProcessor(idle_timeout_ms=IDLE)
+            for key, value in saved.items():
+                if value is not None:
+                    processor.load_state(key, value)
+            offset = saved_at  # the runner replays from the last commit
+    points += processor.flush(records[-1].received_at + 30 * DAY_MS).points
+    return points
+
+
+@pytest.mark.parametrize(
+    ("delay", "late_share"),
+    [
+        pytest.param(0, 0.0, id="live"),
+        pytest.param(35 * DAY_MS, 1.0, id="backfill 35 days late"),
+        pytest.param(3 * 3_600_000, 0.5, id="some headsets upload hours late"),
+    ],
+)
+@pytest.mark.parametrize("seed", range(4), ids=lambda seed: f"seed {seed}")
+@pytest.mark.parametrize("replay", [False, True], ids=["straight", "restart and replay"])
+def test_sums_over_the_stored_points_are_exact(
+    seed: int, delay: int, late_share: float, replay: bool
+) -> None:
+    start = MIDNIGHT - 30 * MINUTE_MS
+    events = play_events(random.Random(seed), start, plays=60)
+    kept = stored(deliver(events, seed, delay=delay, late_share=late_share, replay=replay))
+    viewers, plays = expected(events)
+    assert per_minute(kept, VIEWERS_MEASUREMENT, "viewers") == viewers
+    assert per_minute(kept, QOE_MEASUREMENT, "plays") == plays
+    assert any(minute < MIDNIGHT for minute in viewers)
+    assert any(minute >= MIDNIGHT for minute in viewers)
+    late = {tags for (_, tags, _) in kept if ("late", "true") in tags}
+    assert bool(late) == (delay > 0)
+
+
+def test_a_late_play_gets_its_own_point_instead_of_overwriting_the_settled_one() -> None:
+    """The issue's backfill: a minute's live point settles (its plays are forgotten), then
+    a play of that minute arrives a day late: both points stay, the sums see both plays."""
+    minute = MIDNIGHT
+    processor = PlaysProcessor(idle_timeout_ms=IDLE)
+
+    def send(offset: int, play: str, ts: int, received_at: int) -> list[SeriesPoint]:
+        event = Event(
+            event_id=play,
+            type="playback_end",
+            user_id="u",
+            ts=ts,
+            device_model="quest3",
+            props={"play_id": play, "content_id": "c"},
+        )
+        record = EventRecord(project=PROJECT, received_at=received_at, events=[event])
+        processor.process(record, Position(0, offset))
+        return processor.flush(received_at).points
+
+    live = send(0, "on-time", minute + 5_000, minute + 6_000)
+    later = minute + DAY_MS
+    send(1, "next-day", later, later)  # the clocks move on: "on-time" is forgotten
+    assert processor.held_plays() == 1
+    late = send(2, "a-day-late", minute + 7_000, later + 1_000)
+    kept = stored(live + late)
+    qoe = {
+        key[2]: fields["plays"]
+        for key, fields in kept.items()
+        if key[0] == QOE_MEASUREMENT and key[2] < later
+    }
+    late_batch = (later + 1_000) // LATE_BATCH_MS + 1
+    assert qoe == {minute: 1, point_time(minute, late_batch): 1}
+    assert per_minute(kept, VIEWERS_MEASUREMENT, "viewers") == {minute: 2}
