@@ -47,11 +47,11 @@ from api.routes import (
     services,
     users,
 )
+from common.auth import KeyRing
+from common.bus import Publisher
 from common.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
+from common.producer import GroupCommitProducer
 from common.settings import Mode, Settings
-from ingest.app import Publisher
-from ingest.auth import KeyRing
-from ingest.producer import GroupCommitProducer
 from schemas.funnels import load_funnels
 from sinks.clickhouse import ClickHouse, ClickHouseError, EmbeddedClickHouse, ServerClickHouse
 from sinks.engines import open_clickhouse

@@ -16,9 +16,9 @@ from api.cache import QueryCache
 from api.freshness import ChangeWatcher
 from api.pool import EnginePool
 from api.results import Results
+from common.auth import KeyRing
+from common.bus import Publisher
 from common.settings import Settings
-from ingest.app import Publisher
-from ingest.auth import KeyRing
 from schemas.funnels import FunnelDefinition
 from sinks.clickhouse import ClickHouseError
 from sinks.queries.erasure import pending_mutations

@@ -1,7 +1,7 @@
 """Dependencies of the query API routes, as `Annotated` aliases.
 
 Authentication (SPEC §5): `Authorization: Bearer <key>`; keys are `project:key` entries of
-QUIP_READ_KEYS and QUIP_ADMIN_KEYS, compared in constant time (ingest.auth.KeyRing).
+QUIP_READ_KEYS and QUIP_ADMIN_KEYS, compared in constant time (common.auth.KeyRing).
 - read endpoints accept a read key, or an admin key (it may do everything a read key
   does), of the requested project;
 - `DELETE /v1/users/{user_id}` needs an admin key of the project.

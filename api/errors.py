@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.models import ErrorResponse
 from api.params import BadRequest
-from ingest.producer import BusUnavailable
+from common.bus import BusUnavailable
 from sinks.clickhouse import ClickHouseError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ Phase 1, throughput (--phase throughput): M events (--events) of U distinct user
 (--users) are preloaded into analytics.events exactly as the gateway writes them: one
 EventRecord per (project, user) per simulated request of --batch events, key
 record_key(project, user_id), committed in Kafka transactions by the gateway's own
-ingest.producer.GroupCommitProducer (the worker reads read_committed). Then ONE worker
+common.producer.GroupCommitProducer (the worker reads read_committed). Then ONE worker
 starts, and the script measures from the worker's /ready to
   - `events`: uniqExact(event_id) for the project reaching M (polled every 0.5 s; a cheap
     count() gates the exact query),
@@ -83,7 +83,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from benchmarks.ingest import git_commit  # noqa: E402
-from ingest.producer import BusUnavailable, GroupCommitProducer, OutgoingRecord  # noqa: E402
+from common.bus import BusUnavailable, OutgoingRecord  # noqa: E402
+from common.producer import GroupCommitProducer  # noqa: E402
 from quip.topics import apply_topics  # noqa: E402
 from schemas.events import Event, EventRecord, encode_record, record_key  # noqa: E402
 from schemas.services import SERVICE_TOPICS  # noqa: E402

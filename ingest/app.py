@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import orjson
@@ -26,10 +26,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.auth import KeyRing, key_from_authorization
+from common.bus import BusUnavailable, OutgoingRecord, Publisher
 from common.ops import HttpMetricsMiddleware, health_response, metrics_response, readiness_endpoint
+from common.producer import GroupCommitProducer
 from common.settings import Settings
 from ingest.admission import Admission
-from ingest.auth import KeyRing, key_from_authorization
 from ingest.body import BadEncoding, BodyTooLarge, read_body
 from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, REQUESTS_SHED
 from ingest.normalize import (
@@ -41,7 +43,6 @@ from ingest.normalize import (
 )
 from ingest.openapi import describe_ingest_routes
 from ingest.posthog_config import flags, remote_config, remote_config_js
-from ingest.producer import BusUnavailable, GroupCommitProducer, OutgoingRecord
 from ingest.ratelimit import RateLimiter
 from ingest.validate import (
     BadBatch,
@@ -69,21 +70,6 @@ SEGMENT_CALL_PATHS = {
 POSTHOG_FLAGS_PATHS = ("/decide/", "/flags/")
 POSTHOG_CONFIG_PATH = "/array/{token}/config"
 POSTHOG_CONFIG_JS_PATH = "/array/{token}/config.js"
-
-
-class Publisher(Protocol):
-    """Where accepted batches go: Kafka (cluster) or the embedded bus (`quip up`)."""
-
-    @property
-    def ready(self) -> bool: ...
-
-    last_error: str | None
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def publish(self, records: Sequence[OutgoingRecord]) -> None: ...
 
 
 class Refusal(Exception):

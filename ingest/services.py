@@ -34,11 +34,11 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.auth import key_from_authorization
+from common.bus import BusUnavailable, OutgoingRecord
 from ingest.app import Gateway, Refusal, error_response
-from ingest.auth import key_from_authorization
 from ingest.body import BadEncoding, BodyTooLarge, read_body
 from ingest.metrics import REQUESTS_SHED
-from ingest.producer import BusUnavailable, OutgoingRecord
 from schemas.services import (
     MAX_MESSAGES_PER_REQUEST,
     SERVICE_TOPICS,

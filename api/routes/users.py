@@ -26,7 +26,7 @@ from api.deps import AdminProject, Context
 from api.errors import ERROR_RESPONSES
 from api.models import ErasureScheduled
 from api.params import check_user_id
-from ingest.producer import OutgoingRecord
+from common.bus import OutgoingRecord
 from schemas.events import encode_record, erasure_record, record_key
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.queries.erasure import erase_user

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import msgspec
 
-from ingest.producer import BusUnavailable, OutgoingRecord
+from common.bus import BusUnavailable, OutgoingRecord
 
 _HEADER = struct.Struct("<IIQ")
 _encoder = msgspec.msgpack.Encoder()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from ingest.producer import OutgoingRecord
+from common.bus import OutgoingRecord
 from quip.embedded.bus import LEGACY_LOG, Frame, LocalBus, list_segments, segment_path
 
 SEGMENT_BYTES = 1_000

@@ -32,9 +32,9 @@ from schemathesis.checks import (
 )
 
 from api.app import create_app as create_api_app
+from common.bus import OutgoingRecord
 from common.settings import Settings
 from ingest.app import create_app as create_gateway_app
-from ingest.producer import OutgoingRecord
 from sinks.clickhouse import EmbeddedClickHouse
 from sinks.migrate import migrate
 from tests.gateway_process import running_gateway

@@ -27,7 +27,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from ingest.producer import fast_partitioner
+from common.producer import fast_partitioner
 from schemas.events import record_key
 from schemas.funnels import FunnelDefinition, load_funnels
 from schemas.topics import ANALYTICS_EVENTS

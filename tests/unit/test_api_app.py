@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from api.app import GC_YOUNG_THRESHOLD, create_app
 from api.cache import QueryCache, utc_today
 from api.pool import EnginePool
+from common.bus import BusUnavailable, OutgoingRecord
 from common.settings import Settings
-from ingest.producer import BusUnavailable, OutgoingRecord
 from schemas.events import decode_record, erased_user, record_key
 from schemas.funnels import FunnelConfigError
 from schemas.topics import ANALYTICS_EVENTS
@@ -277,7 +277,7 @@ async def test_user_id_bounds(client: httpx.AsyncClient, engine: FakeClickHouse)
 
 
 class FakeBus:
-    """A publisher (ingest.app.Publisher) that keeps what it is given, or refuses it."""
+    """A publisher (common.bus.Publisher) that keeps what it is given, or refuses it."""
 
     def __init__(self, refuse: bool = False) -> None:
         self.refuse = refuse

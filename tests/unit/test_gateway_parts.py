@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ingest.auth import KeyRing, key_from_authorization
+from common.auth import KeyRing, key_from_authorization
 from ingest.body import BadEncoding, BodyTooLarge, read_body
 from ingest.ratelimit import RateLimiter
 

@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.bus import OutgoingRecord
 from common.settings import Settings
 from ingest.app import Gateway, add_ingest_routes, create_app
 from ingest.openapi import INGEST_ROUTES, describe_ingest_routes
-from ingest.producer import OutgoingRecord
 
 
 class NoBus:

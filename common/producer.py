@@ -38,22 +38,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from common.bus import BusUnavailable, OutgoingRecord
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingRecord:
-    topic: str
-    key: bytes
-    value: bytes
-
-
-class BusUnavailable(RuntimeError):
-    """Kafka did not take the batch in time; nothing of it is visible to consumers."""
-
-    def __init__(self, reason: str, retry_after_s: int) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(slots=True)
