@@ -91,6 +91,19 @@ def error_response(refusal: Refusal) -> Response:
     )
 
 
+async def request_body(request: Request) -> bytes:
+    """The body, inflated if gzip, read under the 1 MB limit. Raises Refusal: 413 past the
+    limit, 400 for a bad encoding."""
+    try:
+        return await read_body(
+            request.stream(), content_encoding=request.headers.get("content-encoding", "")
+        )
+    except BodyTooLarge as exc:
+        raise Refusal(413, str(exc)) from exc
+    except BadEncoding as exc:
+        raise Refusal(400, str(exc)) from exc
+
+
 Parser = Callable[[Request, bytes, int], tuple[str | None, ValidatedBatch]]
 
 
@@ -135,14 +148,7 @@ class Gateway:
         if header_key and project is None:
             raise Refusal(401, "unknown write key")
 
-        try:
-            body = await read_body(
-                request.stream(), content_encoding=request.headers.get("content-encoding", "")
-            )
-        except BodyTooLarge as exc:
-            raise Refusal(413, str(exc)) from exc
-        except BadEncoding as exc:
-            raise Refusal(400, str(exc)) from exc
+        body = await request_body(request)
 
         received_at = int(time.time() * 1000)
         try:

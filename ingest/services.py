@@ -36,8 +36,7 @@ from starlette.responses import Response
 
 from common.auth import key_from_authorization
 from common.bus import BusUnavailable, OutgoingRecord
-from ingest.app import Gateway, Refusal, error_response
-from ingest.body import BadEncoding, BodyTooLarge, read_body
+from ingest.app import Gateway, Refusal, error_response, request_body
 from ingest.metrics import REQUESTS_SHED
 from schemas.services import (
     MAX_MESSAGES_PER_REQUEST,
@@ -157,14 +156,7 @@ class ServiceEndpoint:
         project = gateway.keys.project_for(key)
         if key is None or project is None:
             raise Refusal(401, "missing or unknown write key")
-        try:
-            body = await read_body(
-                request.stream(), content_encoding=request.headers.get("content-encoding", "")
-            )
-        except BodyTooLarge as exc:
-            raise Refusal(413, str(exc)) from exc
-        except BadEncoding as exc:
-            raise Refusal(400, str(exc)) from exc
+        body = await request_body(request)
         records = service_records(request.path_params["topic"], body, project)
         if wait := gateway.key_limiter.allow(key):
             raise Refusal(429, "too many requests for this write key", wait)

@@ -59,7 +59,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import orjson
@@ -111,7 +111,29 @@ class _Outgoing:
     value: bytes
 
 
-class ServicePublisher:
+class _Lifecycle:
+    """`async with publisher:` starts it and stops it."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class ServicePublisher(_Lifecycle):
     def __init__(
         self,
         bootstrap: str,
@@ -152,18 +174,6 @@ class ServicePublisher:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
-
-    async def __aenter__(self) -> ServicePublisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def topic_name(self, message: ServiceMessage) -> str:
         """The Kafka topic this publisher sends `message` to."""
@@ -221,7 +231,7 @@ class ServicePublisher:
         return published
 
 
-class HttpServicePublisher:
+class HttpServicePublisher(_Lifecycle):
     """Publishes to `<url>/v1/services/<topic>` with a write key (see the module docstring)."""
 
     def __init__(self, url: str, *, write_key: str, request_timeout_s: float = 15.0) -> None:
@@ -244,18 +254,6 @@ class HttpServicePublisher:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def __aenter__(self) -> HttpServicePublisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def publish(self, message: ServiceMessage) -> None:
         """Send one message; returns once the bus has it."""
