@@ -42,7 +42,7 @@ from sinks.queries.properties import (
     SqlParams,
     breakdown_sql,
     filter_sql,
-    top_grouped,
+    grouped_breakdown_sql,
 )
 
 MAX_FUNNEL_BREAKDOWN: Final = 1
@@ -170,7 +170,25 @@ def funnel_insight(
     query, ClickHouseError when it fails."""
     properties, limit = check_funnel_insight(steps, window_seconds, where)
     source, params = funnel_insight_sql(project, steps, window_seconds, where)
-    group = top_grouped(ch, source, ["b"], params, limit, "count()")[0] if properties else "b"
+    by_group = _reached(ch, source, params, "b")
+    if len(by_group) > limit:  # fold the values past the top ones into $other, and count again
+        ranked = sorted(by_group, key=lambda v: (-by_group[v].get(1, (0, 0.0, 0.0))[0], v))
+        kept = [(value,) for value in ranked[:limit]]
+        by_group = _reached(ch, source, params, grouped_breakdown_sql(["b"], kept, params)[0])
+    if not properties:
+        return [{"breakdown": None, "steps": _steps(steps, by_group.get("", {}))}]
+    order = sorted(by_group, key=lambda v: (v == OTHER, -by_group[v].get(1, (0, 0.0, 0.0))[0], v))
+    return [
+        {"breakdown": {properties[0]: value}, "steps": _steps(steps, by_group[value])}
+        for value in order
+    ]
+
+
+def _reached(
+    ch: ClickHouse, source: str, params: SqlParams, group: str
+) -> dict[str, dict[int, tuple[int, float, float]]]:
+    """Per value of `group` (an expression of the per-actor rows' `b`) and step k: the
+    actors reaching k, and the median and mean of their times to k in ms."""
     rows = ch.execute(
         f"""
         SELECT {group} AS g, k, count(), quantileExact(0.5)(d), avg(d)
@@ -183,13 +201,7 @@ def funnel_insight(
     by_group: dict[str, dict[int, tuple[int, float, float]]] = {}
     for value, k, users, median_ms, mean_ms in rows:
         by_group.setdefault(str(value), {})[int(k)] = (int(users), float(median_ms), float(mean_ms))
-    if not properties:
-        return [{"breakdown": None, "steps": _steps(steps, by_group.get("", {}))}]
-    order = sorted(by_group, key=lambda v: (v == OTHER, -by_group[v].get(1, (0, 0.0, 0.0))[0], v))
-    return [
-        {"breakdown": {properties[0]: value}, "steps": _steps(steps, by_group[value])}
-        for value in order
-    ]
+    return by_group
 
 
 def _steps(
