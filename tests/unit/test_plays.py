@@ -354,9 +354,10 @@ def test_future_client_clock_does_not_advance_the_watermark() -> None:
 
 
 def test_idle_timeout_defaults_to_settings() -> None:
-    assert DEFAULT_IDLE_TIMEOUT_MS == 300_000
-    assert PlaysProcessor().idle_timeout_ms == 300_000
-    processor = PlaysProcessor.from_settings(Settings(play_idle_timeout_s=42))
+    setting_default_s = Settings.model_fields["play_idle_timeout_s"].default
+    assert DEFAULT_IDLE_TIMEOUT_MS == setting_default_s * 1000 == 300_000
+    assert PlaysProcessor().idle_timeout_ms == DEFAULT_IDLE_TIMEOUT_MS
+    processor = PlaysProcessor(idle_timeout_ms=42_000)
     assert (processor.idle_timeout_ms, processor.grace_ms) == (42_000, 84_000)
 
 

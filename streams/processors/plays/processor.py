@@ -15,7 +15,6 @@ from common.concurrency import (
     window_end,
 )
 from common.qoe import DAY_MS, MINUTE_MS, qoe_fields
-from common.settings import Settings
 from schemas.events import Event, EventRecord
 from schemas.output import ProcessorOutput, SeriesPoint, TableRows
 from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
@@ -47,7 +46,9 @@ from streams.processors.plays.state import (
     track_batches,
 )
 
-DEFAULT_IDLE_TIMEOUT_MS: Final = int(Settings.model_fields["play_idle_timeout_s"].default) * 1000
+# QUIP_PLAY_IDLE_TIMEOUT_S's default (SPEC §7); the worker and quip up pass the
+# configured value.
+DEFAULT_IDLE_TIMEOUT_MS: Final = 300_000
 
 QOE_MEASUREMENT: Final = "playback_qoe"
 VIEWERS_MEASUREMENT: Final = "concurrent_viewers"
@@ -106,10 +107,6 @@ class PlaysProcessor:
         # Series are per minute: looking for expired ones once per watermark minute is
         # enough (the scan over every series at each flush was 11 % of a live worker's CPU).
         self._series_swept_minute = -1
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PlaysProcessor:
-        return cls(idle_timeout_ms=settings.play_idle_timeout_s * 1000)
 
     @property
     def watermark(self) -> int:
