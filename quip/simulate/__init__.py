@@ -17,10 +17,11 @@ Two layers:
 Modules, from the bottom up:
 
 - `draws`: seeded ids and weighted picks;
-- `devices`: the headset models; `model`: users, retention and every probability
+- `devices`: the headset models and how each plays video (startup, refresh rates,
+  dropped frames, error codes); `model`: users, retention and every probability
   (`Model`); `catalog`: the content played;
-- `session`: one session's events, plays and batches; `services`: the CMS and video
-  services' messages;
+- `session`: one session's events and batches; `playback`: one play's events;
+  `services`: the CMS and video services' messages;
 - `historical`, `live`: the two generators;
 - `gateway`, `summary`, `sender`, `service_sender`: sending and reporting;
 - `run`: the two modes as the CLI (`quip/cli.py`) runs them.
@@ -38,9 +39,10 @@ from quip.simulate.historical import (
 )
 from quip.simulate.live import LIVE_FLUSH_S, Live, LiveEvent, calibrate, live_items
 from quip.simulate.model import DAY_MS, SimulationError
+from quip.simulate.playback import HEARTBEAT_MS
 from quip.simulate.run import run_historical, run_live
 from quip.simulate.sender import SendOptions, now_ms
-from quip.simulate.session import HEARTBEAT_MS, MAX_BATCH_EVENTS, Batch, Item, ServiceItem
+from quip.simulate.session import MAX_BATCH_EVENTS, Batch, Item, ServiceItem
 from quip.simulate.summary import Summary, write_json_summary
 
 __all__ = [

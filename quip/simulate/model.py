@@ -11,8 +11,9 @@
   day 7, ~10% from day 20 on (x1.2 on weekends). An active day has 1-4 sessions
   (55/28/12/5%) at local-time hours peaking at 20:00; sessions of a user never overlap.
 
-What a session and a play consist of is in `session.py`; the service messages in
-`services.py`. Every probability is a field of `Model`.
+What a session consists of is in `session.py`, a play in `playback.py` (and how each
+headset plays in `devices.py`), the service messages in `services.py`. Every probability
+is a field of `Model`.
 """
 
 from __future__ import annotations
@@ -112,20 +113,11 @@ CUSTOM_EVENTS: Final = (
     ("passthrough_toggle", 5),
 )
 
-START_FATAL_CODES: Final = (
-    "MANIFEST_LOAD_ERROR",
-    "DRM_LICENSE_FAILED",
-    "MEDIA_ERR_SRC_NOT_SUPPORTED",
-    "NETWORK_TIMEOUT",
-)
-PLAY_FATAL_CODES: Final = ("DECODER_CRASH", "SEGMENT_404", "NETWORK_LOST")
-NONFATAL_CODES: Final = ("SEGMENT_RETRY", "DECODER_WARNING", "CDN_FAILOVER")
-
 
 @dataclass(frozen=True, slots=True)
 class Model:
     """The probabilities of the generator (described in the docstrings of this module,
-    `session.py` and `services.py`)."""
+    `session.py`, `playback.py` and `services.py`)."""
 
     retention_floor: float = 0.08
     retention_initial: float = 0.32
@@ -160,6 +152,10 @@ class Model:
     switch_per_interval: float = 0.015
     upswitch_per_interval: float = 0.5
     downswitch_after_rebuffer: float = 0.6
+    # A heartbeat that dropped more than this share of its frames makes the player step
+    # down a rung (like dash.js's DroppedFramesRule) with probability downswitch_after_drops.
+    downswitch_dropped_fraction: float = 0.06
+    downswitch_after_drops: float = 0.5
     # Watched to the end, by content kind; otherwise a Beta(1.1, 3) fraction (movies: Beta(1, 6):
     # long VR viewing is rare).
     full_watch_short: float = 0.55

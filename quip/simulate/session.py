@@ -10,19 +10,8 @@
   `{skipped:true}` (22%) or nothing. Store visits: store `page_view`
   (https://quibrowser.example/store) → item page (55%) → `add_to_cart` (40%, x buyer
   propensity) → `purchase` (60%); a purchase sends a receipt e-mail.
-- **Plays** (SPEC §6 events, all with play_id and content_id; content from a catalog of
-  shorts/immersive/movies with Zipf popularity): `playback_request`, then exit before start
-  (3%, 60% of them with `playback_end{played_ms:0}`, the rest go idle), start failure (2.5%
-  x network x device factors: fatal `playback_error`), slow starts (> 5 s) abandoned 35% of
-  the time; otherwise `playback_start{startup_ms (device/network lognormal), bitrate_kbps}`
-  and a heartbeat every 10 s of played time {played_ms, bitrate_kbps}; per 10 s: ABR
-  up-switches while below the network's top rung, a rebuffer (0.6/2/6% by network,
-  followed by a down-switch 60% of the time), a random switch (1.5%), a mid-play fatal error
-  (0.05% x network factor 1/2/4); 4% of plays get a non-fatal error. A play ends with
-  `playback_end{played_ms}` (the remainder since the last heartbeat) after watching the whole
-  content (shorts 55%, immersive 35%, movies 5%) or a Beta(1.1, 3) fraction of it (movies:
-  Beta(1, 6)). Measured over 500 users x 14 days: ~4% start failures, ~3% exits before
-  start, ~2.5% of started plays fail, ~27% rebuffer, startup p50 ~1 s / p95 ~3 s.
+- **Plays** (`playback.py`): content from a catalog of shorts, immersive videos and
+  movies with Zipf popularity (`catalog.py`).
 - **Service messages** of a session: a SocialNotification to the user in 30% of sessions
   (delivered 94%, else failed), a welcome e-mail in the first session and a receipt per
   purchase (sent 97%, else failed).
@@ -43,24 +32,20 @@ import msgspec
 from quip.simulate.catalog import Catalog
 from quip.simulate.draws import cumulative, draw_uuid, pick
 from quip.simulate.model import (
-    BITRATE_LADDER,
     CUSTOM_EVENTS,
     GESTURES,
     HOME_URL,
     MODEL,
-    NONFATAL_CODES,
     PAGES,
-    PLAY_FATAL_CODES,
-    START_FATAL_CODES,
     STORE_URL,
     Model,
     UserProfile,
     user_id,
 )
+from quip.simulate.playback import play
 from schemas.services import EmailNotification, ServiceMessage, SocialNotification
 
 MAX_BATCH_EVENTS: Final = 100
-HEARTBEAT_MS: Final = 10_000
 
 _PAGE_CUM: Final = cumulative(p[2] for p in PAGES)
 _GESTURE_NAMES: Final = tuple(g[0] for g in GESTURES)
@@ -286,97 +271,7 @@ class _SessionWriter:
         )
 
     def play(self) -> None:
-        m, rng, profile = self.model, self.rng, self.profile
-        network, device = profile.network, profile.device
-        content = self.catalog.pick(rng, self.t)
-        base = {"play_id": "p-" + draw_uuid(rng), "content_id": content.content_id}
-        self.add("playback_request", dict(base))
-
-        if rng.random() < m.exit_before_start:
-            self.wait(1_500, 8_000)
-            if rng.random() < m.exit_with_end_event:
-                self.add("playback_end", {**base, "played_ms": 0})
-            return
-        if rng.random() < m.start_failure * network.failure_factor * device.failure_factor:
-            self.wait(800, 10_000)
-            self.add(
-                "playback_error", {**base, "code": rng.choice(START_FATAL_CODES), "fatal": True}
-            )
-            return
-        startup = int(
-            rng.lognormvariate(math.log(device.startup_ms * network.startup_factor), 0.55)
-        )
-        if startup > m.slow_start_ms and rng.random() < m.slow_start_abandon:
-            self.wait(m.slow_start_ms * 0.6, startup)
-            self.add("playback_end", {**base, "played_ms": 0})
-            return
-        top = min(device.max_kbps, network.max_kbps)
-        ladder = [rung for rung in BITRATE_LADDER if rung <= top] or [BITRATE_LADDER[0]]
-        level = max(0, len(ladder) - 1 - rng.randint(1, 2))
-        self.t += startup
-        self.add("playback_start", {**base, "startup_ms": startup, "bitrate_kbps": ladder[level]})
-
-        if content.kind == "movie":
-            full, partial = m.full_watch_movie, rng.betavariate(1.0, 6.0)
-        else:
-            full = m.full_watch_short if content.kind == "short" else m.full_watch_immersive
-            partial = rng.betavariate(1.1, 3.0)
-        whole = rng.random() < full
-        target = max(2_000, content.length_ms if whole else int(content.length_ms * partial))
-        nonfatal_at = rng.randrange(0, target) if rng.random() < m.nonfatal_per_play else None
-        fatal_p = m.fatal_per_interval * network.failure_factor
-        played = 0
-        while played < target:
-            tick = min(HEARTBEAT_MS, target - played)
-            offset = 0  # of the stalls and errors within this tick of played time
-            if level < len(ladder) - 1 and rng.random() < m.upswitch_per_interval / (
-                1 + played / 60_000
-            ):
-                self.add(
-                    "playback_quality_change",
-                    {**base, "from_kbps": ladder[level], "to_kbps": ladder[level + 1]},
-                )
-                level += 1
-            elif rng.random() < m.switch_per_interval:
-                new = max(0, min(len(ladder) - 1, level + rng.choice((-1, 1))))
-                if new != level:
-                    self.add(
-                        "playback_quality_change",
-                        {**base, "from_kbps": ladder[level], "to_kbps": ladder[new]},
-                    )
-                    level = new
-            if rng.random() < network.rebuffer_per_interval:
-                offset = int(rng.uniform(0, tick))
-                stall = int(rng.lognormvariate(math.log(1_400), 0.7))
-                self.t += offset + stall
-                self.add("playback_rebuffer", {**base, "duration_ms": stall})
-                if level > 0 and rng.random() < m.downswitch_after_rebuffer:
-                    self.add(
-                        "playback_quality_change",
-                        {**base, "from_kbps": ladder[level], "to_kbps": ladder[level - 1]},
-                    )
-                    level -= 1
-            if nonfatal_at is not None and played <= nonfatal_at < played + tick:
-                self.add(
-                    "playback_error", {**base, "code": rng.choice(NONFATAL_CODES), "fatal": False}
-                )
-            if rng.random() < fatal_p:
-                self.t += int(rng.uniform(100, max(101, tick - offset)))
-                self.add(
-                    "playback_error", {**base, "code": rng.choice(PLAY_FATAL_CODES), "fatal": True}
-                )
-                return
-            self.t += tick - offset
-            played += tick
-            remainder = tick
-            if tick == HEARTBEAT_MS:
-                self.add(
-                    "playback_heartbeat", {**base, "played_ms": tick, "bitrate_kbps": ladder[level]}
-                )
-                remainder = 0
-            if played >= target:
-                self.t += int(rng.uniform(100, 1_500))
-                self.add("playback_end", {**base, "played_ms": remainder})
+        play(self, self.rng, self.profile, self.catalog, self.model)
 
 
 def make_session(

@@ -144,6 +144,9 @@ def test_historical_backfill_lands_exactly_what_was_recorded(
     assert summary["plays"] == sum(r["type"] == "playback_request" for r in recorded)
     oldest = min(r["ts"] for r in recorded)
     assert time.time() * 1000 - oldest < 3 * 86_400_000
+    # The optional render props are accepted and land unchanged (props compared below).
+    beats = [r for r in recorded if r["type"] == "playback_heartbeat"]
+    assert sum("frames_rendered" in r["props"] and "frames_dropped" in r["props"] for r in beats)
 
     landed = landed_events(
         asyncio.run(read_range(since[ANALYTICS_EVENTS.name], until[ANALYTICS_EVENTS.name])),

@@ -8,6 +8,7 @@ import collections
 import io
 import itertools
 import random
+import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from rich.console import Console
 from ingest.validate import Limits, validate_dicts, validate_native
 from quip import simulate as sim
 from quip.cli import main
+from quip.simulate.devices import DEVICES, ERROR_CODES
+from quip.simulate.model import BITRATE_LADDER
 from schemas.services import ContentPublished, EmailNotification, EncodingJob, encode_message
 from schemas.services import SocialNotification as Social
 from tests.gateway_process import free_port
@@ -31,6 +34,7 @@ from tests.gateway_process import free_port
 END = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 DAY = 86_400_000
 STORE = "https://quibrowser.example/store"
+BY_MODEL = {device.model: device for device in DEVICES}
 
 
 def batches_of(items: list[sim.Item]) -> list[sim.Batch]:
@@ -116,14 +120,27 @@ def test_every_event_passes_gateway_validation_over_the_longest_window() -> None
     plan = sim.Historical(seed=11, users=300, days=30, end_ms=END)
     items = list(sim.historical_items(plan))
     limits = Limits()
-    total = 0
+    total = framed = 0
+    kinds: collections.Counter[str] = collections.Counter()
     for batch in batches_of(items):
         result = validate_dicts(
             batch.events, batch.context, END + 3_600_000, END + 3_600_000, limits
         )
         assert not result.rejected, result.rejected[0].reason
         total += len(result.accepted)
+        kinds.update(e.type for e in result.accepted)
+        framed += sum(
+            e.type == "playback_heartbeat" and e.props["frames_rendered"] > 0
+            for e in result.accepted
+            if "frames_rendered" in e.props
+        )
     assert total > 50_000
+    # The new props and every kind of play event went through validation, not around it.
+    assert framed > 1_000
+    assert {
+        "playback_start", "playback_heartbeat", "playback_quality_change", "playback_error",
+        "playback_rebuffer", "playback_end",
+    } <= set(kinds)  # fmt: skip
     times = [e["ts"] for e in events_of(items)]
     assert min(times) >= END - 30 * DAY + sim.AGE_MARGIN_MS
     assert max(times) <= END
@@ -264,6 +281,108 @@ def test_plays_fail_start_rebuffer_and_end_in_realistic_proportions(
     )
     assert 500 < startups[len(startups) // 2] < 2_000
     assert startups[int(len(startups) * 0.95)] > 2_000
+
+
+def plays_by_device(items: list[sim.Item]) -> dict[str, list[list[dict[str, Any]]]]:
+    device_of: dict[str, str] = {}
+    for batch in batches_of(items):
+        for event in batch.events:
+            if event["type"] == "playback_request":
+                device_of[event["props"]["play_id"]] = batch.context["device_model"]
+    out: dict[str, list[list[dict[str, Any]]]] = collections.defaultdict(list)
+    for play_id, play in plays_of(events_of(items)).items():
+        out[device_of[play_id]].append(play)
+    return out
+
+
+def test_heartbeats_report_frames_at_the_devices_refresh_rate(fortnight: list[sim.Item]) -> None:
+    """Frames per heartbeat are the 10 s of one display mode of the device, one mode per
+    play; the Vive Focus 3's player reports none. avg_fps and dropped_frame_pct as SPEC §4
+    defines them: Quest 2 drops more than Quest 3 (which plays at higher bitrates)."""
+    fps: dict[str, float] = {}
+    dropped_pct: dict[str, float] = {}
+    for model, plays in plays_by_device(fortnight).items():
+        device = BY_MODEL[model]
+        frames_per_beat = {hz * sim.HEARTBEAT_MS // 1000 for hz, _ in device.refresh_hz}
+        rendered = dropped = played_ms = 0
+        for play in plays:
+            beats = [e["props"] for e in play if e["type"] == "playback_heartbeat"]
+            if not device.reports_frames:
+                assert not any("frames_rendered" in b or "frames_dropped" in b for b in beats)
+                continue
+            shown = {b["frames_rendered"] + b["frames_dropped"] for b in beats}
+            assert len(shown) <= 1, (model, shown)
+            assert shown <= frames_per_beat, (model, shown)
+            for beat in beats:
+                assert 0 <= beat["frames_dropped"] <= beat["frames_rendered"]
+                rendered += beat["frames_rendered"]
+                dropped += beat["frames_dropped"]
+                played_ms += beat["played_ms"]
+        if device.reports_frames:
+            fps[model] = rendered / (played_ms / 1000)
+            dropped_pct[model] = 100 * dropped / (rendered + dropped)
+            modes = [hz for hz, _ in device.refresh_hz]
+            assert 0.9 * min(modes) < fps[model] < max(modes), model
+    assert set(fps) == {d.model for d in DEVICES if d.reports_frames}
+    assert dropped_pct["quest2"] > 1.5 * dropped_pct["quest3"]
+    assert dropped_pct["visionpro"] == min(dropped_pct.values())
+    assert min(dropped_pct.values()) > 0.1
+    assert max(dropped_pct.values()) < 5
+
+
+def test_quality_changes_shift_both_ways_one_rung_from_the_current_bitrate(
+    fortnight: list[sim.Item],
+) -> None:
+    downshifts = upshifts = started = downshifted = 0
+    for play in plays_of(events_of(fortnight)).values():
+        current: int | None = None
+        down = False
+        for event in play:
+            props = event["props"]
+            if event["type"] == "playback_start":
+                current = props["bitrate_kbps"]
+                started += 1
+            elif event["type"] == "playback_quality_change":
+                assert props["from_kbps"] == current
+                rungs = BITRATE_LADDER.index(props["from_kbps"]), BITRATE_LADDER.index(
+                    props["to_kbps"]
+                )
+                assert abs(rungs[0] - rungs[1]) == 1
+                down = down or rungs[1] < rungs[0]
+                downshifts += rungs[1] < rungs[0]
+                upshifts += rungs[1] > rungs[0]
+                current = props["to_kbps"]
+            elif event["type"] == "playback_heartbeat":
+                assert props["bitrate_kbps"] == current
+        downshifted += down
+    assert upshifts > downshifts > 500
+    assert 0.2 < downshifted / started < 0.7
+
+
+def test_error_codes_come_from_the_table_by_when_they_happen(fortnight: list[sim.Item]) -> None:
+    kind_of = {e.code: e.kind for e in ERROR_CODES}
+    seen: collections.Counter[str] = collections.Counter()
+    for play in plays_of(events_of(fortnight)).values():
+        started = False
+        for event in play:
+            if event["type"] == "playback_start":
+                started = True
+            elif event["type"] == "playback_error":
+                code, fatal = event["props"]["code"], event["props"]["fatal"]
+                expected = ("play" if started else "start") if fatal else "warning"
+                assert kind_of[code] == expected, (code, fatal, started)
+                seen[kind_of[code]] += 1
+    assert set(seen) == {"start", "play", "warning"}
+
+
+def test_vision_pro_starts_fastest_in_the_traffic(fortnight: list[sim.Item]) -> None:
+    medians = {
+        model: statistics.median(
+            e["props"]["startup_ms"] for p in plays for e in p if e["type"] == "playback_start"
+        )
+        for model, plays in plays_by_device(fortnight).items()
+    }
+    assert min(medians, key=lambda model: medians[model]) == "visionpro", medians
 
 
 def test_retention_decays_by_cohort(fortnight: list[sim.Item]) -> None:
