@@ -42,7 +42,7 @@ def from_day_number(number: int) -> date:
 WINDOWS = (1, 7, 30)
 
 
-def _bits(lo: int, hi: int, block: int) -> int:
+def day_bits(lo: int, hi: int, block: int) -> int:
     """The bits of `block`'s word for the days of [lo, hi] (day numbers)."""
     first = max(lo, block * DAYS_PER_BLOCK)
     last = min(hi, block * DAYS_PER_BLOCK + DAYS_PER_BLOCK - 1)
@@ -72,7 +72,7 @@ def active_users_sql(first: int, last: int) -> tuple[str, dict[str, Any]]:
     for lower, days in pairs.items():
         for block in (lower, lower + 1):
             params[f"m{lower}_{block}"] = [
-                _bits(day - window + 1, day, block) for day in days for window in WINDOWS
+                day_bits(day - window + 1, day, block) for day in days for window in WINDOWS
             ]
         sums.append(
             "sumForEach(arrayMap((a, b) -> toUInt32("

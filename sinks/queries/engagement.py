@@ -18,12 +18,14 @@ from datetime import date, timedelta
 from typing import Final, Literal, TypedDict, get_args
 
 from sinks.clickhouse import ClickHouse
+from sinks.migrations.v0002_activity import DAYS_PER_BLOCK
+from sinks.queries.activity import day_bits, day_number, from_day_number
 from sinks.queries.actor import ACTOR
 from sinks.queries.properties import SqlParams
 
 LifecycleInterval = Literal["day", "week"]
 LIFECYCLE_INTERVALS: Final[tuple[str, ...]] = get_args(LifecycleInterval)
-_PERIOD: Final = {"day": ("day", 1), "week": ("toMonday(day)", 7)}
+_STEP: Final = {"day": 1, "week": 7}
 
 
 class LifecyclePeriod(TypedDict):
@@ -68,54 +70,111 @@ def lifecycle(
     _checked(day_from, day_to)
     if interval not in LIFECYCLE_INTERVALS:
         raise ValueError(f"interval must be one of {', '.join(LIFECYCLE_INTERVALS)}")
-    period, step = _PERIOD[interval]
+    step = _STEP[interval]
     starts = period_starts(interval, day_from, day_to)
     params = SqlParams("l")
-    kind = f"AND type = {params(event)}" if event is not None else ""
-    first, last = params(starts[0]), params(starts[-1])
-    before = params(starts[0] - timedelta(days=step))
-    # Per actor: the period of its first-ever event, and its active periods from the one
-    # before the range on (dormancy in the first period looks at it).
-    actors = f"""
-        SELECT {ACTOR} AS actor, min({period}) AS first_period,
-               groupUniqArrayIf({period}, {period} >= toDate({before})) AS periods
-        FROM events
-        WHERE project = {params(project)} AND day <= toDate({params(day_to)}) {kind}
-        GROUP BY actor
-    """
-    active = f"""
-        SELECT p AS t,
-               countIf(first_period = p) AS new,
-               countIf(first_period < p AND has(periods, p - {step})) AS returning,
-               countIf(first_period < p - {step} AND NOT has(periods, p - {step})) AS resurrecting
-        FROM ({actors}) ARRAY JOIN periods AS p
-        WHERE p >= toDate({first}) AND p <= toDate({last})
-        GROUP BY t
-    """
-    dormant = f"""
-        SELECT p + {step} AS t, countIf(NOT has(periods, p + {step})) AS dormant
-        FROM ({actors}) ARRAY JOIN periods AS p
-        WHERE p + {step} >= toDate({first}) AND p + {step} <= toDate({last})
-        GROUP BY t
-    """
-    counts: dict[str, dict[str, int]] = {}
-    for t, new, returning, resurrecting in ch.execute(active, params.values):
-        counts[str(t)] = {"new": int(new), "returning": int(returning)}
-        counts[str(t)]["resurrecting"] = int(resurrecting)
-    dormancy = {str(t): int(n) for t, n in ch.execute(dormant, params.values)}
+    before = starts[0] - timedelta(days=step)
+    source = (
+        _actors_from_activity(project, before, day_to, interval, params)
+        if event is None
+        else _actors_from_events(project, before, day_to, interval, event, params)
+    )
+    # Each active period p counts towards p itself (new, returning, resurrecting) and
+    # towards p + step, where the actor is dormant unless active then too.
+    first, last = params(day_number(starts[0])), params(day_number(starts[-1]))
+    counts = {
+        from_day_number(int(t)).isoformat(): (int(new), int(returning), int(back), int(gone))
+        for t, new, returning, back, gone in ch.execute(
+            f"""
+            SELECT t,
+                   countIf(t = p AND first_period = p) AS new,
+                   countIf(t = p AND first_period < p AND has(periods, p - {step})) AS returning,
+                   countIf(t = p AND first_period < p - {step}
+                           AND NOT has(periods, p - {step})) AS resurrecting,
+                   countIf(t != p AND NOT has(periods, t)) AS dormant
+            FROM (
+                SELECT p, arrayJoin([p, p + {step}]) AS t, first_period, periods
+                FROM ({source}) ARRAY JOIN periods AS p
+            )
+            WHERE t >= {first} AND t <= {last}
+            GROUP BY t
+            """,
+            params.values,
+        )
+    }
     rows: list[LifecyclePeriod] = []
     for start in starts:
-        found = counts.get(start.isoformat(), {})
+        new, returning, resurrecting, dormant = counts.get(start.isoformat(), (0, 0, 0, 0))
         rows.append(
             {
                 "t": start.isoformat(),
-                "new": found.get("new", 0),
-                "returning": found.get("returning", 0),
-                "resurrecting": found.get("resurrecting", 0),
-                "dormant": dormancy.get(start.isoformat(), 0),
+                "new": new,
+                "returning": returning,
+                "resurrecting": resurrecting,
+                "dormant": dormant,
             }
         )
     return rows
+
+
+def _period_of(day_number_sql: str, interval: str) -> str:
+    """The period of a day number as a day number: itself, or its ISO week's Monday (day
+    0, 1970-01-01, was a Thursday)."""
+    if interval == "week":
+        return f"({day_number_sql} - modulo({day_number_sql} + 3, 7))"
+    return day_number_sql
+
+
+def _actors_from_events(
+    project: str, since: date, day_to: date, interval: str, event: str, params: SqlParams
+) -> str:
+    """Per actor with an `event` by `day_to`: the period of its first one (`first_period`)
+    and its active periods from the one of `since` on (`periods`), as day numbers."""
+    period = _period_of("toInt32(toUInt16(day))", interval)
+    return f"""
+        SELECT {ACTOR} AS actor, min({period}) AS first_period,
+               groupUniqArrayIf({period}, day >= toDate({params(since)})) AS periods
+        FROM events
+        WHERE project = {params(project)} AND day <= toDate({params(day_to)})
+          AND type = {params(event)}
+        GROUP BY actor
+    """
+
+
+def _actors_from_activity(
+    project: str, since: date, day_to: date, interval: str, params: SqlParams
+) -> str:
+    """What `_actors_from_events` gives for any event, from the activity tables (migration
+    0002, written from every event as `events` is): each user's first-seen day and the
+    day bits of the blocks of [since, day_to], met in one GROUP BY over their UNION ALL
+    (as sinks/queries/activity.py's retention). A user first seen after `day_to` has no
+    period and counts nowhere."""
+    lo, hi = day_number(since), day_number(day_to)
+    project_param = params(project)
+    return f"""
+        SELECT actor, {_period_of("first", interval)} AS first_period,
+               arrayDistinct(arrayMap(d -> {_period_of("toInt32(d)", interval)},
+                   arrayFilter(d -> d >= {lo} AND d <= {hi}, days))) AS periods
+        FROM (
+            SELECT user_hash AS actor, toInt32(min(first_day)) AS first,
+                   groupArrayArray(active_days) AS days
+            FROM (
+                SELECT user_hash, toUInt16(finalizeAggregation(first_day)) AS first_day,
+                       emptyArrayUInt16() AS active_days
+                FROM user_first_seen
+                WHERE project = {project_param}
+                UNION ALL
+                SELECT user_hash, toUInt16(65535) AS first_day,
+                       arrayMap(power -> toUInt16(block * {DAYS_PER_BLOCK}
+                                + toUInt16(round(log2(power)))),
+                                bitmaskToArray(finalizeAggregation(days))) AS active_days
+                FROM user_activity
+                WHERE project = {project_param}
+                  AND block >= {lo // DAYS_PER_BLOCK} AND block <= {hi // DAYS_PER_BLOCK}
+            )
+            GROUP BY user_hash
+        )
+    """
 
 
 def stickiness(
@@ -125,18 +184,42 @@ def stickiness(
     from > to, ClickHouseError when the query fails."""
     _checked(day_from, day_to)
     params = SqlParams("s")
-    kind = f"AND type = {params(event)}" if event is not None else ""
-    rows = ch.execute(
-        f"""
-        SELECT days, count() FROM (
+    if event is None:
+        source = _active_days_from_activity(project, day_from, day_to, params)
+    else:
+        source = f"""
             SELECT {ACTOR} AS actor, uniqExact(day) AS days FROM events
             WHERE project = {params(project)} AND day >= toDate({params(day_from)})
-              AND day <= toDate({params(day_to)}) {kind}
+              AND day <= toDate({params(day_to)}) AND type = {params(event)}
             GROUP BY actor
-        ) GROUP BY days
-        """,
-        params.values,
+        """
+    rows = ch.execute(
+        f"SELECT days, count() FROM ({source}) WHERE days > 0 GROUP BY days", params.values
     )
     users = {int(days): int(n) for days, n in rows}
     span = (day_to - day_from).days + 1
     return [{"days": k, "users": users.get(k, 0)} for k in range(1, span + 1)]
+
+
+def _active_days_from_activity(
+    project: str, day_from: date, day_to: date, params: SqlParams
+) -> str:
+    """Per user: its active days in [day_from, day_to], counted in the activity words of
+    the range's blocks (each word masked to the range's bits)."""
+    lo, hi = day_number(day_from), day_number(day_to)
+    blocks = list(range(lo // DAYS_PER_BLOCK, hi // DAYS_PER_BLOCK + 1))
+    masks = [day_bits(lo, hi, block) for block in blocks]
+    return f"""
+        SELECT user_hash AS actor,
+               sum(length(bitmaskToArray(bitAnd(word, transform(block,
+                   CAST({params(blocks)} AS Array(UInt16)),
+                   CAST({params(masks)} AS Array(UInt64)), toUInt64(0)))))) AS days
+        FROM (
+            SELECT user_hash, block, groupBitOrMerge(days) AS word
+            FROM user_activity
+            WHERE project = {params(project)}
+              AND block >= {blocks[0]} AND block <= {blocks[-1]}
+            GROUP BY user_hash, block
+        )
+        GROUP BY user_hash
+    """

@@ -152,6 +152,11 @@ def retention(
         raise ValueError("period must be day or week")
     step = 7 if period == "week" else 1
     period_of = "toMonday(day)" if period == "week" else "day"
+    # Only rows that can matter are read: start events up to `to` (a later one is never
+    # the first of a cohort in range) and return events from the first cohort's period on
+    # (earlier ones fall before every cohort). With events named, the type narrows the
+    # scan to their granules (events is sorted by type).
+    first_period = day_from - timedelta(days=day_from.weekday()) if period == "week" else day_from
     params = SqlParams("r")
     matches = filter_sql(filters, params)
     is_start = matches + (f" AND type = {params(start_event)}" if start_event else "")
@@ -169,7 +174,9 @@ def retention(
                    groupUniqArrayIf({period_of}, {is_return}) AS returns,
                    countIf({is_start}) AS starts
             FROM events
-            WHERE project = {params(project)}
+            WHERE project = {params(project)} AND (
+                ({is_start} AND day <= toDate({params(day_to)}))
+                OR ({is_return} AND day >= toDate({params(first_period)})))
             GROUP BY actor
         )
         WHERE starts > 0 AND first_day >= toDate({params(day_from)})
