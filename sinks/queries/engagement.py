@@ -1,5 +1,8 @@
-"""Lifecycle and stickiness (SPEC §4, §5.1), from the raw `events` table; with `event`,
-activity means an event of that type (and "first-ever" the first such event).
+"""Lifecycle and stickiness (SPEC §4, §5.1). With `event`, activity means an event of that
+type (and "first-ever" the first such event), read from the raw `events` table; without,
+any event, read from the activity tables of migration 0002 (each user's first-seen day and
+day bitmasks, written from every event as `events` is, and keyed by the same `user_hash`
+as ACTOR): a user-day is a bit there, not a scan of its events.
 
 Lifecycle, for each period P (a UTC day, or an ISO week by its Monday) of [from, to]:
 - `new`: actors whose first-ever event is in P;
