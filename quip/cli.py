@@ -266,7 +266,8 @@ def topics_create(bootstrap: str | None, replication_factor: int) -> None:
 @click.option(
     "--kafka-bootstrap",
     default=None,
-    help="publish the service messages (social, CMS, video, e-mail) there [not sent]",
+    help="publish the service messages (social, CMS, video, e-mail) to this Kafka"
+    " [over HTTP to --url: quip up's /v1/services]",
 )
 @click.option(
     "--concurrency",

@@ -4,8 +4,8 @@ New content is encoded and published (~3 items per day historically, one per ~2 
 live): EncodingJob queued → succeeded (92%) or failed (then re-queued as a new job) with
 encode_ms, then ContentPublished; a few "updated" actions per day. Historical content
 becomes playable when published. The messages a session causes (social notifications,
-e-mails) are drawn with the session (`session.py`); all of them are published only with a
-Kafka bootstrap (`service_sender.py`).
+e-mails) are drawn with the session (`session.py`); all of them are published to Kafka
+with a bootstrap, else over HTTP to `quip up` (`service_sender.py`).
 """
 
 from __future__ import annotations
