@@ -41,8 +41,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.settings import Settings
 from schemas.funnels import load_funnels
-from schemas.output import ProcessorOutput
-from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.engines import open_clickhouse
@@ -51,13 +49,9 @@ from sinks.queries.activity import active_users
 from sinks.writer import SinkHealth, SinkWriter
 from streams.changelog import Changelog, changelog_topic
 from streams.kafka_source import KafkaEventsSource, services_group
-from streams.metrics import (
-    DAILY_ACTIVE_USERS,
-    MONTHLY_ACTIVE_USERS,
-    VIDEO_HOURS_WATCHED,
-    VIDEO_PLAYBACK_QUALITY,
-)
+from streams.metrics import DAILY_ACTIVE_USERS, MONTHLY_ACTIVE_USERS
 from streams.pipeline import EventPipeline, ServicePipeline, Stage
+from streams.play_metrics import PlayMetrics
 from streams.processors.activity import ActivityProcessor
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
@@ -153,7 +147,9 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             "plays",
             lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
             changelog_topic=changelog_topic(settings.worker_group, "plays-state"),
-            observe=PlayMetrics().observe,
+            # A play is rewritten while the processor holds it (twice the idle timeout
+            # after its last event); twice that again leaves room for the worker's lag.
+            observe=PlayMetrics(horizon_ms=4 * idle_timeout_ms).observe,
         ),
     ]
     funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
@@ -239,51 +235,6 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
     _add_web_pages(app, state)
     return app, state
-
-
-class PlayMetrics:
-    """Feeds `video_playback_quality` and `video_hours_watched` from closed-play rows. A play
-    re-emitted after a late event adds only its extra watch time, and its startup is
-    observed once (bounded memory of plays: after a restart a play may be observed again;
-    these are live indicators, the API is exact)."""
-
-    _READ = ("deleted", "project", "play_id", "started", "watch_ms", "startup_ms", "rebuffer_ms")
-
-    def __init__(self, remember_at_most: int = 50_000) -> None:
-        self._counted_watch_ms: dict[int, int] = {}
-        self._remember_at_most = remember_at_most
-        # Labelled children looked up once: `labels()` per closed play was most of this.
-        self._startup_seconds = VIDEO_PLAYBACK_QUALITY.labels("startup_seconds")
-        self._rebuffer_ratio = VIDEO_PLAYBACK_QUALITY.labels("rebuffer_ratio")
-        self._columns = tuple(PLAY_COLUMNS.index(name) for name in self._READ)
-
-    def observe(self, output: ProcessorOutput) -> None:
-        deleted, project, play_id, started, watch, startup, rebuffer = self._columns
-        counted_watch_ms = self._counted_watch_ms
-        hours_watched = 0.0
-        for table in output.tables:
-            if table.table != PLAYS_TABLE:
-                continue
-            for row in table.rows:
-                if row[deleted]:
-                    continue
-                key = hash((row[project], row[play_id]))
-                seen_before = key in counted_watch_ms
-                if not seen_before and len(counted_watch_ms) >= self._remember_at_most:
-                    counted_watch_ms.clear()
-                watch_ms = row[watch]
-                counted = counted_watch_ms.get(key, 0)
-                if watch_ms > counted:
-                    hours_watched += (watch_ms - counted) / 3_600_000
-                counted_watch_ms[key] = max(watch_ms, counted)
-                if seen_before:
-                    continue
-                if row[started]:
-                    self._startup_seconds.observe(row[startup] / 1000)
-                if watch_ms:
-                    self._rebuffer_ratio.observe(row[rebuffer] / watch_ms)
-        if hours_watched:
-            VIDEO_HOURS_WATCHED.inc(hours_watched)
 
 
 def _refresh_active_user_gauges(settings: Settings) -> None:

@@ -206,6 +206,40 @@ def test_plays_and_funnels_exact(
     assert float(hours.split()[-1]) == pytest.approx(watch_ms / 3_600_000)
     assert 'video_playback_quality_count{measure="startup_seconds"} 2.0' in metrics
     assert 'analytics_events_processed_total{agent="plays"}' in metrics
+    # The QoE alerts' counters (A, B, C, D by hand): each play once, although the client
+    # retry was processed; the plays carry no frames and A's one quality change is down.
+    counters = samples(metrics)
+    quest3 = {
+        name.removesuffix('{device_model="quest3"}'): value
+        for name, value in counters.items()
+        if name.startswith("video_") and name.endswith('_total{device_model="quest3"}')
+    }
+    assert quest3 == {
+        "video_plays_total": 4,
+        "video_plays_started_total": 2,
+        "video_start_failures_total": 1,
+        "video_exits_before_start_total": 1,
+        "video_playback_failures_total": 1,
+        "video_rebuffers_total": 1,
+        "video_rebuffer_seconds_total": 0.5,
+        "video_watch_seconds_total": pytest.approx(watch_ms / 1000),
+        "video_frames_rendered_total": 0,
+        "video_frames_dropped_total": 0,
+        "video_frames_played_seconds_total": 0,
+        "video_plays_downshifted_total": 1,
+    }
+    assert counters['video_quality_shifts_total{device_model="quest3",direction="down"}'] == 1
+    assert counters['video_quality_shifts_total{device_model="quest3",direction="up"}'] == 0
+
+
+def samples(metrics: str) -> dict[str, float]:
+    """`name{labels}` -> value of each sample of a Prometheus text page."""
+    found = {}
+    for line in metrics.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
 
 
 def processed(worker: WorkerProcess, agent: str) -> float:

@@ -45,6 +45,7 @@ DASHBOARD_PROVIDERS_FILE = PROVISIONING_DIR / "dashboards" / "dashboards.yml"
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
 DASHBOARD_FILES = sorted(DASHBOARDS_DIR.glob("*.json"))
 ANALYTICS_DASHBOARD = DASHBOARDS_DIR / "analytics.json"
+VIDEO_QUALITY_DASHBOARD = DASHBOARDS_DIR / "video-quality.json"
 # The Infinity plugin: JSON over HTTP, here the query API's (SPEC §5).
 INFINITY = "yesoreyeram-infinity-datasource"
 API_DATASOURCE_UID = "quip-api"
@@ -476,12 +477,15 @@ def test_metric_definitions_are_found() -> None:
     assert series["consumer_lag"] == {"topic", "partition"}
     assert series["sink_write_seconds_count"] == {"sink", "target"}
     assert "video_playback_quality_bucket" in series
+    assert series["video_plays_total"] == {"device_model"}
+    assert series["video_quality_shifts_total"] == {"device_model", "direction"}
     assert "daily_active_users" in series
 
 
 def test_written_measurements_are_found() -> None:
     written = written_measurements()
-    assert set(written) == {"playback_qoe", "service_metrics"}
+    assert set(written) == {"playback_qoe", "concurrent_viewers", "service_metrics"}
+    assert written["concurrent_viewers"].fields == {"viewers"}
     assert {"startup_ms_p95", "rebuffer_ratio", "video_start_failures"} <= written[
         "playback_qoe"
     ].fields
@@ -683,6 +687,8 @@ def response_items(operation: dict[str, Any], root_selector: str) -> dict[str, A
     200 answer: an array's items, or the object itself."""
     schema = resolve(operation["responses"]["200"]["content"]["application/json"]["schema"])
     for name in [part for part in root_selector.split(".") if part]:
+        if schema.get("type") == "array":  # a path through a list reads each of its items
+            schema = resolve(schema["items"])
         schema = resolve(resolve(schema)["properties"][name])
     schema = resolve(schema)
     if schema.get("type") == "array":
@@ -781,6 +787,11 @@ def _api_target(url: str, root: str = "", columns: tuple[str, ...] = ("t",)) -> 
         pytest.param(
             _api_target("http://api:8000/v1/insights/lifecycle"), "not a path", id="absolute"
         ),
+        pytest.param(
+            _api_target("/v1/metrics/playback", "errors", ("cod",)),
+            "no column cod",
+            id="root selector through a list",
+        ),
     ],
 )
 def test_the_api_checker_catches_mistakes(target: dict[str, Any], problem: str) -> None:
@@ -868,6 +879,93 @@ def test_analytics_dashboard_has_cohort_funnel_and_churn_panels(
             for override in panel["fieldConfig"]["overrides"]
         }
         assert overrides["dormant"]["custom.transform"] == "negative-Y"
+
+
+# The QoE of SPEC §4 the Video Quality dashboard shows (issue 17): live from the worker's
+# counters of closed plays (Prometheus), exact from the stored plays (query API columns).
+VIDEO_QUALITY_METRICS = frozenset(
+    {
+        "video_plays_total",
+        "video_playback_failures_total",
+        "video_start_failures_total",
+        "video_exits_before_start_total",
+        "video_playback_quality_bucket",
+        "video_rebuffer_seconds_total",
+        "video_watch_seconds_total",
+        "video_rebuffers_total",
+        "video_quality_shifts_total",
+        "video_plays_downshifted_total",
+        "video_plays_started_total",
+        "video_frames_rendered_total",
+        "video_frames_dropped_total",
+        "video_frames_played_seconds_total",
+    }
+)
+VIDEO_QUALITY_API_COLUMNS = frozenset(
+    {
+        "playback_failure_pct",
+        "video_start_failure_pct",
+        "exit_before_start_pct",
+        "startup_ms_p50",
+        "startup_ms_p95",
+        "rebuffer_frequency",
+        "downshifts",
+        "upshifts",
+        "downshift_pct",
+        "avg_fps",
+        "dropped_frame_pct",
+        "experience_score",
+        "code",  # of `errors`: the top error codes
+    }
+)
+
+
+def test_video_quality_dashboard_shows_the_qoe_fields() -> None:
+    board = load_dashboard(VIDEO_QUALITY_DASHBOARD)
+    shown = set().union(*(promql_use(query.text).metrics for query in of_type(board, "prometheus")))
+    assert shown >= VIDEO_QUALITY_METRICS
+    columns = set()
+    for _, target in api_targets(board):
+        columns |= {column["selector"] for column in target["columns"]}
+        assert dict(parse_qsl(urlsplit(target["url"]).query))["project"] == (
+            "${api_project:percentencode}"
+        )
+    assert columns >= VIDEO_QUALITY_API_COLUMNS
+    flux = " ".join(query.text for query in of_type(board, "influxdb"))
+    assert 'r._measurement == "concurrent_viewers"' in flux
+    assert 'r._field == "viewers"' in flux
+
+
+def test_video_quality_dashboard_has_the_quality_switch_panels() -> None:
+    # Up- and downshifts side by side: live by direction, and per hour from the API.
+    board = load_dashboard(VIDEO_QUALITY_DASHBOARD)
+    live = [
+        panel
+        for panel in all_panels(board)
+        for target in panel.get("targets", [])
+        if "video_quality_shifts_total" in promql_use(target.get("expr", "")).metrics
+        and "direction" in promql_use(target["expr"]).grouping
+    ]
+    stored = [
+        panel
+        for panel, target in api_targets(board)
+        if {"downshifts", "upshifts"} <= {column["selector"] for column in target["columns"]}
+    ]
+    assert len(live) == 1
+    assert len(stored) == 1
+
+
+def test_every_video_counter_is_read_by_a_dashboard_or_an_alert() -> None:
+    # A counter the worker exports and nothing reads is work for nothing.
+    read = set().union(*(promql_use(rule["expr"]).metrics for rule in alert_rules()))
+    for path in DASHBOARD_FILES:
+        for query in of_type(load_dashboard(path), "prometheus"):
+            read |= promql_use(query.text).metrics
+    counters = {
+        name for name in exported_series() if name.startswith("video_") and name.endswith("_total")
+    }
+    assert counters
+    assert counters <= read, sorted(counters - read)
 
 
 FLUX_COLUMNS = frozenset({"_time", "_value", "_field", "_measurement", "_start", "_stop"})
@@ -1094,13 +1192,19 @@ def test_equality_matchers_name_label_values_the_code_sets() -> None:
 def test_guide_threshold_has_an_alert(
     alert: str, conditions: list[str], duration: str, metric: str
 ) -> None:
+    rule = rule_stating(alert, conditions, duration)
+    assert metric in promql_use(rule["expr"]).metrics
+
+
+def rule_stating(alert: str, conditions: list[str], duration: str) -> dict[str, Any]:
+    """The rule `alert`, checked to state each condition (`> 0.05`) and to wait `duration`."""
     rule = next((rule for rule in alert_rules() if rule["alert"] == alert), None)
     assert rule is not None, f"no alert {alert}"
     expr = " ".join(rule["expr"].replace("(", " ( ").replace(")", " ) ").split())
     for condition in conditions:
         assert f" {condition} " in f"{expr} ", (condition, expr)
     assert rule["for"] == duration
-    assert metric in promql_use(rule["expr"]).metrics
+    return rule
 
 
 def test_rollback_rules_are_critical() -> None:
@@ -1115,6 +1219,79 @@ def test_rollback_rules_are_critical() -> None:
         "QuipPodRestartRate",
         "QuipTargetDown",
     }
+
+
+def histogram_buckets(name: str) -> tuple[float, ...]:
+    """The `buckets=` of the histogram `name` created in METRIC_MODULES."""
+    for module in METRIC_MODULES:
+        for node in ast.walk(ast.parse((ROOT / module).read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == name
+            ):
+                for keyword in node.keywords:
+                    if keyword.arg == "buckets":
+                        buckets: tuple[float, ...] = ast.literal_eval(keyword.value)
+                        return buckets
+    raise AssertionError(f"no histogram {name} with buckets")
+
+
+# The viewer-experience alerts (issue 17; thresholds and their sources in docs/runbooks.md,
+# "Video quality thresholds"): the threshold and the minimum volume the expression must
+# state, its `for`, and the worker's counters it reads.
+@pytest.mark.parametrize(
+    ("alert", "conditions", "duration", "metrics"),
+    [
+        pytest.param(
+            "QuipPlaybackFailureHigh",
+            ["> 0.05", ">= 100"],
+            "5m",
+            {"video_playback_failures_total", "video_plays_total"},
+            id="playback failures > 5% of plays over 5m",
+        ),
+        pytest.param(
+            "QuipVideoStartFailureHigh",
+            ["> 0.05", ">= 100"],
+            "5m",
+            {"video_start_failures_total", "video_plays_total"},
+            id="video start failures > 5% of plays over 5m",
+        ),
+        pytest.param(
+            "QuipStartupTimeP95High",
+            ["> 5", ">= 100"],
+            "10m",
+            {"video_playback_quality_bucket", "video_playback_quality_count"},
+            id="startup p95 > 5s",
+        ),
+        pytest.param(
+            "QuipRebufferingHigh",
+            ["> 0.02", ">= 100"],
+            "10m",
+            {"video_rebuffer_seconds_total", "video_watch_seconds_total", "video_plays_total"},
+            id="rebuffering > 2% of watch time",
+        ),
+        pytest.param(
+            "QuipDroppedFramesHigh",
+            ["> 0.05", ">= 10000"],
+            "10m",
+            {"video_frames_dropped_total", "video_frames_rendered_total"},
+            id="dropped frames > 5% per device model",
+        ),
+    ],
+)
+def test_video_quality_alert(
+    alert: str, conditions: list[str], duration: str, metrics: set[str]
+) -> None:
+    rule = rule_stating(alert, conditions, duration)
+    assert rule["labels"]["severity"] == "warning"
+    assert promql_use(rule["expr"]).metrics == metrics
+
+
+def test_startup_alert_threshold_is_a_histogram_bucket() -> None:
+    # Then p95 > 5 s means exactly "more than 5 % of the starts took longer than 5 s".
+    assert 5 in histogram_buckets("video_playback_quality")
 
 
 # ------------------------------------------------------------------ runbooks
