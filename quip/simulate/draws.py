@@ -27,6 +27,7 @@ def cumulative(weights: Iterable[float]) -> list[float]:
     return out
 
 
-def pick(rng: random.Random, values: tuple[T, ...], cumulative: list[float]) -> T:
-    """One of `values`, weighted by the running totals `cumulative` (one draw of `rng`)."""
-    return values[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
+def pick(rng: random.Random, values: tuple[T, ...], totals: list[float]) -> T:
+    """One of `values`, weighted by the running totals of their weights (`cumulative`; one
+    draw of `rng`)."""
+    return values[bisect.bisect_right(totals, rng.random() * totals[-1])]
