@@ -6,9 +6,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from prometheus_client import REGISTRY
 
 from schemas.output import ProcessorOutput, TableRows
 from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
+from streams.play_metrics import PlayMetrics
 from streams.processors.plays.tally import OTHER_DEVICE, TALLIED, PlayIncrements, PlayTally
 from tests.unit.test_plays import T0, Feed, ev
 
@@ -222,3 +224,33 @@ def _final_total(row: dict[str, object], name: str) -> int:
     value = row[column]
     assert isinstance(value, int)
     return value
+
+
+def test_play_metrics_adds_the_increments_in_seconds_and_hours() -> None:
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    device = {"device_model": "quest3"}
+    before = {
+        "plays": value("video_plays_total", **device),
+        "watch": value("video_watch_seconds_total", **device),
+        "rebuffer": value("video_rebuffer_seconds_total", **device),
+        "down": value("video_quality_shifts_total", **device, direction="down"),
+        "hours": value("video_hours_watched_total"),
+        "startups": value("video_playback_quality_count", measure="startup_seconds"),
+    }
+    feed = Feed()
+    feed.send(*PLAY_A)
+    PlayMetrics(horizon_ms=HORIZON, clock=lambda: T0 / 1000).observe(feed.flush(T0 + 30_000))
+    watch_ms = 800 + 15_000 + 500
+    assert value("video_plays_total", **device) - before["plays"] == 1
+    watched = value("video_watch_seconds_total", **device) - before["watch"]
+    assert watched == pytest.approx(watch_ms / 1000)
+    rebuffered = value("video_rebuffer_seconds_total", **device) - before["rebuffer"]
+    assert rebuffered == pytest.approx(0.5)
+    assert value("video_quality_shifts_total", **device, direction="down") - before["down"] == 1
+    assert value("video_hours_watched_total") - before["hours"] == pytest.approx(
+        watch_ms / 3_600_000
+    )
+    startups = value("video_playback_quality_count", measure="startup_seconds")
+    assert startups - before["startups"] == 1
