@@ -210,6 +210,23 @@ class PlaybackPoint(PlaybackMetrics, _TimeField):
     pass
 
 
+class ConcurrencyPoint(BaseModel):
+    t: str = Field(
+        description='bucket start, UTC: "2026-10-01T13:05:00Z" (minute, hour) or "2026-10-01"'
+    )
+    peak_concurrent: int = Field(
+        description="the largest concurrent_viewers of the bucket's minutes (plays whose "
+        "[first event, last event] spans the minute); for interval=minute, the minute's"
+    )
+
+
+class ConcurrentNow(BaseModel):
+    t: str = Field(description='the moment answered, UTC: "2026-10-01T13:05:42Z"')
+    concurrent_viewers: int = Field(
+        description="plays with an event in the last 60 s and no playback_end or fatal error"
+    )
+
+
 # ----------------------------------------------------------------------------- events
 
 

@@ -792,6 +792,25 @@
   // The table shows the groups with the most plays: content_id has thousands of values.
   const PLAYBACK_GROUP_LIMIT = 50;
 
+  // Viewers right now (plays with an event in the last minute, not ended): independent of
+  // the date range and never cached by the API, so the tile polls on its own, without a
+  // reload, as often as the stores can change it (the freshness target is 5 s).
+  const CONCURRENT_REFRESH_MS = 5000;
+
+  async function refreshConcurrentNow() {
+    if (!state.key || !state.project || document.hidden) return;
+    const value = byTestId('playback-concurrent-now');
+    const at = byTestId('playback-concurrent-at');
+    try {
+      const now = await api(`/v1/metrics/playback/concurrent/now?${query({ project: state.project })}`);
+      setValue(value, now.concurrent_viewers, fmt.int(now.concurrent_viewers));
+      setValue(at, now.t, `at ${now.t.slice(11, 19)} UTC`);
+    } catch (error) {
+      setValue(value, null, '—');
+      setValue(at, null, error instanceof ApiError ? error.message : `unexpected error: ${error.message}`);
+    }
+  }
+
   function loadPlayback() {
     const interval = $('#playback-interval').value;
     const groupBy = $('#playback-group').value;
@@ -1459,6 +1478,7 @@
     document.body.dataset.state = 'loading';
     setStatus(`Loading ${state.project} · ${state.from} → ${state.to} …`);
     state.noCache = fresh;
+    refreshConcurrentNow(); // not a section of the range: it reports in its own tile
     let results;
     try {
       results = await Promise.all([
@@ -1524,6 +1544,7 @@
       if (state.key && state.from) loadRetention();
     }));
     $('#playback-interval').addEventListener('change', () => state.key && state.from && loadPlayback());
+    setInterval(refreshConcurrentNow, CONCURRENT_REFRESH_MS);
     $('#playback-group').addEventListener('change', () => state.key && state.from && loadPlayback());
     $('#events-interval').addEventListener('change', () => state.key && state.from && loadEvents());
     const reloadPanel = (load) => () => {

@@ -23,9 +23,12 @@ import pytest
 from pydantic import SecretStr
 
 from common.settings import Mode, Settings
+from schemas.events import Event, EventRecord
 from schemas.funnels import load_funnels
 from sinks.clickhouse import EmbeddedClickHouse
 from sinks.migrate import migrate
+from streams.processors.base import Position
+from streams.processors.events import EventsProcessor
 from tests.browser.live_server import LiveServer
 from tests.browser.seed import PROJECT, seed, write_funnels_file
 
@@ -77,12 +80,21 @@ def fixed(value: float | None, digits: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def api_server(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from api.app import create_app  # the query API under test (not the dashboard's own code)
-
+def store(chdb_path: Path) -> Iterator[EmbeddedClickHouse]:
     database = f"t_{uuid.uuid4().hex[:12]}"
     clickhouse = EmbeddedClickHouse(chdb_path, database)
     migrate(clickhouse)
+    yield clickhouse
+    clickhouse.execute(f"DROP DATABASE IF EXISTS {database}")
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    store: EmbeddedClickHouse, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    from api.app import create_app  # the query API under test (not the dashboard's own code)
+
+    clickhouse = store
     funnels_file = write_funnels_file(tmp_path_factory.mktemp("dashboard"))
     seed(clickhouse, load_funnels(funnels_file))
     settings = Settings(
@@ -95,7 +107,6 @@ def api_server(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     with LiveServer(create_app(settings, clickhouse)) as server:
         yield server
-    clickhouse.execute(f"DROP DATABASE IF EXISTS {database}")
 
 
 @pytest.fixture
@@ -713,3 +724,56 @@ def test_insight_builder_and_panels(
     assert copy.url == link
     assert errors == []
     copy.close()
+
+
+def test_viewers_now_follow_the_stores_without_a_reload(
+    page: Any, api_server: LiveServer, api: httpx.Client, store: EmbeddedClickHouse
+) -> None:
+    """The "Watching now" tile shows the API's `/concurrent/now` and keeps polling it: a
+    play stored after the page loaded shows up, and an ended one goes, on the same page."""
+    from playwright.sync_api import expect
+
+    open_dashboard(page, f"{api_server.url}/", READ_KEY)
+    tile = page.get_by_test_id("playback-concurrent-now")
+    now_path = "/v1/metrics/playback/concurrent/now"
+    before = get(api, now_path, project=PROJECT)["concurrent_viewers"]
+    expect(tile).to_have_attribute("data-value", str(before), timeout=10_000)
+    expect(tile).to_have_text(count(before))
+    page.evaluate("window.loadedOnce = true")  # gone if the page reloads
+
+    def store_play(play_id: str, *kinds: str) -> None:
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        events = [
+            Event(
+                event_id=f"{play_id}-{kind}",
+                type=f"playback_{kind}",
+                user_id="u-watching",
+                ts=now_ms - 2_000 + n,
+                device_model="quest3",
+                props={"play_id": play_id, "content_id": "c-live"},
+            )
+            for n, kind in enumerate(kinds)
+        ]
+        processor = EventsProcessor()
+        record = EventRecord(project=PROJECT, received_at=now_ms, events=events)
+        processor.process(record, Position(0, 0))
+        (table,) = processor.flush(now_ms).tables
+        store.insert(table.table, table.columns, table.rows)
+
+    try:
+        store_play("watching-now", "request", "start")
+        store_play("over-now", "start", "end")
+        # Polled every 5 s: the next poll shows the open play, not the ended one.
+        expect(tile).to_have_attribute("data-value", str(before + 1), timeout=15_000)
+        assert get(api, now_path, project=PROJECT)["concurrent_viewers"] == before + 1
+        expect(tile).to_have_text(count(before + 1))
+        assert page.evaluate("window.loadedOnce") is True
+        assert page.get_by_test_id("playback-concurrent-at").text_content().endswith("UTC")
+        store_play("watching-now", "end")
+        expect(tile).to_have_attribute("data-value", str(before), timeout=15_000)
+        assert page.evaluate("window.loadedOnce") is True
+    finally:
+        store.execute(
+            "ALTER TABLE events DELETE WHERE user_id = 'u-watching' SETTINGS mutations_sync = 2"
+        )
+    assert page.problems == []
