@@ -60,10 +60,10 @@ from sinks.migrate import migrate
 log = logging.getLogger(__name__)
 
 # Net allocations of tracked objects between young collections in a running API (CPython's
-# default is 700). Building the ~20k rows and dicts of playback by content_id ran ~50 young
-# collections that freed nothing (an answer holds no cycles and dies with its request):
-# 5-15 ms of each such request, up to 158 ms when a full collection of the heap followed.
-# Set once for the whole process (the engine pool's threads included), not per query.
+# default is 700). A large answer (playback by content_id: ~20k rows and dicts) ran dozens
+# of young collections that freed nothing, since an answer holds no cycles and dies with its
+# request (the cost: benchmarks/README.md, "Playback by content_id re-measured"). Set once
+# for the whole process (the engine pool's threads included), not per query.
 GC_YOUNG_THRESHOLD = 100_000
 
 ROUTERS = (

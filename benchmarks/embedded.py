@@ -28,8 +28,8 @@ The machine is shared: os.getloadavg() before and after and the server's CPU tim
 saved with the wall-clock figures.
 
 Usage (from the repo root):
-  .venv/bin/python benchmarks/embedded.py --events 1000000
-  .venv/bin/python benchmarks/embedded.py --events 10000000 --profile 30
+  .venv/bin/python -m benchmarks.embedded --events 1000000
+  .venv/bin/python -m benchmarks.embedded --events 10000000 --profile 30
 Results: benchmarks/results/embedded-<UTC timestamp>.json (see benchmarks/README.md).
 """
 
@@ -59,20 +59,11 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.ingest import HttpConnection, open_connection  # noqa: E402
-from benchmarks.streams import (  # noqa: E402
-    free_port,
-    git_commit,
-    parse_profile,
-    start_profile,
-    tree_cpu_s,
-    tree_rss_mb,
-)
-from quip.simulate import Batch, Historical, historical_items  # noqa: E402
+from benchmarks._lib.http import HttpConnection, open_connection
+from benchmarks._lib.procfs import tree_cpu_s, tree_rss_mb
+from benchmarks._lib.profile import parse_profile, start_profile
+from benchmarks._lib.run import REPO, RESULTS_DIR, free_port, git_commit
+from quip.simulate import Batch, Historical, historical_items
 
 TARGET_EVENTS_PER_S = 30_000
 TARGET_RSS_MB = 1024
@@ -437,7 +428,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=float, default=0, help="py-spy seconds (0: off)")
     parser.add_argument("--profile-at", type=float, default=10.0)
     parser.add_argument("--py-spy", type=Path, default=Path(sys.executable).parent / "py-spy")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
 

@@ -37,9 +37,9 @@ sent), acks=all + idempotence, and its records/s times events per record is the 
 events/s. It runs after the HTTP phase, so the two do not compete for the CPU.
 
 Usage (from the repo root):
-  .venv/bin/python benchmarks/ingest.py --key wk_bench                  # B=100, max rate
-  .venv/bin/python benchmarks/ingest.py --key wk_bench --rate 50000     # latency at 50k ev/s
-  .venv/bin/python benchmarks/ingest.py --self-test                      # generator ceiling
+  .venv/bin/python -m benchmarks.ingest --key wk_bench                  # B=100, max rate
+  .venv/bin/python -m benchmarks.ingest --key wk_bench --rate 50000     # latency at 50k ev/s
+  .venv/bin/python -m benchmarks.ingest --self-test                      # generator ceiling
 Results: benchmarks/results/ingest-<timestamp>.json (see benchmarks/README.md).
 """
 
@@ -77,9 +77,16 @@ from urllib.parse import urlsplit
 
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script: make `schemas` importable
-    sys.path.insert(0, str(REPO))
+from benchmarks._lib.http import HttpConnection, open_connection
+from benchmarks._lib.procfs import (
+    machine_cpu_times,
+    process_command,
+    process_cpu_s,
+    process_tree,
+    service_pids,
+)
+from benchmarks._lib.run import REPO, git_commit, result_path
+from benchmarks._lib.stats import percentile
 
 TARGET_EVENTS_PER_S = 100_000  # at B=100, maximum rate
 TARGET_P99_MS = 100.0  # at 50,000 events/s
@@ -282,112 +289,6 @@ def estimate_records(templates: Sequence[Template], project: str) -> RecordEstim
         records_per_request=len(sizes) / requests,
         method=method,
     )
-
-
-# --------------------------------------------------------------------------- HTTP client
-
-
-class HttpConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection, one request in flight (no pipelining)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.closed = False
-        self.reusable = True
-        self._read_to_close: tuple[int, int] | None = None  # (status, body start)
-        self.retry_after_s: float | None = None  # of the last response
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.waiter is not None:
-            self._try_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter, self.waiter = self.waiter, None
-        if waiter is None or waiter.done():
-            return
-        if self._read_to_close is not None:
-            status, start = self._read_to_close
-            waiter.set_result((status, bytes(self.buffer[start:])))
-        else:
-            waiter.set_exception(ConnectionError(f"connection closed: {exc!r}"))
-
-    def _try_complete(self) -> None:
-        buf = self.buffer
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(buf[:end]).lower()
-        status = int(head[9:12])
-        start = end + 4
-        self.retry_after_s = None
-        at = head.find(b"\r\nretry-after:")
-        if at >= 0:
-            eol = head.find(b"\r\n", at + 2)
-            with contextlib.suppress(ValueError):
-                self.retry_after_s = float(head[at + 14 : eol if eol >= 0 else len(head)])
-        at = head.find(b"\r\ncontent-length:")
-        if at >= 0:
-            eol = head.find(b"\r\n", at + 2)
-            total = start + int(head[at + 17 : eol if eol >= 0 else len(head)])
-            if len(buf) < total:
-                return
-            body = bytes(buf[start:total])
-        elif b"\r\ntransfer-encoding: chunked" in head:
-            chunked = self._dechunk(start)
-            if chunked is None:
-                return
-            body, total = chunked
-        else:
-            self.reusable = False
-            self._read_to_close = (status, start)
-            return
-        del buf[:total]
-        if b"\r\nconnection: close" in head:
-            self.reusable = False
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((status, body))
-
-    def _dechunk(self, pos: int) -> tuple[bytes, int] | None:
-        buf, pieces = self.buffer, list[bytes]()
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                return None
-            size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
-            if size == 0:
-                trailer_end = buf.find(b"\r\n\r\n", eol)
-                if trailer_end < 0:
-                    return None
-                return b"".join(pieces), trailer_end + 4
-            if len(buf) < eol + 2 + size + 2:
-                return None
-            pieces.append(bytes(buf[eol + 2 : eol + 2 + size]))
-            pos = eol + 2 + size + 2
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        waiter: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self.waiter = waiter
-        self.transport.write(data)
-        return await waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def open_connection(host: str, port: int) -> HttpConnection:
-    _, protocol = await asyncio.get_running_loop().create_connection(HttpConnection, host, port)
-    return protocol
 
 
 # --------------------------------------------------------------------------- load process
@@ -850,61 +751,10 @@ def _children_cpu() -> float:
 # --------------------------------------------------------------------------- orchestration
 
 
-def machine_cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs from /proc/stat, or None off Linux."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc; uvicorn workers are children of `quip`)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User+system CPU seconds of one process so far (Linux /proc), None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_command(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()[:120]
-
-
 def default_watch_pids() -> dict[int, str]:
-    """The local Kafka broker started by deploy/local/services.sh, if its pid file exists."""
-    services = Path(os.environ.get("QUIP_SERVICES_DIR", REPO / ".services"))
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((services / "run" / "kafka.pid").read_text().strip())
-        if process_cpu_s(pid) is not None:
-            return {pid: "kafka broker"}
-    return {}
+    """The local Kafka broker started by deploy/local/services.sh, if it runs."""
+    pid = service_pids().get("kafka")
+    return {} if pid is None else {pid: "kafka broker"}
 
 
 class CpuWatch:
@@ -945,13 +795,6 @@ class CpuWatch:
         return report
 
 
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, math.ceil(fraction * len(sorted_values)) - 1)
-    return sorted_values[rank]
-
-
 def latency_summary(values: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values)
     if not ordered:
@@ -964,21 +807,6 @@ def latency_summary(values: Sequence[float]) -> dict[str, float]:
         "max": round(ordered[-1], 3),
         "mean": round(sum(ordered) / len(ordered), 3),
     }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def preflight(url: str, key: str, body: bytes, timeout_s: float) -> tuple[int, str]:
@@ -1525,7 +1353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     output: Path = args.output or (
-        REPO / "benchmarks" / "results" / f"ingest-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        result_path("ingest", started)
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     results["output"] = str(output)

@@ -68,10 +68,10 @@ retention with start/return events, lifecycle, stickiness, sessions < 500 ms; sc
 discovery < 300 ms. A query's targets are per engine (QuerySpec.targets).
 
 Usage (from the repo root):
-  .venv/bin/python benchmarks/queries.py --events 1000000 --engine both     # quick
-  .venv/bin/python benchmarks/queries.py --engine chdb                      # 10M events
-  .venv/bin/python benchmarks/queries.py --engine server --keep             # keep the data
-  .venv/bin/python benchmarks/queries.py --engine server --reuse            # measure again
+  .venv/bin/python -m benchmarks.queries --events 1000000 --engine both     # quick
+  .venv/bin/python -m benchmarks.queries --engine chdb                      # 10M events
+  .venv/bin/python -m benchmarks.queries --engine server --keep             # keep the data
+  .venv/bin/python -m benchmarks.queries --engine server --reuse            # measure again
 Results: benchmarks/results/queries-<timestamp>.json (see benchmarks/README.md).
 """
 
@@ -80,7 +80,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import shutil
@@ -98,37 +97,34 @@ import httpx
 import msgspec
 from pydantic import SecretStr
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script: make the project's packages importable
-    sys.path.insert(0, str(REPO))
-
-from api.app import create_app  # noqa: E402
-from api.cache import QueryCache  # noqa: E402
-from api.context import ApiContext  # noqa: E402
-from benchmarks.ingest import git_commit  # noqa: E402
-from common.settings import Mode, Settings  # noqa: E402
-from schemas.funnels import FunnelDefinition, FunnelStep  # noqa: E402
-from schemas.props import flatten_props  # noqa: E402
-from sinks.clickhouse import (  # noqa: E402
+from api.app import create_app
+from api.cache import QueryCache
+from api.context import ApiContext
+from benchmarks._lib.run import git_commit, result_path
+from benchmarks._lib.stats import percentile
+from common.settings import Mode, Settings
+from schemas.funnels import FunnelDefinition, FunnelStep
+from schemas.props import flatten_props
+from sinks.clickhouse import (
     ClickHouse,
     ClickHouseError,
     EmbeddedClickHouse,
     ServerClickHouse,
     check_identifier,
 )
-from sinks.migrate import migrate  # noqa: E402
-from sinks.queries import insight_activity  # noqa: E402
-from sinks.queries.activity import active_users, retention  # noqa: E402
-from sinks.queries.discovery import event_types, properties  # noqa: E402
-from sinks.queries.engagement import lifecycle, stickiness  # noqa: E402
-from sinks.queries.events import event_counts  # noqa: E402
-from sinks.queries.funnel_insight import funnel_insight  # noqa: E402
-from sinks.queries.funnels import predefined_funnel  # noqa: E402
-from sinks.queries.playback import playback_summary, playback_timeseries  # noqa: E402
-from sinks.queries.properties import Filter, Slice  # noqa: E402
-from sinks.queries.services import service_metrics  # noqa: E402
-from sinks.queries.sessions import sessions  # noqa: E402
-from sinks.queries.trends import Series, TrendsQuery, trends  # noqa: E402
+from sinks.migrate import migrate
+from sinks.queries import insight_activity
+from sinks.queries.activity import active_users, retention
+from sinks.queries.discovery import event_types, properties
+from sinks.queries.engagement import lifecycle, stickiness
+from sinks.queries.events import event_counts
+from sinks.queries.funnel_insight import funnel_insight
+from sinks.queries.funnels import predefined_funnel
+from sinks.queries.playback import playback_summary, playback_timeseries
+from sinks.queries.properties import Filter, Slice
+from sinks.queries.services import service_metrics
+from sinks.queries.sessions import sessions
+from sinks.queries.trends import Series, TrendsQuery, trends
 
 PROJECT = "bench"
 READ_KEY = "rk_bench_queries"
@@ -868,14 +864,6 @@ def insight_queries(span: SeedRange, today: date) -> list[QuerySpec]:
 # --------------------------------------------------------------------------- measuring
 
 
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest rank (benchmarks/ingest.py): with 7 values p95 is the largest."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, math.ceil(fraction * len(sorted_values)) - 1)
-    return sorted_values[rank]
-
-
 def summary(values_ms: Sequence[float]) -> dict[str, Any]:
     ordered = sorted(values_ms)
     return {
@@ -1284,7 +1272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
     }
     output = args.output or (
-        REPO / "benchmarks" / "results" / f"queries-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        result_path("queries", started)
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")

@@ -43,9 +43,9 @@ tracemalloc with N frames and saves its allocation summary at the half-way point
 the end (tracemalloc slows the process down: use it to find a leak, not to measure).
 
 Usage (from the repo root):
-  .venv/bin/python benchmarks/soak.py --rate 3000 --duration 1800           # 30 min cluster
-  .venv/bin/python benchmarks/soak.py --mode embedded --rate 1000 --duration 600
-  .venv/bin/python benchmarks/soak.py --duration 120 --interval 5           # quick check
+  .venv/bin/python -m benchmarks.soak --rate 3000 --duration 1800           # 30 min cluster
+  .venv/bin/python -m benchmarks.soak --mode embedded --rate 1000 --duration 600
+  .venv/bin/python -m benchmarks.soak --duration 120 --interval 5           # quick check
 Results: benchmarks/results/soak-<mode>-<UTC>.{json,csv,png} (see benchmarks/README.md).
 """
 
@@ -76,33 +76,21 @@ from typing import Any
 
 import httpx
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-# Run as a script, sys.path[0] is benchmarks/, where ingest.py would shadow the package.
-if sys.path[0] != str(REPO):
-    sys.path.insert(0, str(REPO))
-
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
-
-from benchmarks.streams import (  # noqa: E402
-    QuipProcess,
-    delete_app_topics,
-    end_offsets,
-    git_commit,
-    influx_query,
-    machine_busy_s,
-    start_group_at_end,
-    tree_cpu_s,
-    tree_rss_mb,
-)
-from quip.topics import apply_topics  # noqa: E402
-from schemas.services import SERVICE_TOPICS  # noqa: E402
-from schemas.topics import ANALYTICS_EVENTS  # noqa: E402
-from sinks.clickhouse import ServerClickHouse  # noqa: E402
-from sinks.migrate import migrate  # noqa: E402
-from streams.kafka_source import services_group  # noqa: E402
+from benchmarks._lib.influx import influx_query
+from benchmarks._lib.kafka import delete_app_topics, end_offsets, start_group_at_end
+from benchmarks._lib.procfs import machine_busy_s, tree_cpu_s, tree_rss_mb
+from benchmarks._lib.quip_process import QuipProcess
+from benchmarks._lib.run import REPO, RESULTS_DIR, git_commit
+from quip.topics import apply_topics
+from schemas.services import SERVICE_TOPICS
+from schemas.topics import ANALYTICS_EVENTS
+from sinks.clickhouse import ServerClickHouse
+from sinks.migrate import migrate
+from streams.kafka_source import services_group
 
 EVENTS_ROUTE = "/v1/events"
 # `quip up` labels its ingest routes "other" (the query API's route list does not name
@@ -825,7 +813,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     given.add_argument("--group", help="the worker's consumer group (for the lag)")
     parser.add_argument("--keep", action="store_true", help="keep database, topics, workdir")
     parser.add_argument("--label", default="")
-    parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
 

@@ -37,9 +37,9 @@ sampled event ids still outstanding; freshness = first poll (its start) that see
 minus the 200 time. --rate can be repeated: each rate runs in turn on the same processes.
 
 Usage (from the repo root):
-  .venv/bin/python benchmarks/streams.py --events 50000 --users 20000      # quick check
-  .venv/bin/python benchmarks/streams.py                                   # 1M events, 1M users
-  .venv/bin/python benchmarks/streams.py --phase freshness --rate 5000 --rate 20000
+  .venv/bin/python -m benchmarks.streams --events 50000 --users 20000      # quick check
+  .venv/bin/python -m benchmarks.streams                                   # 1M events, 1M users
+  .venv/bin/python -m benchmarks.streams --phase freshness --rate 5000 --rate 20000
 Results: benchmarks/results/streams-<timestamp>.json (see benchmarks/README.md).
 """
 
@@ -48,21 +48,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import platform
 import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -75,23 +71,22 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script: make the project's packages importable
-    sys.path.insert(0, str(REPO))
-
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
-
-from benchmarks.ingest import git_commit  # noqa: E402
-from common.bus import BusUnavailable, OutgoingRecord  # noqa: E402
-from common.producer import GroupCommitProducer  # noqa: E402
-from quip.topics import apply_topics  # noqa: E402
-from schemas.events import Event, EventRecord, encode_record, record_key  # noqa: E402
-from schemas.services import SERVICE_TOPICS  # noqa: E402
-from schemas.topics import ANALYTICS_EVENTS  # noqa: E402
-from sinks.clickhouse import ClickHouseError, ServerClickHouse  # noqa: E402
-from sinks.migrate import migrate  # noqa: E402
-from streams.kafka_source import services_group  # noqa: E402
+from benchmarks._lib.influx import influx_query
+from benchmarks._lib.kafka import delete_app_topics, start_group_at_end
+from benchmarks._lib.procfs import machine_busy_s, service_pids, status_kb, tree_cpu_s, tree_rss_mb
+from benchmarks._lib.profile import parse_profile, start_profile
+from benchmarks._lib.quip_process import QuipProcess
+from benchmarks._lib.run import REPO, git_commit, result_path
+from benchmarks._lib.stats import percentile
+from common.bus import BusUnavailable, OutgoingRecord
+from common.producer import GroupCommitProducer
+from quip.topics import apply_topics
+from schemas.events import Event, EventRecord, encode_record, record_key
+from schemas.services import SERVICE_TOPICS
+from schemas.topics import ANALYTICS_EVENTS
+from sinks.clickhouse import ClickHouseError, ServerClickHouse
+from sinks.migrate import migrate
+from streams.kafka_source import services_group
 
 TARGET_EVENTS_PER_S = 50_000  # per worker, consume -> ClickHouse
 TARGET_FRESHNESS_P95_S = 5.0
@@ -349,289 +344,6 @@ async def preload(spec: PreloadSpec, bootstrap: str, inflight: int) -> dict[str,
     }
 
 
-# --------------------------------------------------------------------------- Kafka setup
-
-
-async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[Any, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-    finally:
-        await admin.close()
-    partitions = [
-        TopicPartition(topic["topic"], p["partition"])
-        for topic in described
-        for p in topic["partitions"]
-    ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        offsets: dict[Any, int] = await consumer.end_offsets(partitions)
-        return offsets
-    finally:
-        await consumer.stop()
-
-
-async def start_group_at_end(bootstrap: str, group: str, topics: Sequence[str]) -> int:
-    """Commit `group`'s offsets at the topics' current ends (as tests/worker_process.py
-    does), so the worker skips everything written before this run. Returns partitions."""
-    offsets = await end_offsets(bootstrap, topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-    return len(offsets)
-
-
-async def delete_app_topics(bootstrap: str, app_id: str) -> list[str]:
-    """The topics named after this app id (state changelogs, Faust's assignor topic)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(f"{app_id}-")]
-        if names:
-            await admin.delete_topics(names)
-        return sorted(names)
-    finally:
-        await admin.close()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def status_kb(pid: int, field_name: str) -> int | None:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), None if the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field_name}:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def tree_rss_mb(pid: int) -> float:
-    return sum(status_kb(p, "VmRSS") or 0 for p in process_tree(pid)) / 1024
-
-
-def process_cpu_s(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(pid: int) -> float:
-    return sum(process_cpu_s(p) or 0.0 for p in process_tree(pid))
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent busy (not idle/iowait) since boot, from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def service_pids() -> dict[str, int]:
-    """Kafka, ClickHouse and InfluxDB started by deploy/local/services.sh (pid files)."""
-    run = Path(os.environ.get("QUIP_SERVICES_DIR", REPO / ".services")) / "run"
-    found: dict[str, int] = {}
-    for name in ("kafka", "clickhouse", "influxdb"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((run / f"{name}.pid").read_text().strip())
-            if process_cpu_s(pid) is not None:
-                found[name] = pid
-    return found
-
-
-# Diagnostic launchers (--worker-gc): the same `quip` entry point with CPython's cyclic
-# garbage collector changed first, to measure what GC costs the worker.
-GC_LAUNCHERS = {
-    "off": "import gc; gc.disable()",
-    "relaxed": "import gc; gc.set_threshold(100_000, 50, 1_000)",
-}
-
-
-# Diagnostic (--worker-tracemalloc N): trace allocations with N frames; a thread writes a
-# summary to TRACE_OUT when TRACE_REQUEST appears. Each allocation is charged to the most
-# recent frame in the project's own code (streams/, schemas/, sinks/), so memory that a
-# library allocates on behalf of a processor is counted there; else to its own frame.
-TRACEMALLOC_LAUNCHER = r"""
-import os, threading, time, tracemalloc
-tracemalloc.start({frames})
-def _dump(request, output, ours):
-    while True:
-        time.sleep(0.5)
-        if not os.path.exists(request):
-            continue
-        snapshot = tracemalloc.take_snapshot()
-        sizes, counts = {{}}, {{}}
-        for stat in snapshot.statistics("traceback"):
-            frames = list(reversed(stat.traceback))
-            chosen = next((f for f in frames if any(m in f.filename for m in ours)), frames[0])
-            key = chosen.filename + ":" + str(chosen.lineno)
-            sizes[key] = sizes.get(key, 0) + stat.size
-            counts[key] = counts.get(key, 0) + stat.count
-        lines = ["total\t%d\t%d" % (sum(sizes.values()), sum(counts.values()))]
-        for key in sorted(sizes, key=sizes.get, reverse=True)[:40]:
-            lines.append("%s\t%d\t%d" % (key, sizes[key], counts[key]))
-        with open(output + ".tmp", "w") as handle:
-            handle.write("\n".join(lines))
-        os.replace(output + ".tmp", output)
-        os.remove(request)
-threading.Thread(target=_dump, args=({request!r}, {output!r}, {ours!r}), daemon=True).start()
-"""
-
-
-class QuipProcess:
-    """`python -m quip <command> --port <free>` with its own environment, working
-    directory and log file."""
-
-    def __init__(
-        self,
-        command: str,
-        env: dict[str, str],
-        workdir: Path,
-        extra_args: Sequence[str] = (),
-        gc_mode: str = "default",
-        tracemalloc_frames: int = 0,
-        name: str | None = None,
-    ) -> None:
-        self.command = command
-        self.name = name or command  # its log file and its key in the results
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir = workdir
-        self.log = workdir / f"{self.name}.log"
-        pythonpath = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
-        self.env = {**os.environ, "PYTHONPATH": pythonpath, **env}
-        self.trace_request = workdir / f"{self.name}.tracemalloc.request"
-        self.trace_output = workdir / f"{self.name}.tracemalloc.txt"
-        entry = ["-m", "quip"]
-        if gc_mode in GC_LAUNCHERS or tracemalloc_frames:
-            prelude = GC_LAUNCHERS.get(gc_mode, "")
-            if tracemalloc_frames:
-                prelude += TRACEMALLOC_LAUNCHER.format(
-                    frames=tracemalloc_frames,
-                    request=str(self.trace_request),
-                    output=str(self.trace_output),
-                    ours=tuple(f"{REPO}/{d}/" for d in ("streams", "schemas", "sinks")),
-                )
-            entry = [
-                "-c",
-                f"{prelude}\nimport runpy, sys\nsys.argv[0] = 'quip'\n"
-                "runpy.run_module('quip', run_name='__main__', alter_sys=True)",
-            ]
-        self.args = [sys.executable, *entry, command, "--port", str(self.port), *extra_args]
-        self.process: subprocess.Popen[bytes] | None = None
-        self.spawned_at = 0.0
-        self.ready_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, ready_timeout_s: float = 90) -> None:
-        self.spawned_at = time.monotonic()
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.args, env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = self.spawned_at + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.command} exited {self.process.returncode}:\n{self.tail()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    self.ready_at = time.monotonic()
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.command} not ready in {ready_timeout_s:g} s:\n{self.tail()}")
-
-    def allocation_summary(self, timeout_s: float = 300) -> dict[str, Any] | None:
-        """Ask a --worker-tracemalloc process for its allocation summary."""
-        self.trace_output.unlink(missing_ok=True)
-        self.trace_request.touch()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.trace_output.exists():
-            time.sleep(0.5)
-        if not self.trace_output.exists():
-            return None
-        rows = [line.split("\t") for line in self.trace_output.read_text().splitlines()]
-        total = int(rows[0][1])
-        return {
-            "traced_mb": round(total / 2**20, 1),
-            "top": [
-                {
-                    "where": short_path(where),
-                    "mb": round(int(size) / 2**20, 1),
-                    "share_percent": round(100 * int(size) / max(total, 1), 1),
-                    "blocks": int(count),
-                }
-                for where, size, count in rows[1:]
-            ],
-        }
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
 # --------------------------------------------------------------------------- sampling
 
 
@@ -768,12 +480,6 @@ def merged_metrics(texts: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def percentile(ordered: Sequence[float], fraction: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
 def distribution(values: Sequence[float], digits: int = 3) -> dict[str, float]:
     ordered = sorted(values)
     if not ordered:
@@ -819,134 +525,6 @@ def rate_summary(
     if t10 is not None and t90 is not None and t90 > t10:
         out["steady_events_per_s_10_90"] = round(0.8 * total / (t90 - t10))
     return out
-
-
-# --------------------------------------------------------------------------- profiling
-
-
-def start_profile(
-    py_spy: Path, pid: int, seconds: float, rate: int, output: Path, gil_only: bool
-) -> subprocess.Popen[bytes]:
-    """py-spy record; with `gil_only`, only the thread holding the GIL is sampled: where
-    the worker's Python CPU goes (idle threads parked in epoll/queues are left out)."""
-    return subprocess.Popen(
-        [
-            str(py_spy),
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(seconds)),
-            "--rate",
-            str(rate),
-            "--format",
-            "raw",
-            "--function",
-            "--full-filenames",
-            *(["--gil"] if gil_only else []),
-            "--output",
-            str(output),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def short_path(where: str) -> str:
-    """`/long/path/site-packages/pkg/mod.py:12` -> `pkg/mod.py:12`; the project's files
-    relative to the repo; the standard library as `stdlib/...`."""
-    if "site-packages/" in where:
-        return where.split("site-packages/", 1)[1]
-    if f"{REPO}/" in where:
-        return where.split(f"{REPO}/", 1)[1]
-    if "/lib/python3." in where:
-        return "stdlib/" + where.split("/lib/python3.", 1)[1].split("/", 1)[-1]
-    return where
-
-
-def _short_frame(frame: str) -> str:
-    """`func (/long/path/pkg/mod.py:12)` -> `func (pkg/mod.py:12)`."""
-    name, _, where = frame.partition(" (")
-    return f"{name} ({short_path(where)}" if where else name
-
-
-PACKAGES = (
-    ("streams/processors/", "processors (streams/processors)"),
-    ("streams/", "streams (pipeline, app)"),
-    ("schemas/", "schemas (record decode)"),
-    ("sinks/", "sinks (our code)"),
-    ("clickhouse_driver/", "clickhouse_driver"),
-    ("faust/", "faust"),
-    ("mode/", "mode"),
-    ("aiokafka/", "aiokafka"),
-    ("kafka/", "kafka (aiokafka's vendored protocol)"),
-    ("influxdb_client/", "influxdb_client"),
-    ("urllib3/", "urllib3 (influxdb_client)"),
-    ("prometheus_client/", "prometheus_client"),
-    ("msgspec", "msgspec"),
-    ("orjson", "orjson"),
-    ("stdlib/asyncio/", "asyncio (event loop)"),
-    ("stdlib/selectors.py", "asyncio (event loop)"),
-    ("stdlib/", "stdlib (other)"),
-)
-
-
-def package_of(frame: str) -> str:
-    for marker, name in PACKAGES:
-        if marker in frame:
-            return name
-    return "other"
-
-
-def thread_of(frames: Sequence[str]) -> str:
-    text = ";".join(frames)
-    if "concurrent/futures/thread.py" in text:
-        return "to_thread workers (sink writes)"
-    if "mode/threads.py" in text:
-        return "faust consumer thread (aiokafka fetch)"
-    if "Thread._bootstrap" in text:
-        return "other threads"
-    return "main event loop (agents)"
-
-
-def parse_profile(raw: str, top: int = 30) -> dict[str, Any]:
-    """Collapsed stacks (`f1;f2;...;leaf count`) -> self/inclusive shares of the samples
-    (py-spy skips idle threads, so shares are of the time some thread was busy)."""
-    self_counts: Counter[str] = Counter()
-    total_counts: Counter[str] = Counter()
-    packages: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
-    total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_short_frame(f) for f in stack.split(";") if f]
-        if not frames:
-            continue
-        total += count
-        self_counts[frames[-1]] += count
-        packages[package_of(frames[-1])] += count
-        threads[thread_of(frames)] += count
-        for frame in set(frames):
-            total_counts[frame] += count
-
-    def share(counter: Counter[str], limit: int = top) -> list[dict[str, Any]]:
-        if not total:
-            return []
-        return [
-            {"frame": frame, "share_percent": round(100 * n / total, 1)}
-            for frame, n in counter.most_common(limit)
-        ]
-
-    return {
-        "samples": total,
-        "self": share(self_counts),
-        "inclusive": share(total_counts, 60),
-        "self_by_package": share(packages),
-        "by_thread": share(threads),
-    }
 
 
 # --------------------------------------------------------------------------- phase 1
@@ -1557,13 +1135,6 @@ def measure_freshness(run: Run) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- report
 
 
-def influx_query(url: str, query: str) -> None:
-    data = urllib.parse.urlencode({"q": query}).encode()
-    request = urllib.request.Request(f"{url.rstrip('/')}/query", data=data)  # noqa: S310
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        response.read()
-
-
 def evaluate_targets(results: dict[str, Any]) -> dict[str, Any]:
     targets: dict[str, Any] = {}
     phase1 = results.get("throughput")
@@ -1916,7 +1487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     output: Path = args.output or (
-        REPO / "benchmarks" / "results" / f"streams-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        result_path("streams", started)
     )
     results["output"] = str(output)
 

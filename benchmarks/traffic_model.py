@@ -15,7 +15,7 @@ Reported:
 - mean size of one event as JSON (what a request body carries per event).
 
 Usage (from the repo root):
-  .venv/bin/python benchmarks/traffic_model.py                 # 5,000 users, 7 days
+  .venv/bin/python -m benchmarks.traffic_model                 # 5,000 users, 7 days
 Results: benchmarks/results/traffic-model-<UTC timestamp>.json.
 """
 

@@ -67,11 +67,10 @@ CRASH_EXIT_STATUS = 70  # EX_SOFTWARE
 # GC_INTERVAL_S instead. The heap is mostly long-lived processor state (users, plays,
 # funnel progress) plus each batch's records and rows, which live a second or two: both
 # survive young collections, so the default thresholds kept scanning them again, about a
-# third of the worker's CPU (benchmarks/streams.py, 600k users, µs of worker CPU per event:
-# 46 with the default thresholds, 15 of them in the GC; 34 with old generations collected
-# 10x less often; 29 like this). Reference counting frees all else; the worker makes few
-# reference cycles (a few hundred objects/s under load), which wait at most this long. A
-# collection holds the loop about 0.3 s with 600k users' state.
+# third of the worker's CPU (benchmarks/README.md, "After the worker's CPU and state
+# changes", compares raised thresholds with this timer). Reference counting frees all
+# else; the worker makes few reference cycles (a few hundred objects/s under load), which
+# wait at most this long. A collection holds the loop about 0.3 s with 600k users' state.
 GC_INTERVAL_S = 60.0
 
 

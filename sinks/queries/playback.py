@@ -7,16 +7,11 @@ a tombstone (`deleted = 1`). When late events move a play to another day the pro
 writes a tombstone under the old day's key, so every play has one live key and is counted
 once, on the day of its first event; because a key never spans days, partition and part
 pruning on `day` cannot hide a newer row (see sinks/migrations/v0003_plays.py).
-FINAL was measured against `argMax(col, version) ... GROUP BY play_id, day` (identical
-answers; best of 7, 2 cores, rows inserted over 7 days with 1.5 versions per play):
-  plays   engine   summary/content  minute series  summary/none  summary/one day
-  100k    chDB     0.020 vs 0.046   0.059 vs 0.085  0.018 vs 0.037  0.005 vs 0.006 s
-  100k    18.16    0.030 vs 0.076   0.071 vs 0.115  0.024 vs 0.064  0.002 vs 0.003 s
-  1M      chDB     0.100 vs 0.254   0.154 vs 0.306  0.088 vs 0.216  0.084 vs 0.048 s
-  1M      18.16    0.247 vs 0.803   0.282 vs 0.838  0.191 vs 0.714  0.175 vs 0.114 s
-FINAL wins 2-3x on multi-day ranges (the dashboard case) and loses on a single day of a
-large table. The outer `WHERE p_deleted = 0` is applied after FINAL on both engines
-(checked on 18.16 and chDB 26.9, which sets optimize_move_to_prewhere_if_final = 0).
+FINAL rather than `argMax(col, version) ... GROUP BY play_id, day`: the same answers, 2-3x
+faster on multi-day ranges (the dashboard case), slower only on a single day of a large
+table (benchmarks/README.md, "plays FINAL against argMax"). The outer `WHERE p_deleted = 0`
+is applied after FINAL on both engines (checked on 18.16 and chDB 26.9, which sets
+optimize_move_to_prewhere_if_final = 0).
 
 Ratios and hours are computed in Python from exact integer sums with the same functions
 the stream processor uses, so a live series and a query agree; percentiles are ClickHouse
@@ -30,9 +25,9 @@ and mean duration, p90/p99, shifts, frame rates and the experience score come fr
 same one-row-per-group aggregate (scores are sums of per-play hundredths, so means are
 exact); `downshift_pct` and the scores count only plays written since 0010 (`scored`).
 `errors` is a second query over the same newest rows, one ARRAY JOIN of each play's
-distinct codes, restricted to the groups answered when a `limit` cuts them. Cost on 2
-busy cores, 1M plays over 7 days: summary/none 97 ms chDB, 0.43 s 18.16 (0.19 s before
-the QoE fields: 18.16 reads every aggregated column through FINAL, ~20 ms a column).
+distinct codes, restricted to the groups answered when a `limit` cuts them. 18.16 reads
+every aggregated column through FINAL, so each column adds to its cost
+(benchmarks/README.md, "plays FINAL against argMax").
 
 Group and bucket expressions come from fixed tables here, never from the caller's text;
 values (project, dates) go through `%(name)s` parameters.
