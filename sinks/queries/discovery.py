@@ -3,11 +3,12 @@ query builder offers — the event types of a range, and the properties of their
 with a type and the most frequent string values.
 
 Counts are distinct events (`EVENT_KEY`, sinks/queries/actor.py: copies of an event
-count once) and
-distinct actors. A property's type: `number` when any event holds it as a number, else
-`bool` when every value is true/false, else `string`; standard dimensions are strings
-and count only where set (non-empty). `top_values` (10, by events) are given for string
-properties only.
+count once) and distinct actors. Events are counted per day, then summed: an event and
+its copies share a day, and a day's sets of event keys are ~30 times smaller than the
+range's (cheaper to build, and within the CPU caches). A property's type: `number` when
+any event holds it as a number, else `bool` when every value is true/false, else
+`string`; standard dimensions are strings and count only where set (non-empty).
+`top_values` (10, by events) are given for string properties only.
 """
 
 from __future__ import annotations
@@ -54,8 +55,15 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
     """Every event type of [day_from, day_to], most events first."""
     params = SqlParams("d")
     rows = ch.execute(
-        f"SELECT type, uniqExact({EVENT_KEY}) AS n, uniqExact({ACTOR}), max(ts) FROM events "
-        f"WHERE {_range(project, day_from, day_to, params)} GROUP BY type ORDER BY n DESC, type",
+        f"""
+        SELECT type, sum(n) AS total, uniqExactMerge(actors), max(last) FROM (
+            SELECT day, type, uniqExact({EVENT_KEY}) AS n, uniqExactState({ACTOR}) AS actors,
+                   max(ts) AS last
+            FROM events WHERE {_range(project, day_from, day_to, params)}
+            GROUP BY day, type
+        )
+        GROUP BY type ORDER BY total DESC, type
+        """,
         params.values,
     )
     return [
@@ -93,10 +101,14 @@ def properties(
         where += f" AND type = {params(event)}"
     rows = ch.execute(
         f"""
-        SELECT pair.1 AS name, uniqExact({EVENT_KEY}) AS n, min(pair.2 IN ('true', 'false'))
-        FROM events ARRAY JOIN {_PAIRS} AS pair
-        WHERE {where}
-        GROUP BY name ORDER BY n DESC, name
+        SELECT name, sum(n) AS total, min(boolean) FROM (
+            SELECT day, pair.1 AS name, uniqExact({EVENT_KEY}) AS n,
+                   min(pair.2 IN ('true', 'false')) AS boolean
+            FROM events ARRAY JOIN {_PAIRS} AS pair
+            WHERE {where}
+            GROUP BY day, name
+        )
+        GROUP BY name ORDER BY total DESC, name
         """,
         params.values,
     )
@@ -116,10 +128,13 @@ def properties(
         listed = params(strings)
         tops = ch.execute(
             f"""
-            SELECT pair.1 AS name, pair.2 AS value, uniqExact({EVENT_KEY}) AS n
-            FROM events ARRAY JOIN {_PAIRS} AS pair
-            WHERE {where} AND has({listed}, pair.1)
-            GROUP BY name, value ORDER BY name, n DESC, value
+            SELECT name, value, sum(n) AS total FROM (
+                SELECT day, pair.1 AS name, pair.2 AS value, uniqExact({EVENT_KEY}) AS n
+                FROM events ARRAY JOIN {_PAIRS} AS pair
+                WHERE {where} AND has({listed}, pair.1)
+                GROUP BY day, name, value
+            )
+            GROUP BY name, value ORDER BY name, total DESC, value
             LIMIT {TOP_VALUES} BY name
             """,
             params.values,

@@ -69,6 +69,13 @@ def _sessions_sql(
         + [f"{filter_sql(filters, params)} AS matches"]
     )
     row = f"tuple({', '.join(['matches', *names]) if names else 'matches'})"
+
+    def first(values: str, order: str) -> str:
+        """The first event's row; a constant when nothing is taken from it (no filter, no
+        breakdown): argMin over a (time, id) pair was three quarters of the query's CPU
+        at 10M events."""
+        return f"argMin({values}, {order})" if filters or names else "tuple(toUInt8(1))"
+
     events = f"""
         SELECT event_id, {ACTOR} AS actor, session_id AS sid, ts, {carried}
         FROM events
@@ -78,7 +85,7 @@ def _sessions_sql(
     """
     with_id = f"""
         SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts, uniqExact({EVENT_KEY}) AS n,
-               argMin({row}, (ts, event_id)) AS first
+               {first(row, "(ts, event_id)")} AS first
         FROM ({events}) WHERE sid != ''
         GROUP BY actor, sid
     """
@@ -94,7 +101,7 @@ def _sessions_sql(
     """
     without_id = f"""
         SELECT actor, min(item.1) AS first_ts, max(item.1) AS last_ts,
-               uniqExact(cityHash64(item.2)) AS n, argMin(item.3, (item.1, item.2)) AS first
+               uniqExact(cityHash64(item.2)) AS n, {first("item.3", "(item.1, item.2)")} AS first
         FROM ({ordered}) ARRAY JOIN timeline AS item, numbers AS number
         GROUP BY actor, number
     """
