@@ -85,6 +85,8 @@ from benchmarks._lib.kafka import delete_app_topics, end_offsets, start_group_at
 from benchmarks._lib.procfs import machine_busy_s, tree_cpu_s, tree_rss_mb
 from benchmarks._lib.quip_process import QuipProcess
 from benchmarks._lib.run import REPO, RESULTS_DIR, git_commit
+from benchmarks._lib.stores import drop_run_databases
+from common.qoe import quantile_exact
 from quip.topics import apply_topics
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
@@ -330,13 +332,6 @@ class Prober(threading.Thread):
         except httpx.HTTPError:
             status = 0
         self.log.add(name, started, (time.monotonic() - started) * 1000, status)
-
-
-def exact_quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 # --------------------------------------------------------------------------- analysis
@@ -703,7 +698,7 @@ def sample_loop(
         for probe in ("gateway", "api"):
             window = probes.window(probe, previous_t, now)
             latencies = [s[1] for s in window]
-            p50, p95 = exact_quantile(latencies, 0.5), exact_quantile(latencies, 0.95)
+            p50, p95 = quantile_exact(latencies, 0.5), quantile_exact(latencies, 0.95)
             row[f"probe_{probe}_p50_ms"] = None if p50 is None else round(p50, 2)
             row[f"probe_{probe}_p95_ms"] = None if p95 is None else round(p95, 2)
             row[f"probe_{probe}_errors"] = sum(1 for s in window if not 200 <= s[2] < 300)
@@ -912,12 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with contextlib.suppress(Exception):
                     asyncio.run(delete_app_topics(args.bootstrap, setup.group))
             if setup.database:
-                with contextlib.suppress(Exception):
-                    ServerClickHouse(f"{args.clickhouse.rstrip('/')}/default").execute(
-                        f"DROP DATABASE IF EXISTS {setup.database}"
-                    )
-                with contextlib.suppress(Exception):
-                    influx_query(args.influx_url, f'DROP DATABASE "{setup.database}"')
+                drop_run_databases(args.clickhouse, args.influx_url, setup.database)
             if not failed:
                 shutil.rmtree(setup.workdir, ignore_errors=True)
         processes = [*results["setup"].get("pids", {}), "simulate"]

@@ -78,6 +78,7 @@ from benchmarks._lib.profile import parse_profile, start_profile
 from benchmarks._lib.quip_process import QuipProcess
 from benchmarks._lib.run import REPO, git_commit, result_path
 from benchmarks._lib.stats import percentile
+from benchmarks._lib.stores import drop_run_databases
 from common.bus import BusUnavailable, OutgoingRecord
 from common.producer import GroupCommitProducer
 from quip.topics import apply_topics
@@ -1546,12 +1547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["deleted_topics"] = asyncio.run(
                     delete_app_topics(args.bootstrap, run.group)
                 )
-            with contextlib.suppress(Exception):
-                ServerClickHouse(f"{args.clickhouse.rstrip('/')}/default").execute(
-                    f"DROP DATABASE IF EXISTS {database}"
-                )
-            with contextlib.suppress(Exception):
-                influx_query(args.influx_url, f'DROP DATABASE "{database}"')
+            drop_run_databases(args.clickhouse, args.influx_url, database)
             if not failed:
                 shutil.rmtree(run.workdir, ignore_errors=True)
         save(complete=not failed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -14,8 +14,10 @@ MINUTE_MS: Final = 60_000
 DAY_MS: Final = 86_400_000
 HOUR_MS: Final = 3_600_000
 
+Number = TypeVar("Number", int, float)
 
-def quantile_exact(values: Iterable[int], level: float) -> int | None:
+
+def quantile_exact(values: Iterable[Number], level: float) -> Number | None:
     """ClickHouse `quantileExact(level)`: the element at index `floor(level * n)` of the
     sorted values (clamped to the last one), so the median of an even count is the upper
     of the two middle values. None when there are no values (ClickHouse returns 0)."""
