@@ -18,3 +18,13 @@ ACTOR: Final = "user_hash"
 # size of the strings' (schema discovery over 10M events outgrew 18.16's memory limit with
 # the strings). Two of 10M ids share a hash with probability ~3e-6.
 EVENT_KEY: Final = "cityHash64(event_id)"
+
+
+def first_order(ts: str, event_id: str) -> str:
+    """An event's place in "earliest time, then smallest event_id" as one string, for
+    `argMin`: the time as 16 fixed digits (offset by 2e15, so any time from year -29,700
+    to 255,000), then the id. Strings compare in that order as the tuple (ts, event_id)
+    would, and `argMin` over a String key is a fast path where a tuple key compares
+    generic values row by row (the 4-step funnel by device at 10M events: 2.1 -> 1.7 s of
+    chDB CPU)."""
+    return f"concat(toString({ts} + 2000000000000000), {event_id})"

@@ -32,7 +32,7 @@ from typing import Any, Final, TypedDict
 
 from schemas.funnels import DAY_MS, FunnelStep, check_funnel
 from sinks.clickhouse import ClickHouse
-from sinks.queries.actor import ACTOR
+from sinks.queries.actor import ACTOR, first_order
 from sinks.queries.funnels import day_of_ms, day_start_ms, step_condition, step_prefilter
 from sinks.queries.properties import (
     OTHER,
@@ -97,7 +97,7 @@ def _per_actor_sql(
     ]
     values = breakdown_sql(breakdown, params)
     first_value = (
-        f"argMinIf(b, (e_ts, event_id), {in_range} AND {conditions[0]}) AS b"
+        f"argMinIf(b, {first_order('e_ts', 'event_id')}, {in_range} AND {conditions[0]}) AS b"
         if values
         else "'' AS b"
     )

@@ -23,7 +23,7 @@ from datetime import date, timedelta
 from typing import Any, Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
-from sinks.queries.actor import ACTOR
+from sinks.queries.actor import ACTOR, first_order
 from sinks.queries.properties import (
     OTHER,
     Slice,
@@ -170,7 +170,7 @@ def retention(
         FROM (
             SELECT {ACTOR} AS actor,
                    minIf(ts, {is_start}) AS first_ts,
-                   argMinIf({first_values}, (ts, event_id), {is_start}) AS firsts,
+                   argMinIf({first_values}, {first_order('ts', 'event_id')}, {is_start}) AS firsts,
                    groupUniqArrayIf({period_of}, {is_return}) AS returns,
                    countIf({is_start}) AS starts
             FROM events
