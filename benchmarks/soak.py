@@ -92,7 +92,7 @@ from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ServerClickHouse
 from sinks.migrate import migrate
-from streams.kafka_source import services_group
+from streams.backends.kafka.source import services_group
 
 EVENTS_ROUTE = "/v1/events"
 # `quip up` labels its ingest routes "other" (the query API's route list does not name

@@ -87,7 +87,7 @@ from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouseError, ServerClickHouse
 from sinks.migrate import migrate
-from streams.kafka_source import services_group
+from streams.backends.kafka.source import services_group
 
 TARGET_EVENTS_PER_S = 50_000  # per worker, consume -> ClickHouse
 TARGET_FRESHNESS_P95_S = 5.0

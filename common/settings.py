@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     ingest_max_in_flight: int = Field(default=64, ge=0)
     funnels_file: Path | None = None
     # Kafka consumer group of `quip worker`'s events consumer (one group per deployment);
-    # its service-topic agents use `<worker_group>-services` (streams/kafka_source.py).
+    # its services pipeline uses `<worker_group>-services` (streams/backends/kafka/source.py).
     worker_group: str = "quip-worker"
     # The longest time between two polls of the events consumer before the group drops the
     # worker. The consumer keeps polling (partitions paused) while a store is down, so this

@@ -1,16 +1,18 @@
-"""Deliver a processor's output to the stores, retrying until they take it.
+"""Deliver a processor's output to the stores, one attempt per call.
 
-The caller (a stream agent) commits its offsets only after `write` returns, so a store
-that is down slows the agent instead of losing data: attempts back off exponentially up to
-`max_backoff_s` and go on until the store answers; meanwhile `health` reports the store as
-failing, which the worker's `/ready` shows. Each part of an output (one table, or the
-series) is written once and retried on its own: after a partial failure only the missing
-parts are retried.
-Every table written here deduplicates by key, so a retry after an ambiguous failure is safe.
+`write(output, written)` tries every part of an output (one table, or the series) that
+`written` does not name yet, concurrently, and adds each part it stored. If a part fails
+it raises `RetryAfter(seconds)`: the store's "not now". The caller (the pipeline core's
+store step, streams/runner/store.py) pauses its source, waits, and calls again with the
+same `written`, so only the missing parts are retried; it commits offsets only after
+`write` returned. The wait backs off exponentially from `first_backoff_s` up to
+`max_backoff_s` while the failures go on; meanwhile `health` reports the store as
+failing, which `/ready` shows. Every table written here deduplicates by key, so a retry
+after an ambiguous failure is safe.
 
 Once every part is stored, the (project, day) pairs the batch's rows belong to are
-recorded in `data_changes` (sinks/changes.py), retried the same way: the query API drops
-its cached answers for those days, so `write` returning means the batch shows in answers
+recorded in `data_changes` (sinks/changes.py), as one more part: the query API drops its
+cached answers for those days, so `write` returning means the batch shows in answers
 within the API's poll interval.
 """
 
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client import Histogram
 
@@ -35,6 +37,7 @@ from sinks.queries.erasure import erase_users
 log = logging.getLogger(__name__)
 
 ERASURES = "erasures"  # the connection the erasures use (one per table otherwise)
+SERIES = "series"  # the InfluxDB part of an output
 
 SINK_BATCH_ROWS = Histogram(
     "sink_batch_rows",
@@ -63,6 +66,15 @@ class SinkHealth:
         self.status[store] = reason
 
 
+class RetryAfter(Exception):
+    """A store's "not now": nothing of the output is lost, try again in `seconds`."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(f"retry after {seconds:.1f} s: {reason}")
+        self.seconds = seconds
+        self.reason = reason
+
+
 class SinkWriter:
     """Writes each part of an output (one table, or the series) concurrently, each in a
     thread with a ClickHouse connection of its own: the stores take the parts in
@@ -83,34 +95,59 @@ class SinkWriter:
         self.health = health
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
+        self._failures = 0  # failed writes in a row: the backoff grows with them
 
-    async def write(self, output: ProcessorOutput) -> None:
-        """Return when every part of `output` is stored. Never raises for store errors."""
+    async def write(self, output: ProcessorOutput, written: set[str]) -> None:
+        """Store the parts of `output` not in `written` (see the module docstring); raises
+        `RetryAfter` if any failed. Never raises anything else for store errors."""
         if output.is_empty():
             return
-        if output.erasures:  # before the inserts: rows after an erasure are new
-            await self._retrying(self._erase, output.erasures)
-        parts = [self._retrying(self._insert, table) for table in output.tables if table.rows]
-        if output.points and self._influx is not None:
-            parts.append(self._retrying(self._write_points, output.points))
-        await asyncio.gather(*parts)
-        changes = touched_days(output.tables)
-        if changes:
-            await self._retrying(self._record_changes, changes)
-
-    async def _retrying(self, write: Callable[[Any], None], part: Any) -> None:
-        attempt = 0
-        while True:
-            try:
-                await asyncio.to_thread(write, part)
-                return
-            except Exception as exc:
-                attempt += 1
-                delay = min(self.max_backoff_s, self.first_backoff_s * 2 ** (attempt - 1))
-                log.warning(
-                    "sink write failed (attempt %d), retrying in %.1fs: %s", attempt, delay, exc
+        if output.erasures and ERASURES not in written:
+            # Before the inserts: rows after an erasure are new.
+            failure = await self._attempt(written, ERASURES, self._erase, output.erasures)
+            if failure:
+                self._retry_after([failure])
+        parts = [
+            self._attempt(written, table.table, self._insert, table)
+            for table in output.tables
+            if table.rows and table.table not in written
+        ]
+        if output.points and self._influx is not None and SERIES not in written:
+            parts.append(self._attempt(written, SERIES, self._write_points, output.points))
+        failures = [failure for failure in await asyncio.gather(*parts) if failure]
+        if not failures and DATA_CHANGES_TABLE not in written:
+            changes = touched_days(output.tables)
+            if changes:
+                failure = await self._attempt(
+                    written, DATA_CHANGES_TABLE, self._record_changes, changes
                 )
-                await asyncio.sleep(delay)
+                if failure:
+                    failures.append(failure)
+        if failures:
+            self._retry_after(failures)
+        self._failures = 0
+
+    def _retry_after(self, failures: list[str]) -> NoReturn:
+        self._failures += 1
+        delay = min(self.max_backoff_s, self.first_backoff_s * 2 ** (self._failures - 1))
+        log.warning(
+            "sink write failed (%d in a row), retrying in %.1fs: %s",
+            self._failures,
+            delay,
+            "; ".join(failures),
+        )
+        raise RetryAfter(delay, failures[0])
+
+    async def _attempt(
+        self, written: set[str], name: str, write: Callable[[Any], None], part: Any
+    ) -> str | None:
+        """Write `part` once; None if stored (its name added to `written`), else why not."""
+        try:
+            await asyncio.to_thread(write, part)
+        except Exception as exc:
+            return f"{name}: {exc}"
+        written.add(name)
+        return None
 
     def _insert(self, table: TableRows) -> None:
         started = time.perf_counter()

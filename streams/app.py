@@ -1,19 +1,21 @@
-"""The Faust worker (`quip worker`): the events pipeline and the services agent, their
-sinks, and /health, /ready, /metrics on the Faust web port (6066).
+"""The Faust worker (`quip worker`): the events and services pipelines, their stores, and
+/health, /ready, /metrics on the Faust web port (6066).
 
-`analytics.events` is consumed by `KafkaEventsSource` (streams/kafka_source.py, aiokafka's
-public consumer API, group = the worker group), a task of the Faust app: it hands fetched
-lists to `EventPipeline` (streams/pipeline.py), pauses its partitions while the pipeline
-stays full (a store down) and commits what the pipeline acked once stored. The service
-topics go through a regular Faust agent, whose consumer is Faust's (group
-`<worker group>-services`).
+Both pipelines are the pipeline core (streams/runner/) on the Kafka backend
+(streams/backends/kafka/), built by `build_pipelines` as `quip up` builds its own, and
+run as tasks of the Faust app:
+- events: `analytics.events`, consumer group = the worker group, state in Kafka
+  changelogs;
+- services: the four service topics, group `<worker group>-services`, stateless.
+Each consumer is aiokafka's public consumer; Faust keeps what it is good at here: the
+app's lifecycle, its timers and web views, and the producer of the dead-letter topic.
+Faust's own consumer reads no topic (its group is `faust_app_id`).
 
-The events source reads committed records only (`isolation_level="read_committed"`): the
+The consumers read committed records only (`isolation_level="read_committed"`): the
 gateway writes each request inside a Kafka transaction, and a request it answered 503
-must never be counted. The service topics need no such setting: their publishers
-(schemas/publisher.py) are not transactional, so every record there is committed.
+must never be counted.
 
-A pipeline or agent that raises is a dead worker, not a zombie: its reason is recorded (so
+A pipeline that raises is a dead worker, not a zombie: its reason is recorded (so
 `/ready` says why) and the worker process exits with status 70 so the supervisor restarts
 it; offsets not yet committed are replayed, which the idempotent sinks absorb.
 
@@ -40,23 +42,17 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.settings import Settings
-from schemas.funnels import load_funnels
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.engines import open_clickhouse
 from sinks.influx import InfluxWriter
 from sinks.queries.activity import active_users
 from sinks.writer import SinkHealth, SinkWriter
-from streams.changelog import Changelog, changelog_topic
-from streams.kafka_source import KafkaEventsSource, services_group
+from streams.backends.kafka.changelog import Changelog, ChangelogState
+from streams.backends.kafka.source import KafkaSource, services_group
 from streams.metrics import DAILY_ACTIVE_USERS, MONTHLY_ACTIVE_USERS
-from streams.pipeline import EventPipeline, ServicePipeline, Stage
-from streams.play_metrics import PlayMetrics
-from streams.processors.activity import ActivityProcessor
-from streams.processors.events import EventsProcessor
-from streams.processors.funnels import FunnelsProcessor
-from streams.processors.plays import PlaysProcessor
-from streams.processors.services import ServiceMetricsProcessor
+from streams.runner.build import Backend, build_pipelines
+from streams.runner.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +92,13 @@ def malloc_trim() -> Callable[[], None]:
 class WorkerState:
     health: SinkHealth = field(default_factory=SinkHealth)
     crashed: dict[str, str] = field(default_factory=dict)
-    pipelines: list[EventPipeline] = field(default_factory=list)
-    source: KafkaEventsSource | None = None
+    source: KafkaSource | None = None  # the events pipeline's
+
+
+def faust_app_id(worker_group: str) -> str:
+    """The Faust app's id, which is also the group of a consumer of its own that reads no
+    topic: the pipelines' consumers are in the worker group and `services_group`."""
+    return f"{worker_group}-faust"
 
 
 def worker_data_dir(settings: Settings) -> Path:
@@ -111,7 +112,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     datadir = worker_data_dir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        services_group(settings.worker_group),
+        faust_app_id(settings.worker_group),
         broker=f"kafka://{settings.kafka_bootstrap}",
         datadir=datadir,
         web_enabled=True,
@@ -134,32 +135,6 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     )
 
     influx = InfluxWriter.from_settings(settings)
-
-    def writer() -> SinkWriter:
-        return SinkWriter(lambda: open_clickhouse(settings, embedded=False), influx, state.health)
-
-    idle_timeout_ms = settings.play_idle_timeout_s * 1000
-    stages = [
-        Stage("events", EventsProcessor),
-        Stage("activity", ActivityProcessor),
-        Stage(
-            "plays",
-            lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms),
-            changelog_topic=changelog_topic(settings.worker_group, "plays-state"),
-            # A play is rewritten while the processor holds it (twice the idle timeout
-            # after its last event); twice that again leaves room for the worker's lag.
-            observe=PlayMetrics(horizon_ms=4 * idle_timeout_ms).observe,
-        ),
-    ]
-    funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
-    if funnels:
-        stages.append(
-            Stage(
-                "funnels",
-                lambda: FunnelsProcessor(funnels, max_event_age_days=settings.max_event_age_days),
-                changelog_topic=changelog_topic(settings.worker_group, "funnels-state"),
-            )
-        )
     changelog = Changelog(
         settings.kafka_bootstrap,
         lambda: AIOKafkaProducer(
@@ -169,24 +144,36 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         ),
         min_partitions=ANALYTICS_EVENTS.partitions,
     )
-    source = KafkaEventsSource(
-        settings.kafka_bootstrap,
-        settings.worker_group,
-        ANALYTICS_EVENTS.name,
-        max_poll_interval_ms=settings.worker_max_poll_interval_ms,
-    )
-    pipeline = EventPipeline(
-        stages,
-        writer(),
+    sources = [
+        KafkaSource(
+            settings.kafka_bootstrap,
+            group,
+            topics,
+            max_poll_interval_ms=settings.worker_max_poll_interval_ms,
+        )
+        for group, topics in (
+            (settings.worker_group, [ANALYTICS_EVENTS.name]),
+            (services_group(settings.worker_group), list(SERVICE_TOPICS)),
+        )
+    ]
+    events_source, services_source = sources
+    changelogs = ChangelogState(changelog, settings.worker_group)
+    backend = Backend(
+        events_source=events_source,
+        events_state=changelogs,
+        services_source=services_source,
+        services_state=changelogs,
+        stores=lambda: SinkWriter(
+            lambda: open_clickhouse(settings, embedded=False), influx, state.health
+        ),
         dead_letters=dead_letters,
-        ack=source.ack,
-        changelog=changelog,
-        generation=lambda: source.generation,
+        consumer="worker",
+        max_fetch_gap_s=events_source.max_fetch_gap_s,
     )
-    state.pipelines = [pipeline]
-    state.source = source
-    app.task(_supervised(state, pipeline.name, lambda _app: pipeline.run()))
-    app.task(_supervised(state, "events-source", lambda _app: source.run(pipeline)))
+    pipelines = build_pipelines(settings, backend)
+    state.source = events_source
+    for pipeline in (pipelines.events, pipelines.services):
+        app.task(_supervised(state, pipeline.name, _running(pipeline)))
 
     async def _no_automatic_gc() -> None:
         gc.disable()
@@ -200,31 +187,17 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         gc.collect()
         release_free_memory()
 
-    service_topics = app.topic(
-        *SERVICE_TOPICS,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    services = ServicePipeline(ServiceMetricsProcessor(), writer(), dead_letters)
-    app.agent(service_topics, name="services")(_supervised(state, "services", services.run))
-
     @app.on_before_shutdown.connect
-    async def _stop_events(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        await source.stop()
+    async def _stop_sources(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        for source in sources:
+            await source.stop()
         await changelog.close()
-
-    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
-    async def _tick() -> None:
-        for pipeline in state.pipelines:
-            await pipeline.tick()
 
     lag_labels: set[tuple[str, str]] = set()
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def _lag() -> None:
-        reported = await source.report_lag(lag_labels)
+        reported = await events_source.report_lag(lag_labels)
         lag_labels.clear()
         lag_labels.update(reported)
 
@@ -250,6 +223,13 @@ def _refresh_active_user_gauges(settings: Settings) -> None:
         clickhouse.close()
     except Exception as exc:  # a gauge refresh must never take the worker down
         log.warning("active user gauges not refreshed: %s", exc)
+
+
+def _running(pipeline: Pipeline) -> Callable[[Any], Awaitable[None]]:
+    async def run(_app: Any) -> None:
+        await pipeline.run()
+
+    return run
 
 
 def _supervised(

@@ -83,3 +83,18 @@ EVENTS_LOOP_SECONDS = Counter(
 CONSUMER_LAG = Gauge(
     "consumer_lag", "Records between the committed offset and the end", ["topic", "partition"]
 )
+
+
+class ServiceMetricsExport:
+    """The services processor's live numbers as the Prometheus metrics above, after each
+    stored batch (the services pipeline's stage, streams/runner/build.py; the pipeline
+    counts `analytics_events_processed` itself): the delivered counter grows by what the
+    processor counted since the last call."""
+
+    def __init__(self) -> None:
+        self._delivered = 0
+
+    def update(self, *, delivered_total: int, published_per_minute: float) -> None:
+        SOCIAL_MESSAGES_DELIVERED.inc(max(delivered_total - self._delivered, 0))
+        self._delivered = delivered_total
+        CONTENT_CREATION_RATE.set(published_per_minute)

@@ -1,18 +1,19 @@
-"""`quip up`: the whole pipeline in one process on one port — gateway endpoints, the local
-bus, the embedded runner with the same processors as the Faust agents, chDB, the query API
-and the dashboard. Data (chDB, bus log, processor state, dev keys) lives under
-QUIP_DATA_DIR (default ./.quip)."""
+"""`quip up`: the whole pipeline in one process on one port — gateway endpoints, the
+service bus endpoint (`POST /v1/services/{topic}`), the local bus, the worker's two
+pipelines (events and services: the pipeline core of streams/runner/, built by
+`build_pipelines` as the worker builds them) on the local backend (streams/backends/local/:
+the bus, SQLite state), chDB, the query API and the dashboard. Data (chDB, bus log,
+processor state, dev keys) lives under QUIP_DATA_DIR (default ./.quip)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -21,16 +22,17 @@ from api.app import create_app as create_api_app
 from common.settings import Settings, generate_dev_keys
 from ingest.app import Gateway, add_ingest_routes
 from ingest.openapi import describe_ingest_routes
-from quip.embedded.bus import LocalBus
-from quip.embedded.runner import EmbeddedRunner, StateStore
-from schemas.funnels import load_funnels
+from ingest.services import add_service_routes
 from sinks.clickhouse import EmbeddedClickHouse
 from sinks.engines import chdb_path
 from sinks.migrate import migrate
-from streams.processors.activity import ActivityProcessor
-from streams.processors.events import EventsProcessor
-from streams.processors.funnels import FunnelsProcessor
-from streams.processors.plays import PlaysProcessor
+from sinks.writer import SinkHealth, SinkWriter
+from streams.backends.local.backend import local_backend
+from streams.backends.local.bus import LocalBus
+from streams.backends.local.state import SqliteState
+from streams.runner.build import build_pipelines
+
+log = logging.getLogger(__name__)
 
 KEY_KINDS = ("write_keys", "read_keys", "admin_keys")
 
@@ -59,52 +61,54 @@ def settings_with_dev_keys(settings: Settings) -> Settings:
 PLAY_GRACE_MS = 60_000
 
 
-def processor_factories(settings: Settings) -> dict[str, Any]:
-    idle_timeout_ms = settings.play_idle_timeout_s * 1000
-    factories: dict[str, Any] = {
-        "events": EventsProcessor,
-        "activity": ActivityProcessor,
-        "plays": lambda: PlaysProcessor(idle_timeout_ms=idle_timeout_ms, grace_ms=PLAY_GRACE_MS),
-    }
-    funnels = load_funnels(settings.funnels_file) if settings.funnels_file else []
-    if funnels:
-        factories["funnels"] = lambda: FunnelsProcessor(
-            funnels, max_event_age_days=settings.max_event_age_days
-        )
-    return factories
-
-
 def create_embedded_app(settings: Settings) -> FastAPI:
     settings = settings_with_dev_keys(settings)
     clickhouse = EmbeddedClickHouse(chdb_path(settings))
     migrate(clickhouse)
     bus = LocalBus(settings.data_dir / "bus", segment_bytes=settings.bus_segment_mb * 1024 * 1024)
-    store = StateStore(settings.data_dir / "state.sqlite")
-    factories: dict[str, Any] = processor_factories(settings)
-    runner = EmbeddedRunner(bus, clickhouse, store, factories)
+    database = SqliteState(settings.data_dir / "state.sqlite")
+    health = SinkHealth()
+    backend = local_backend(bus, database, lambda: SinkWriter(lambda: clickhouse, None, health))
+    pipelines = build_pipelines(settings, backend, play_grace_ms=PLAY_GRACE_MS)
 
     app = create_api_app(settings, clickhouse, publisher=bus)
-    describe_ingest_routes(app, add_ingest_routes(app, Gateway(settings, bus)))
+    gateway = Gateway(settings, bus)
+    describe_ingest_routes(
+        app, [*add_ingest_routes(app, gateway), *add_service_routes(app, gateway)]
+    )
     api_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(inner: FastAPI) -> AsyncIterator[None]:
         await bus.start()
-        task = asyncio.create_task(runner.run(), name="embedded-runner")
+        tasks = [
+            asyncio.create_task(pipeline.run(), name=f"{pipeline.name}-pipeline")
+            for pipeline in (pipelines.events, pipelines.services)
+        ]
+        for task in tasks:
+            task.add_done_callback(_report_crash)
         try:
             async with api_lifespan(inner):
                 yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await bus.stop()
-            store.close()
+            database.close()
 
     app.router.lifespan_context = lifespan
     app.state.settings = settings
-    app.state.runner = runner
+    app.state.pipelines = pipelines
+    app.state.store_health = health
     return app
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A pipeline that raised stops taking records (the API stays up; what was not
+    committed is replayed after a restart): said loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s crashed", task.get_name(), exc_info=task.exception())
 
 
 def embedded_factory() -> FastAPI:

@@ -1,3 +1,3 @@
-"""Pure domain processors: what each metric means, with no I/O. The Faust agents
-(streams/agents.py) and the embedded runner feed them records and hand their output to
-the sinks."""
+"""Pure domain processors: what each metric means, with no I/O. The pipeline core
+(streams/runner/) feeds them records, in the worker and in `quip up` alike, and hands
+their output to the sinks."""

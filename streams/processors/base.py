@@ -1,6 +1,7 @@
-"""The contract between a stream runner (Faust agent or embedded bus) and a processor.
+"""The contract between the pipeline core (streams/runner/, on Kafka or the local bus) and
+a processor.
 
-A runner feeds decoded records with their bus position (an erasure record goes to
+The pipeline feeds decoded records with their bus position (an erasure record goes to
 `erase` instead: `apply_record`), then asks for `flush(now_ms)`
 once per batch and hands the output to the sinks; only after the sinks have it are the
 offsets committed. Delivery is therefore at-least-once: a processor must produce output

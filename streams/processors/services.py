@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from schemas.events import DeadLetter
 from schemas.output import ProcessorOutput, SeriesPoint, TableRows
 from schemas.services import (
     SERVICE_TOPICS,
@@ -90,6 +91,19 @@ class ServiceDeadLetter:
     position: Position
     reason: str
     raw: bytes
+
+    def dead_letter(self, consumer: str, received_at: int) -> DeadLetter:
+        """The `analytics.events.dlq` value (its key: the topic); `consumer` names who read
+        the record ("worker", "embedded") in its source."""
+        return DeadLetter(
+            project="unknown",
+            received_at=received_at,
+            index=-1,
+            reason=self.reason[:500],
+            raw=self.raw.decode("utf-8", "replace"),
+            source=f"{consumer}:services:{self.topic}"
+            f"@{self.position.partition}/{self.position.offset}",
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ClickHouse, ServerClickHouse
 from sinks.migrate import migrate
-from streams.kafka_source import services_group
+from streams.backends.kafka.source import services_group
 from tests.conftest import CLICKHOUSE_URL
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.insight_data import (

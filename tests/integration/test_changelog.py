@@ -1,4 +1,4 @@
-"""The worker's state changelogs (streams/changelog.py) against the real broker."""
+"""The worker's state changelogs (streams/backends/kafka/changelog.py) against the real broker."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from quip.topics import _config_values
-from streams.changelog import Changelog
+from streams.backends.kafka.changelog import Changelog
 from tests.conftest import KAFKA_BOOTSTRAP
 
 pytestmark = pytest.mark.kafka

@@ -8,7 +8,7 @@ import itertools
 from pathlib import Path
 
 from common.bus import OutgoingRecord
-from quip.embedded.bus import LEGACY_LOG, Frame, LocalBus, list_segments, segment_path
+from streams.backends.local.bus import LEGACY_LOG, Frame, LocalBus, list_segments, segment_path
 
 SEGMENT_BYTES = 1_000
 
@@ -29,7 +29,7 @@ async def read_all(bus: LocalBus, position: int) -> list[Frame]:
 
 
 def values(frames: list[Frame]) -> list[bytes]:
-    return [value for frame in frames for _, _, value in frame.records]
+    return [record.value for frame in frames for record in frame.records]
 
 
 def sequences(frames: list[Frame]) -> list[int]:

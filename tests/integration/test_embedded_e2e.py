@@ -19,8 +19,8 @@ import httpx
 import orjson
 import pytest
 
-from quip.embedded.bus import list_segments
-from quip.simulate import Historical, count_items, historical_items
+from quip.simulate import Historical, ServiceItem, count_items, historical_items
+from streams.backends.local.bus import list_segments
 from streams.processors.activity import utc_day
 from tests.conftest import clean_env
 from tests.expectations import (
@@ -35,6 +35,7 @@ from tests.expectations import (
     without_times,
 )
 from tests.integration.test_embedded import Embedded, wait_for
+from tests.integration.test_services_bus import expected_metrics
 from tests.traffic import as_records
 
 pytestmark = pytest.mark.chdb
@@ -155,9 +156,11 @@ def test_simulated_traffic_through_restarts_matches_independent_numbers(tmp_path
     predefined = tomllib.loads(funnels_file.read_text())["funnels"]
     now = int(time.time() * 1000)
     end_ms = now - 3_600_000  # so one event at "now" later closes every simulated play
-    total = count_items(
-        historical_items(Historical(seed=SEED, users=USERS, days=DAYS, end_ms=end_ms, now_ms=now))
-    ).events
+    plan = Historical(seed=SEED, users=USERS, days=DAYS, end_ms=end_ms, now_ms=now)
+    total = count_items(historical_items(plan)).events
+    service_messages = [
+        item.message for item in historical_items(plan) if isinstance(item, ServiceItem)
+    ]
 
     # 1 MB bus segments: the ~12 MB of traffic rolls over and is compacted across restarts.
     up = Embedded(
@@ -217,9 +220,14 @@ def test_simulated_traffic_through_restarts_matches_independent_numbers(tmp_path
             settle(lambda g=group_by: checks.playback(g), f"playback by {group_by}")
         for interval in ("minute", "hour", "day"):
             settle(lambda i=interval: checks.playback_series(i), f"playback per {interval}")
-        services = checks.get("/v1/metrics/services")  # no service bus in embedded mode
-        assert len(services["days"]) == (today - day_from).days + 1
-        assert all(value in (0, None) for value in services["totals"].values()), services["totals"]
+        # The simulator published its service messages over HTTP through the restarts.
+        settle(
+            lambda: (
+                checks.get("/v1/metrics/services"),
+                expected_metrics(service_messages, "default", day_from, today),
+            ),
+            "service metrics",
+        )
 
         # Erasure: the user with the most events, then every number without them.
         counts: dict[str, int] = {}

@@ -18,9 +18,9 @@ import pytest
 
 from common.settings import Settings
 from ingest.app import create_app
-from quip.embedded.bus import LocalBus
 from schemas.events import DeadLetter, decode_record
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
+from streams.backends.local.bus import LocalBus
 
 WRITE_KEY = "wk_bad_input"
 AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
@@ -43,11 +43,11 @@ async def landed(bus: LocalBus) -> tuple[set[str], list[DeadLetter]]:
     position = 0
     while frames := await bus.read(position, 64):
         for frame in frames:
-            for topic, _, value in frame.records:
-                if topic == ANALYTICS_EVENTS.name:
-                    ids.update(event.event_id for event in decode_record(value).events)
-                elif topic == ANALYTICS_EVENTS_DLQ.name:
-                    dead.append(msgspec.json.decode(value, type=DeadLetter))
+            for record in frame.records:
+                if record.topic == ANALYTICS_EVENTS.name:
+                    ids.update(event.event_id for event in decode_record(record.value).events)
+                elif record.topic == ANALYTICS_EVENTS_DLQ.name:
+                    dead.append(msgspec.json.decode(record.value, type=DeadLetter))
         position = frames[-1].end
     return ids, dead
 

@@ -16,9 +16,9 @@ import orjson
 
 from common.settings import Settings
 from ingest.app import create_app
-from quip.embedded.bus import LocalBus
 from schemas.events import decode_record
 from schemas.topics import ANALYTICS_EVENTS
+from streams.backends.local.bus import LocalBus
 
 WRITE_KEY = "wk_shed"
 AUTH = {"Authorization": f"Bearer {WRITE_KEY}"}
@@ -50,9 +50,9 @@ async def stored_event_ids(bus: LocalBus) -> set[str]:
     position = 0
     while frames := await bus.read(position, 64):
         for frame in frames:
-            for topic, _, value in frame.records:
-                if topic == ANALYTICS_EVENTS.name:
-                    ids.update(event.event_id for event in decode_record(value).events)
+            for record in frame.records:
+                if record.topic == ANALYTICS_EVENTS.name:
+                    ids.update(event.event_id for event in decode_record(record.value).events)
         position = frames[-1].end
     return ids
 

@@ -1,10 +1,10 @@
-"""EventPipeline across rebalances, driven the way the Faust consumer drives it (revoke,
-assign, batches tagged with their fetch generation), with the real changelog (Kafka) and
-sinks (clickhouse-server): funnel progress moves between workers with its partition, a
-batch fetched before its generation's assignment is processed once the state is read
-(after a Kafka outage too), records of a partition this worker no longer owns are neither
-processed nor acked, and a batch revoked while it was collected takes no newer message
-with it."""
+"""The pipeline core (streams/runner/pipeline.py) across rebalances, driven the way the
+Kafka source drives it (revoke, assign, fetches tagged with their generation), with the
+real changelog (Kafka) and sinks (clickhouse-server): funnel progress moves between
+workers with its partition, a batch fetched before its generation's assignment is
+processed once the state is read (after a Kafka outage too), records of a partition this
+worker no longer owns are neither processed nor committed, and a batch revoked while it
+was collected takes no newer message with it."""
 
 from __future__ import annotations
 
@@ -25,12 +25,15 @@ from sinks.clickhouse import ServerClickHouse
 from sinks.migrate import migrate
 from sinks.queries.funnels import predefined_funnel
 from sinks.writer import SinkHealth, SinkWriter
-from streams import pipeline as pipeline_module
-from streams.changelog import Changelog
-from streams.pipeline import FEED_SLICE_RECORDS, EventPipeline, Stage
+from streams.backends.kafka.changelog import Changelog, ChangelogState
 from streams.processors.base import Position
 from streams.processors.events import EventsProcessor
 from streams.processors.funnels import FunnelsProcessor
+from streams.runner import batch as batch_module
+from streams.runner.decode import EVENT_RECORDS
+from streams.runner.feed import FEED_SLICE_RECORDS, Stage
+from streams.runner.pipeline import Pipeline
+from streams.runner.protocols import Fetch, Positions, Rebalance
 from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, services
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -42,13 +45,60 @@ FUNNEL = FunnelDefinition(
 )
 
 
+TOPIC = "events"
+
+
 @dataclass(frozen=True)
 class FetchedMessage:
-    """What the pipeline reads of a Faust message."""
+    """What the pipeline reads of a fetched record."""
 
     partition: int
     offset: int
     value: bytes
+    topic: str = TOPIC
+
+
+def fetched(messages: list[FetchedMessage]) -> Fetch:
+    """As a source fetches them: each partition's position is after its last record."""
+    return Fetch(
+        list(messages), {(TOPIC, message.partition): message.offset + 1 for message in messages}
+    )
+
+
+class RecordedCommits:
+    """The source's commit side (the test feeds the fetches itself): what was committed."""
+
+    def __init__(self) -> None:
+        self.committed: Positions = {}
+
+    def has(self, message: FetchedMessage) -> bool:
+        return self.committed.get((TOPIC, message.partition), 0) > message.offset
+
+    async def start(self, rebalance: Rebalance) -> None:
+        raise AssertionError("the test drives the pipeline")
+
+    async def fetch(self, timeout_s: float) -> Fetch | None:
+        raise AssertionError("the test drives the pipeline")
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def is_paused(self) -> bool:
+        return False
+
+    async def commit(self, positions: Positions) -> None:
+        for key, offset in positions.items():
+            assert offset > self.committed.get(key, 0), "committed out of order"
+            self.committed[key] = offset
+
+    async def flush(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -61,27 +111,29 @@ def clickhouse_url(server_clickhouse: ServerClickHouse, unique_name: str) -> str
 class Worker:
     """One worker's events pipeline; the workers of a test share the changelog topic."""
 
-    def __init__(self, clickhouse_url: str, group: str, generation: Callable[[], int]) -> None:
-        changelog_topic = f"{group}-funnels-state-changelog"
-        self.acked: list[FetchedMessage] = []
+    def __init__(self, clickhouse_url: str, group: str) -> None:
+        self.commits = RecordedCommits()
         self.changelog = Changelog(
             KAFKA_BOOTSTRAP,
             lambda: AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP, acks="all"),
             min_partitions=2,
         )
-        self.pipeline = EventPipeline(
+        self.pipeline = Pipeline(
+            "events",
             [
                 Stage("events", EventsProcessor),
-                Stage(
-                    "funnels", lambda: FunnelsProcessor([FUNNEL]), changelog_topic=changelog_topic
-                ),
+                Stage("funnels", lambda: FunnelsProcessor([FUNNEL]), stateful=True),
             ],
+            EVENT_RECORDS,
             SinkWriter(lambda: ServerClickHouse(clickhouse_url), None, SinkHealth()),
-            ack=self.acked.extend,
-            changelog=self.changelog,
-            generation=generation,
+            source=self.commits,
+            state=ChangelogState(self.changelog, group),
+            measure_loop=True,
         )
-        self.task = asyncio.create_task(self.pipeline.run())
+        self.task = asyncio.create_task(self.pipeline.run_batches())
+
+    async def enqueue(self, messages: list[FetchedMessage]) -> None:
+        await self.pipeline.enqueue(fetched(messages), self.pipeline.generation)
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -108,7 +160,7 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 30)
 async def taken(worker: Worker) -> None:
     """Until the pipeline's loop has taken every enqueued fetch into the batch it is
     collecting (white box: the fetch queue is the pipeline's own)."""
-    await until(worker.pipeline._queue.empty, "the loop to take the fetched records")
+    await until(worker.pipeline.batcher.is_drained, "the loop to take the fetched records")
 
 
 async def test_funnel_progress_follows_its_partition_across_workers(
@@ -119,39 +171,37 @@ async def test_funnel_progress_follows_its_partition_across_workers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Batches close as soon as they are taken, so "taken" below means "closed".
-    monkeypatch.setattr(pipeline_module, "BATCH_WITHIN_S", 0.0)
+    monkeypatch.setattr(batch_module, "BATCH_WITHIN_S", 0.0)
     now = int(time.time() * 1000) - 60_000
-    generation = 1
-    first = Worker(clickhouse_url, unique_name, lambda: generation)
-    second = Worker(clickhouse_url, unique_name, lambda: generation)
+    first = Worker(clickhouse_url, unique_name)
+    second = Worker(clickhouse_url, unique_name)
     try:
         # Generation 1: the first worker owns partition 0. Its first batch is fetched
         # before the assignment reaches the pipeline: it waits for the state, not dropped.
         await first.pipeline.revoke()
         step_a = step(project, "u1", "step_a", 0, now)
-        await first.pipeline.enqueue([step_a], generation)
+        await first.enqueue([step_a])
         await taken(first)  # the batch is closed and waits for the state
         first.pipeline.assign([0])
-        await until(lambda: step_a in first.acked, "the first batch to be acked")
+        await until(lambda: first.commits.has(step_a), "the first batch to be committed")
 
         # Generation 2: partition 0 moves to the second worker, which reads the progress
         # from the changelog. A record of partition 0 still reaching the first worker is
         # not its to process.
-        generation = 2
         await first.pipeline.revoke()
         await second.pipeline.revoke()
         first.pipeline.assign([1])
         second.pipeline.assign([0])
         late = step(project, "u2", "step_a", 1, now + 1_000)
         # Fetched with `late`, on the partition the first worker owns now: once it is
-        # acked, the batch holding `late` has been through the loop.
+        # committed, the batch holding `late` has been through the loop.
         marker = replace(step(project, "u3", "marker", 1, now + 1_000), partition=1)
-        await first.pipeline.enqueue([late, marker], generation)
+        await first.enqueue([late, marker])
         step_b = step(project, "u1", "step_b", 2, now + 2_000)
-        await second.pipeline.enqueue([step_b], generation)
-        await until(lambda: step_b in second.acked, "the second worker's batch to be acked")
-        await until(lambda: marker in first.acked, "the first worker's batch to be acked")
-        assert late not in first.acked
+        await second.enqueue([step_b])
+        await until(lambda: second.commits.has(step_b), "the second worker's batch")
+        await until(lambda: first.commits.has(marker), "the first worker's batch")
+        assert not first.commits.has(late)
 
         today = datetime.now(UTC).date()
         levels = [
@@ -169,27 +219,33 @@ async def test_funnel_progress_follows_its_partition_across_workers(
 
 
 async def test_a_revoked_batch_takes_no_record_of_the_next_generation_with_it(
-    clickhouse_url: str, unique_name: str, project: str, monkeypatch: pytest.MonkeyPatch
+    server_clickhouse: ServerClickHouse,
+    clickhouse_url: str,
+    unique_name: str,
+    project: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A window the rebalance below certainly falls in (it follows at once, while the
     # batch is open); the refetched batch closes at the end of its own.
-    monkeypatch.setattr(pipeline_module, "BATCH_WITHIN_S", 5.0)
+    monkeypatch.setattr(batch_module, "BATCH_WITHIN_S", 5.0)
     now = int(time.time() * 1000) - 60_000
-    generation = 1
-    worker = Worker(clickhouse_url, unique_name, lambda: generation)
+    worker = Worker(clickhouse_url, unique_name)
     try:
         await worker.pipeline.revoke()
         worker.pipeline.assign([0])
         revoked = step(project, "u1", "step_a", 0, now)
-        await worker.pipeline.enqueue([revoked], generation)
+        await worker.enqueue([revoked])
         await taken(worker)  # the batch is open when the group rebalances
-        generation = 2
         await worker.pipeline.revoke()
         worker.pipeline.assign([0])
+        # Another record at the same offset: the rows tell which of the two was stored.
         refetched = step(project, "u2", "step_a", 0, now)
-        await worker.pipeline.enqueue([refetched], generation)
-        await until(lambda: refetched in worker.acked, "the new generation's record to be acked")
-        assert revoked not in worker.acked
+        await worker.enqueue([refetched])
+        await until(lambda: worker.commits.has(refetched), "the new generation's record")
+        users = server_clickhouse.execute(
+            "SELECT user_id FROM events WHERE project = %(p)s", {"p": project}
+        )
+        assert users == [("u2",)]
     finally:
         await worker.stop()
 
@@ -219,20 +275,16 @@ async def test_a_batch_revoked_while_it_is_fed_stops_and_counts_once_when_replay
 ) -> None:
     """The feed lets the loop in between slices of the batch, where a rebalance can begin:
     the rest of the batch is not fed, so no processor of a partition the worker may no
-    longer own comes back, nothing is acked, and the records fetched again from the
+    longer own comes back, nothing is committed, and the records fetched again from the
     committed offsets count once."""
     now = int(time.time() * 1000) - 60_000
-    generation = 1
-
     revoked: list[asyncio.Task[None]] = []
 
     def rebalance() -> None:
-        """As Faust: the generation moves on, and the revocation comes in next."""
-        nonlocal generation
-        generation = 2
+        """The revocation comes in while the batch is fed."""
         revoked.append(asyncio.create_task(worker.pipeline.revoke()))
 
-    worker = Worker(clickhouse_url, unique_name, lambda: generation)
+    worker = Worker(clickhouse_url, unique_name)
     rebalance_at = RebalanceAt(FEED_SLICE_RECORDS // 2, rebalance)
     worker.pipeline.stages.append(Stage("rebalance", lambda: rebalance_at))
     funnels = worker.pipeline.stages[1]
@@ -244,24 +296,23 @@ async def test_a_batch_revoked_while_it_is_fed_stops_and_counts_once_when_replay
     try:
         await worker.pipeline.revoke()
         worker.pipeline.assign([0, 1])
-        await worker.pipeline.enqueue(batch, generation)
+        await worker.enqueue(batch)
         await until(lambda: bool(revoked), "the rebalance to begin")
         await revoked[0]
         worker.pipeline.assign([0])  # partition 1 went to another worker
 
         rebalance_at.at = 0  # the refetched batch goes through
         fed_before = REGISTRY.get_sample_value("events_loop_seconds_total", {"phase": "feed"})
-        await worker.pipeline.enqueue(batch, generation)
-        # The loop is sequential: had the revoked feed gone on, its processors and acks
-        # would be there by the time the refetched batch is acked.
-        await until(lambda: len(worker.acked) >= users, "the refetched batch to be acked")
-        assert len(worker.acked) == users
+        await worker.enqueue(batch)
+        # The loop is sequential: had the revoked feed gone on, its processors and commits
+        # would be there by the time the refetched batch is committed.
+        await until(lambda: worker.commits.has(batch[users - 1]), "the refetched batch")
+        assert worker.commits.committed == {(TOPIC, 0): users}
         assert set(funnels.processors) == {0}
         fed_after = REGISTRY.get_sample_value("events_loop_seconds_total", {"phase": "feed"})
         assert fed_before is not None
         assert fed_after is not None
         assert fed_after > fed_before
-        assert {message.partition for message in worker.acked} == {0}
         today = datetime.now(UTC).date()
         levels = [
             row["users"]
@@ -276,18 +327,19 @@ async def test_the_state_read_waits_out_a_kafka_outage(
     clickhouse_url: str, unique_name: str, project: str
 ) -> None:
     now = int(time.time() * 1000) - 60_000
-    worker = Worker(clickhouse_url, unique_name, lambda: 1)
+    worker = Worker(clickhouse_url, unique_name)
     first_step = step(project, "u1", "step_a", 0, now)
     try:
         await asyncio.to_thread(services, "stop", "kafka")
         try:
             await worker.pipeline.revoke()
             worker.pipeline.assign([0])
-            await worker.pipeline.enqueue([first_step], 1)
+            await worker.enqueue([first_step])
             await asyncio.sleep(3)
-            assert worker.acked == []  # no record before the partition's state is read
+            # No record before the partition's state is read.
+            assert worker.commits.committed == {}
         finally:
             await asyncio.to_thread(services, "start", "kafka")
-        await until(lambda: first_step in worker.acked, "the batch after the outage", 90)
+        await until(lambda: worker.commits.has(first_step), "the batch after the outage", 90)
     finally:
         await worker.stop()

@@ -1,5 +1,6 @@
-"""Backpressure and revocation of the events consumer (streams/kafka_source.py) against the
-real Kafka and clickhouse-server.
+"""Backpressure and revocation of the pipeline core on its Kafka backend
+(streams/runner/, streams/backends/kafka/source.py) against the real Kafka and
+clickhouse-server.
 
 - A ClickHouse outage longer than the consumer's max poll interval: the worker pauses its
   partitions and keeps polling, so Kafka keeps the same member with the same assignment
@@ -28,10 +29,12 @@ from schemas.topics import ANALYTICS_EVENTS
 from sinks.clickhouse import ServerClickHouse
 from sinks.migrate import migrate
 from sinks.writer import SinkHealth, SinkWriter
-from streams import kafka_source
-from streams.kafka_source import KafkaEventsSource
-from streams.pipeline import EventPipeline, Stage
+from streams.backends.kafka.source import KafkaSource
 from streams.processors.events import EventsProcessor
+from streams.runner import pipeline as pipeline_module
+from streams.runner.decode import EVENT_RECORDS
+from streams.runner.feed import Stage
+from streams.runner.pipeline import Pipeline
 from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, services
 from tests.gateway_process import GatewayProcess, end_offsets
 from tests.pipeline_checks import assert_exact, post_all
@@ -139,23 +142,20 @@ class Worker:
     """A source and its events pipeline (the events stage only), as the worker wires them."""
 
     def __init__(self, topic: str, group: str, clickhouse: Callable[[], Any]) -> None:
-        self.source = KafkaEventsSource(KAFKA_BOOTSTRAP, group, topic)
-        self.pipeline = EventPipeline(
+        self.source = KafkaSource(KAFKA_BOOTSTRAP, group, [topic])
+        self.pipeline = Pipeline(
+            "events",
             [Stage("events", EventsProcessor)],
+            EVENT_RECORDS,
             SinkWriter(clickhouse, None, SinkHealth()),
-            ack=self.source.ack,
-            generation=lambda: self.source.generation,
+            source=self.source,
         )
-        self.tasks = [
-            asyncio.create_task(self.pipeline.run()),
-            asyncio.create_task(self.source.run(self.pipeline)),
-        ]
+        self.task = asyncio.create_task(self.pipeline.run())
 
     async def stop(self) -> None:
         await self.source.stop()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 async def until(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
@@ -172,7 +172,7 @@ async def test_a_revocation_while_a_store_hangs_finishes_within_its_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     revoke_deadline_s = 3.0
-    monkeypatch.setattr(kafka_source, "REVOKE_DEADLINE_S", revoke_deadline_s)
+    monkeypatch.setattr(pipeline_module, "REVOKE_DEADLINE_S", revoke_deadline_s)
     migrate(server_clickhouse)
     url = f"{CLICKHOUSE_URL.rsplit('/', 1)[0]}/{unique_name}"
     topic = group = unique_name

@@ -1,9 +1,11 @@
-"""The stateful processors' changelogs: compacted Kafka topics, one partition per source
-partition of `analytics.events`, keyed by the processor's state key, written and read by
-the worker itself.
+"""The Kafka `StateBackend` (streams/runner/protocols.py): the stateful stages' changelogs,
+compacted Kafka topics `<worker group>-<stage>-state-changelog`, one partition per
+source partition of `analytics.events`, keyed by the processor's state key, written and
+read by the worker itself. Source positions are not kept here: the consumer group's
+committed offsets are.
 
-The worker reads a partition's whole changelog when it is assigned the partition, into
-processors that see no record before that read is complete (streams/pipeline.py). Faust
+The pipeline reads a partition's whole changelog when it is assigned the partition, into
+processors that see no record before that read is complete (streams/runner/pipeline.py). Faust
 tables did this before, and their recovery left too many interleavings to reason about: a
 recovery cut short by the next rebalance still announced itself complete, changelog
 records fetched in one generation were applied in the next, and its processors outlived
@@ -20,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.runner.protocols import LoadedState, Positions, StateChanges
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +176,42 @@ class Changelog:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
+
+
+class ChangelogState:
+    """The state of stage `<name>` in changelog topic `changelog_topic(app_id,
+    "<name>-state")`; the topics are created (or grown) on the first load."""
+
+    def __init__(self, changelog: Changelog, app_id: str) -> None:
+        self.changelog = changelog
+        self.app_id = app_id
+
+    def topic(self, stage: str) -> str:
+        return changelog_topic(self.app_id, f"{stage}-state")
+
+    async def load(self, stages: Sequence[str], partitions: Sequence[int]) -> LoadedState:
+        topics = [self.topic(stage) for stage in stages]
+        await self.changelog.ensure_topics(topics, max(partitions) + 1)
+        states = await self.changelog.read(topics, partitions)
+        return {
+            stage: {
+                partition: {key.decode(): value for key, value in entries.items()}
+                for partition, entries in states[topic].items()
+            }
+            for stage, topic in zip(stages, topics, strict=True)
+        }
+
+    async def persist(self, changes: Sequence[StateChanges], positions: Positions) -> None:
+        if not changes:
+            return
+        await self.changelog.write(
+            [
+                (
+                    self.topic(stage),
+                    partition,
+                    # None: a tombstone, compaction drops the key
+                    [(key.encode(), value or None) for key, value in entries.items()],
+                )
+                for stage, partition, entries in changes
+            ]
+        )

@@ -1,4 +1,5 @@
-"""The embedded bus: an append-only local log in place of Kafka (`quip up`).
+"""The local bus: an append-only log on disk in place of Kafka (`quip up`); the records
+source of the local backend (streams/backends/local/source.py).
 
 The gateway publishes a request's records as one *frame*; a frame is on disk (written and
 fsync'ed) before `publish` returns, so a 200 means the events survive a crash or a
@@ -8,14 +9,14 @@ one fsync for every frame waiting. A frame is all-or-nothing: on start, a torn l
 
 Frame layout: header `<I I Q` (payload length, CRC32 of the payload, sequence number of
 the frame's first record), then the payload: msgpack of `[[topic, key, value], ...]`.
-Readers address the log by byte position (where the next frame starts) and give every
-record a global sequence number, used as its bus position by the processors.
+Readers address the log by byte position (where the next frame starts); every record
+read carries its global sequence number as its offset, its position for the processors.
 
 Segments and compaction: the log is a run of files `events-<base position>-<base
 sequence>.log`; positions are global, so a segment holds the frames of [its base, the next
 segment's base). Once the active segment passes `segment_bytes`, the writer creates the
-next one (and fsyncs the directory) before writing to it. `compact(position)`, called by
-the runner after it committed `position`, deletes the segments that end at or before it,
+next one (and fsyncs the directory) before writing to it. `compact(position)`, called
+once every reader committed `position`, deletes the segments that end at or before it,
 oldest first. Crash-safe at every step: a crash after a rotation's create leaves an empty
 last segment whose name still carries the log's end and next sequence number; a crash in
 the middle of a compaction leaves a shorter run that is still contiguous, and everything
@@ -42,7 +43,23 @@ from common.bus import BusUnavailable, OutgoingRecord
 
 _HEADER = struct.Struct("<IIQ")
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes, bytes]])
+
+
+class BusRecord(msgspec.Struct, array_like=True):
+    """One record as read (a pipeline `Message`): decoded straight from the frame's
+    `[topic, key, value]`, its offset set by the reader."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    offset: int = 0
+
+    @property
+    def partition(self) -> int:
+        return 0
+
+
+_decoder = msgspec.msgpack.Decoder(list[BusRecord])
 _SEGMENT_NAME = re.compile(r"events-(\d{20})-(\d{20})\.log")
 LEGACY_LOG = "events.log"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -53,7 +70,7 @@ class Frame:
     start: int  # byte position of the frame
     end: int  # byte position of the next frame
     first_seq: int
-    records: list[tuple[str, bytes, bytes]]
+    records: list[BusRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +106,10 @@ def _read_frames(segment: Segment, position: int, max_frames: int) -> list[Frame
             if len(payload) < length or zlib.crc32(payload) != crc:
                 break
             end = position + _HEADER.size + length
-            frames.append(Frame(position, end, first_seq, _decoder.decode(payload)))
+            records = _decoder.decode(payload)
+            for offset, record in enumerate(records, first_seq):
+                record.offset = offset
+            frames.append(Frame(position, end, first_seq, records))
             position = end
     return frames
 
@@ -103,7 +123,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class LocalBus:
-    """Implements the gateway's `Publisher` protocol, and `read`/`compact` for the runner."""
+    """Implements the gateway's `Publisher` protocol, and `read`/`compact` for the
+    readers."""
 
     def __init__(self, directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.directory = directory

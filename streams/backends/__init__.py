@@ -1,0 +1,1 @@
+"""What the pipeline core runs on: `kafka/` (the worker) and `local/` (`quip up`)."""

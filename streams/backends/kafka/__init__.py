@@ -1,0 +1,2 @@
+"""The Kafka backend: aiokafka's public consumer as the source, changelog topics as the
+state backend."""
