@@ -105,7 +105,8 @@ class PlaysProcessor:
         self._watermark = 0  # largest min(ts, received_at) seen
         self._received_watermark = 0  # largest received_at seen
         # Series are per minute: looking for expired ones once per watermark minute is
-        # enough (the scan over every series at each flush was 11 % of a live worker's CPU).
+        # enough, and a scan over every series at each flush cost a live worker dearly
+        # (benchmarks/README.md, Soak: "QoE series expiry scanned every series").
         self._series_swept_minute = -1
 
     @property
