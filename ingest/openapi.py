@@ -139,7 +139,7 @@ class ServicesResult(msgspec.Struct):
     accepted: int
 
 
-class InvalidMessage(msgspec.Struct):
+class RejectedMessage(msgspec.Struct):
     index: int
     reason: str
 
@@ -149,7 +149,7 @@ class ServicesError(msgspec.Struct):
 
     error: str
     errors: Annotated[
-        list[InvalidMessage], msgspec.Meta(description="the invalid messages, when it is theirs")
+        list[RejectedMessage], msgspec.Meta(description="the invalid messages, when it is theirs")
     ] = []
 
 
