@@ -13,8 +13,8 @@ What it starts itself, and stops before exiting:
     seconds once the load has run for --profile-at seconds.
 
 What it measures, sampling every --interval seconds: accepted events (the load generator),
-processed events (`analytics_events_processed_total{agent="embedded"}` from /metrics: the
-runner counts a batch once its rows are in chDB and its position is committed), the
+processed events (`analytics_events_processed_total{agent="events"}` from /metrics: the
+events pipeline counts a batch once its rows are in chDB and its position is committed), the
 server's RSS (VmRSS of the process tree) and CPU time, the bus log on disk. Figures:
   - ingest events/s = accepted / load time;
   - end-to-end events/s = accepted / (time from the first request until every accepted
@@ -222,7 +222,7 @@ def processed(port: int) -> float:
         for sample in family.samples:
             if (
                 sample.name == "analytics_events_processed_total"
-                and sample.labels.get("agent") == "embedded"
+                and sample.labels.get("agent") == "events"
             ):
                 return float(sample.value)
     return 0.0
