@@ -221,8 +221,8 @@ def kafka_lag(bootstrap: str, group: str | None) -> float | None:
 
 
 def events_processed(reading: Reading) -> float:
-    """Events through the events agent (cluster) or the embedded runner (`quip up`)."""
-    return reading.processed.get("events", reading.processed.get("embedded", 0.0))
+    """Events through the events pipeline's first stage (the worker and `quip up` alike)."""
+    return reading.processed.get("events", 0.0)
 
 
 def interval_latency(before: Reading, after: Reading) -> tuple[float | None, float | None, int]:
