@@ -53,14 +53,15 @@ def flatten_props(props: dict[str, Any]) -> FlatProps:
     while stack:
         prefix, mapping = stack.pop()
         for key, value in mapping.items():
-            path = f"{prefix}{key}"
-            if isinstance(value, dict):
+            # Most props are top-level strings: no new path string, one type test.
+            path = prefix + key if prefix else key
+            if type(value) is str:
+                keys.append(path)
+                values.append(value)
+            elif isinstance(value, dict):
                 stack.append((f"{path}.", value))
             elif value is None:
                 continue
-            elif type(value) is str:
-                keys.append(path)
-                values.append(value)
             elif isinstance(value, list):
                 keys.append(path)
                 values.append(msgspec.json.encode(value).decode())
