@@ -4,6 +4,7 @@ every unprocessed frame with its sequence numbers."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
@@ -71,6 +72,24 @@ async def test_segments_roll_and_compaction_keeps_what_is_not_committed(tmp_path
     await bus.publish(request(99))
     more = await read_all(bus, end)
     assert sequences(more) == [120, 121, 122]
+    await bus.stop()
+
+
+async def test_readers_compacting_at_once_keep_the_log_whole(tmp_path: Path) -> None:
+    """`quip up`'s two pipelines commit, and compact, concurrently: the active segment and
+    every segment not committed by both survive, and the bus goes on taking frames."""
+    bus = await started(tmp_path)
+    for index in range(40):
+        await bus.publish(request(index))
+    segments = bus.segments
+    assert len(segments) > 5
+    await asyncio.gather(bus.compact(bus.end), bus.compact(bus.end), bus.compact(bus.end))
+    assert bus.segments == [segments[-1]]
+    assert [s.path for s in list_segments(tmp_path)] == [segments[-1].path]
+    end = bus.end
+    async with asyncio.timeout(10):
+        await bus.publish(request(99))
+    assert sequences(await read_all(bus, end)) == [120, 121, 122]
     await bus.stop()
 
 

@@ -138,6 +138,9 @@ class LocalBus:
         self._wakeup = asyncio.Event()
         self._appended = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # Compactions one at a time: two interleaved ones would each pop a segment after
+        # deleting the same file, and could pop the active one.
+        self._compacting = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -271,10 +274,12 @@ class LocalBus:
 
     async def compact(self, committed: int) -> int:
         """Delete the segments that end at or before the committed position (never the
-        active one), oldest first; returns how many were deleted."""
+        active one), oldest first; returns how many were deleted. Safe to call from
+        several readers at once."""
         deleted = 0
-        while len(self._segments) > 1 and self._segments[1].base <= committed:
-            await asyncio.to_thread(self._segments[0].path.unlink, missing_ok=True)
-            self._segments.pop(0)
-            deleted += 1
+        async with self._compacting:
+            while len(self._segments) > 1 and self._segments[1].base <= committed:
+                await asyncio.to_thread(self._segments[0].path.unlink, missing_ok=True)
+                self._segments.pop(0)
+                deleted += 1
         return deleted
