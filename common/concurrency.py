@@ -109,15 +109,6 @@ def _merged(runs: list[Run]) -> list[Run]:
     return merged
 
 
-def minute_batches(runs: Iterable[Run]) -> dict[int, int]:
-    """minute → batch for every minute the runs cover."""
-    return {
-        minute: batch
-        for first, last, batch in runs
-        for minute in range(first, last + MINUTE_MS, MINUTE_MS)
-    }
-
-
 def concurrent_per_minute(spans: Iterable[tuple[int, int]]) -> dict[int, int]:
     """minute (ms) → plays whose (first_ts, last_ts) span covers it; minutes without
     any play are left out."""

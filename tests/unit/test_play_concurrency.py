@@ -273,3 +273,39 @@ def test_a_late_play_gets_its_own_point_instead_of_overwriting_the_settled_one()
     late_batch = (later + 1_000) // LATE_BATCH_MS + 1
     assert qoe == {minute: 1, point_time(minute, late_batch): 1}
     assert per_minute(kept, VIEWERS_MEASUREMENT, "viewers") == {minute: 2}
+
+
+def test_points_are_forgotten_once_settled_and_their_plays_gone() -> None:
+    """What the live view holds is bounded: after the last play is forgotten and its
+    batches settle, no point is held and the state deletes every key it wrote."""
+    events = play_events(random.Random(3), MIDNIGHT, plays=30)
+    processor = PlaysProcessor(idle_timeout_ms=IDLE)
+    changelog: dict[str, bytes] = {}  # as a compacted changelog topic keeps it
+
+    def keep_state() -> None:
+        for key, value in processor.take_state_changes().items():
+            if value is None:
+                changelog.pop(key, None)
+            else:
+                changelog[key] = value
+
+    for offset, event in enumerate(sorted(events, key=lambda e: e.ts)):
+        record = EventRecord(project=PROJECT, received_at=event.ts + 500, events=[event])
+        processor.process(record, Position(0, offset))
+        processor.flush(event.ts + 500)
+        keep_state()
+    assert any(key.startswith("viewers:") for key in changelog)
+    assert processor.held_points() > 0
+    last = max(e.ts for e in events)
+    for offset, later in enumerate((3 * HORIZON, 6 * HORIZON), start=len(events)):
+        # Other traffic moves both clocks: every play idles out, is forgotten, and every
+        # batch settles.
+        tick = Event(event_id=f"tick-{offset}", type="page_view", user_id="v", ts=last + later)
+        record = EventRecord(project=PROJECT, received_at=last + later, events=[tick])
+        processor.process(record, Position(0, offset))
+        output = processor.flush(last + later)
+        keep_state()
+    assert output.points == []
+    assert processor.held_plays() == 0
+    assert processor.held_points() == 0
+    assert changelog == {}

@@ -29,9 +29,10 @@ class _RestingPlay(msgspec.Struct, array_like=True):
     from the key, `closed` is always true, `series_key` is either None or the key the
     play's own fields give (`in_series`), an event id equal to the first event's is None,
     and times are offsets from `first_ts`, which msgpack writes in 1 to 5 bytes instead of
-    9."""
+    9. `partition` and `viewed` come first: `_RestingViewers` reads just them."""
 
     partition: int
+    viewed: tuple[str, str, tuple[Run, ...]] | None
     first_ts: int
     first_event_id: str
     user_id: str
@@ -74,6 +75,13 @@ class _RestingPlay(msgspec.Struct, array_like=True):
     series_batch: int
     qoe_batch: int
     viewing: tuple[Run, ...]
+
+
+class _RestingViewers(msgspec.Struct, array_like=True):
+    """The head of a `_RestingPlay`: what forgetting the play needs, decoded without the
+    rest."""
+
+    partition: int
     viewed: tuple[str, str, tuple[Run, ...]] | None
 
 
@@ -99,6 +107,7 @@ _play_encoder = msgspec.msgpack.Encoder(enc_hook=_ids_as_list)
 _play_decoder = msgspec.msgpack.Decoder(PlayState, dec_hook=_ids_from)
 _resting_encoder = msgspec.msgpack.Encoder()
 _resting_decoder = msgspec.msgpack.Decoder(_RestingPlay)
+_resting_viewers_decoder = msgspec.msgpack.Decoder(_RestingViewers)
 
 
 def _offset(ts: int | None, first_ts: int) -> int | None:
@@ -117,6 +126,7 @@ def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
     _resting_encoder.encode_into(
         (
             state.partition,
+            state.viewed,
             first_ts,
             first_event_id,
             state.user_id,
@@ -160,7 +170,6 @@ def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
             state.series_batch,
             state.qoe_batch,
             state.viewing,
-            state.viewed,
         ),
         buffer,
     )

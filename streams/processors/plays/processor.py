@@ -3,13 +3,14 @@ rows and the live series (see the package docstring for the contract)."""
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import msgspec
 
 from common.concurrency import (
     LIVE,
-    minute_batches,
+    Run,
     minute_of,
     point_time,
     window_end,
@@ -27,6 +28,7 @@ from streams.processors.plays.codec import (
     _play_decoder,
     _play_encoder,
     _resting_decoder,
+    _resting_viewers_decoder,
     _series_decoder,
     _to_rest,
     batch_key,
@@ -87,11 +89,11 @@ class PlaysProcessor:
         # time, one for a play no longer open is dropped. A play that re-opens while an
         # old entry is still queued has two for a while: the first to come due closes
         # it, the other finds it closed.
-        self._idle_by_ts = _Deadlines()
-        self._idle_by_received = _Deadlines()
+        self._idle_by_ts: _Deadlines[tuple[str, str]] = _Deadlines()
+        self._idle_by_received: _Deadlines[tuple[str, str]] = _Deadlines()
         self._opened: list[tuple[str, str]] = []
-        self._expiry_by_received = _Deadlines()
-        self._expiry_by_ts = _Deadlines()
+        self._expiry_by_received: _Deadlines[tuple[str, str]] = _Deadlines()
+        self._expiry_by_ts: _Deadlines[tuple[str, str]] = _Deadlines()
         self._touched: set[tuple[str, str]] = set()
         self._series: dict[BatchKey, SeriesState] = {}
         self._pending_series: set[BatchKey] = set()
@@ -104,10 +106,11 @@ class PlaysProcessor:
         self._changed_viewers: set[BatchKey] = set()
         self._watermark = 0  # largest min(ts, received_at) seen
         self._received_watermark = 0  # largest received_at seen
-        # Series are per minute: looking for expired ones once per watermark minute is
-        # enough, and a scan over every series at each flush cost a live worker dearly
+        # Points by the arrival time at which their batch settles (`_settle`), so a flush
+        # looks only at those due: a scan over every series cost a live worker dearly
         # (benchmarks/README.md, Soak: "QoE series expiry scanned every series").
-        self._series_swept_minute = -1
+        self._series_settling: _Deadlines[BatchKey] = _Deadlines()
+        self._viewers_settling: _Deadlines[BatchKey] = _Deadlines()
 
     @property
     def watermark(self) -> int:
@@ -118,6 +121,10 @@ class PlaysProcessor:
 
     def open_plays(self) -> int:
         return len(self._open)
+
+    def held_points(self) -> int:
+        """Live-view points still held (QoE and concurrent viewers)."""
+        return len(self._series) + len(self._viewers)
 
     # ------------------------------------------------------------ input
 
@@ -177,7 +184,7 @@ class PlaysProcessor:
                 if series is not None and series.plays.pop(state.play_id, None) is not None:
                     self._pending_series.add(series_key)
                     self._changed_series.add(series_key)
-            self._count_viewers(state, -1)
+            self._count_viewers(state.project, state.partition, state.viewed, -1)
 
     # ------------------------------------------------------------ output
 
@@ -249,6 +256,16 @@ class PlaysProcessor:
             return None
         return state.last_ts, state.last_received_at
 
+    def _release_viewers(self, key: tuple[str, str]) -> None:
+        """The held play `key` is being forgotten: it stays counted in its viewer entries,
+        which no longer wait for it."""
+        state = self._plays.get(key)
+        if isinstance(state, bytes):
+            rest = _resting_viewers_decoder.decode(state)
+            self._count_viewers(key[0], rest.partition, rest.viewed, 0)
+        elif state is not None:
+            self._count_viewers(key[0], state.partition, state.viewed, 0)
+
     def _close(self, key: tuple[str, str], state: PlayState) -> None:
         state.closed = True
         self._open.discard(key)
@@ -256,7 +273,7 @@ class PlaysProcessor:
         self._changed_plays.add(key)
         self._expiry_by_received.add(state.last_received_at, key)
 
-    def _close_idle(self, index: _Deadlines, field: str, clock: int) -> None:
+    def _close_idle(self, index: _Deadlines[tuple[str, str]], field: str, clock: int) -> None:
         """Close the open plays whose `field` + idle timeout is before `clock`."""
         timeout = self.idle_timeout_ms
         for _, keys in index.take(clock - timeout - 1):
@@ -295,9 +312,7 @@ class PlaysProcessor:
                 if times[0] + grace >= watermark:
                     by_ts.add(times[0], key)
                 elif times[1] + grace < received_watermark:
-                    forgotten = self._peek(key)
-                    if forgotten is not None:
-                        self._count_viewers(forgotten, 0)
+                    self._release_viewers(key)
                     del self._plays[key]
                     self._changed_plays.add(key)
 
@@ -323,6 +338,7 @@ class PlaysProcessor:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = SeriesState()
+            self._series_settling.add(self._settles_at(key), key)
         if state.series_key != new_key:
             state.series_key = new_key
             state.series_batch = state.qoe_batch
@@ -340,56 +356,111 @@ class PlaysProcessor:
     def _sync_viewers(self, state: PlayState) -> None:
         """Counts the play in the concurrent viewers of the minutes it spans, each in its
         batch, and takes it out of the minutes and batches it no longer belongs to."""
-        wanted = (state.content_id, state.device_model, state.viewing)
-        counted = state.viewed
-        if counted == wanted:
-            return
-        old = {} if counted is None else minute_batches(counted[2])
-        new = minute_batches(state.viewing)
-        same_tags = counted is not None and counted[:2] == wanted[:2]
+        runs, counted = state.viewing, state.viewed
+        content_id, device_model = state.content_id, state.device_model
+        if counted is not None and counted[2] == runs and counted[:2] == (content_id, device_model):
+            return  # nothing changed
         project, partition = state.project, state.partition
-        if counted is not None:
-            for minute, batch in old.items():
-                if not (same_tags and new.get(minute) == batch):
-                    key = (project, partition, minute, counted[0], counted[1], batch)
-                    self._add_viewer(key, -1)
-        for minute, batch in new.items():
-            if not (same_tags and old.get(minute) == batch):
-                self._add_viewer((project, partition, minute, wanted[0], wanted[1], batch), 1)
-        state.viewed = wanted
+        tags = (content_id, device_model)
+        add = self._add_viewer
+        if (
+            counted is not None
+            and counted[:2] == (content_id, device_model)
+            and counted[2]
+            and _clipped(runs, counted[2][0][0], counted[2][-1][1]) == counted[2]
+        ):
+            # The span grew, the minutes already counted kept their batches (the usual
+            # case, once a minute for a play that goes on): count the new minutes only.
+            low, high = counted[2][0][0], counted[2][-1][1]
+            for first, last, batch in runs:
+                for minute in range(first, min(last, low - MINUTE_MS) + MINUTE_MS, MINUTE_MS):
+                    add((project, partition, minute, *tags, batch), 1)
+                for minute in range(max(first, high + MINUTE_MS), last + MINUTE_MS, MINUTE_MS):
+                    add((project, partition, minute, *tags, batch), 1)
+        else:
+            self._count_viewers(project, partition, counted, -1)
+            for first, last, batch in runs:
+                for minute in range(first, last + MINUTE_MS, MINUTE_MS):
+                    add((project, partition, minute, *tags, batch), 1)
+        state.viewed = (*tags, runs)
         self._changed_plays.add((project, state.play_id))
 
     def _add_viewer(self, key: BatchKey, change: int) -> None:
         entry = self._viewers.get(key)
         if entry is None:
             entry = self._viewers[key] = [0, 0]
+            self._viewers_settling.add(self._settles_at(key), key)
         entry[0] += change
         entry[1] += change
         self._pending_viewers.add(key)
         self._changed_viewers.add(key)
 
-    def _count_viewers(self, state: PlayState, change: int) -> None:
+    def _count_viewers(
+        self,
+        project: str,
+        partition: int,
+        viewed: tuple[str, str, tuple[Run, ...]] | None,
+        change: int,
+    ) -> None:
         """A play leaves the held plays of its viewer entries: forgotten (change 0, it
-        still counts in the written points) or erased (-1, it no longer counts)."""
-        if state.viewed is None:
+        still counts in the written points) or erased or moved (-1, it no longer
+        counts there)."""
+        if viewed is None:
             return
-        content_id, device_model, runs = state.viewed
-        for minute, batch in minute_batches(runs).items():
-            key = (state.project, state.partition, minute, content_id, device_model, batch)
-            entry = self._viewers.get(key)
-            if entry is None:
-                continue
-            entry[0] += change
-            entry[1] -= 1
-            self._changed_viewers.add(key)
-            if change:
-                self._pending_viewers.add(key)
-        state.viewed = None
+        content_id, device_model, runs = viewed
+        for first, last, batch in runs:
+            for minute in range(first, last + MINUTE_MS, MINUTE_MS):
+                key = (project, partition, minute, content_id, device_model, batch)
+                entry = self._viewers.get(key)
+                if entry is None:
+                    continue
+                entry[0] += change
+                entry[1] -= 1
+                self._changed_viewers.add(key)
+                if change:
+                    self._pending_viewers.add(key)
 
-    def _settled(self, key: BatchKey) -> bool:
-        """The batch's window is `grace` behind the arrival clock: no record can join it."""
-        end = window_end(key[2], key[5], self.series_horizon_ms)
-        return end + self.grace_ms < self._received_watermark
+    def _settles_at(self, key: BatchKey) -> int:
+        """The arrival time after which no record can join the batch: its window plus
+        the grace (records reach the bus out of arrival order by less than that)."""
+        return window_end(key[2], key[5], self.series_horizon_ms) + self.grace_ms
+
+    def _settle(self) -> None:
+        """Forget the points whose batch has settled and holds no held play: what they
+        wrote stays, nothing will change it. One still holding plays is looked at again
+        a minute later."""
+        self._settle_due(
+            self._series_settling,
+            self._series,
+            self._changed_series,
+            lambda key: any((key[0], play) in self._plays for play in self._series[key].plays),
+        )
+        self._settle_due(
+            self._viewers_settling,
+            self._viewers,
+            self._changed_viewers,
+            lambda key: self._viewers[key][1] > 0,
+        )
+
+    def _settle_due(
+        self,
+        index: _Deadlines[BatchKey],
+        points: dict[BatchKey, Any],
+        changed: set[BatchKey],
+        holds_plays: Callable[[BatchKey], bool],
+    ) -> None:
+        clock = self._received_watermark
+        for _, keys in index.take(clock - 1):
+            for key in keys:
+                if key not in points:
+                    continue
+                if self._settles_at(key) >= clock:
+                    index.add(self._settles_at(key), key)
+                elif holds_plays(key):
+                    index.add(clock + MINUTE_MS, key)
+                else:
+                    del points[key]
+                    changed.add(key)
 
     @staticmethod
     def _point(measurement: str, key: BatchKey, fields: dict[str, int | float]) -> SeriesPoint:
@@ -420,22 +491,7 @@ class PlaysProcessor:
                 continue
             points.append(self._point(VIEWERS_MEASUREMENT, key, {"viewers": entry[0]}))
         self._pending_viewers.clear()
-
-        minute = self._received_watermark // MINUTE_MS
-        if minute == self._series_swept_minute:
-            return points
-        self._series_swept_minute = minute
-        for key, series in list(self._series.items()):
-            if not self._settled(key):
-                continue
-            if any((key[0], play_id) in self._plays for play_id in series.plays):
-                continue
-            del self._series[key]
-            self._changed_series.add(key)
-        for key, entry in list(self._viewers.items()):
-            if entry[1] <= 0 and self._settled(key):
-                del self._viewers[key]
-                self._changed_viewers.add(key)
+        self._settle()
         return points
 
     # ------------------------------------------------------------ state
@@ -479,15 +535,28 @@ class PlaysProcessor:
             self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
             self._received_watermark = max(self._received_watermark, state.last_received_at)
         elif key.startswith(_SERIES_PREFIX):
-            self._series[batch_key(key[len(_SERIES_PREFIX) :])] = _series_decoder.decode(value)
+            series_key = batch_key(key[len(_SERIES_PREFIX) :])
+            self._series[series_key] = _series_decoder.decode(value)
+            self._series_settling.add(self._settles_at(series_key), series_key)
         elif key.startswith(_VIEWERS_PREFIX):
             count, held = _viewers_decoder.decode(value)
-            self._viewers[batch_key(key[len(_VIEWERS_PREFIX) :])] = [count, held]
+            viewers_key = batch_key(key[len(_VIEWERS_PREFIX) :])
+            self._viewers[viewers_key] = [count, held]
+            self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
         else:
             raise ValueError(f"not a plays state key: {key!r}")
 
 
 _viewers_decoder = msgspec.msgpack.Decoder(tuple[int, int])
+
+
+def _clipped(runs: tuple[Run, ...], low: int, high: int) -> tuple[Run, ...]:
+    """The runs' minutes within [low, high]."""
+    return tuple(
+        (max(first, low), min(last, high), batch)
+        for first, last, batch in runs
+        if first <= high and last >= low
+    )
 
 
 def rows_as_dicts(table: TableRows) -> list[dict[str, object]]:

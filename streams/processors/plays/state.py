@@ -14,6 +14,7 @@ import msgspec
 
 from common.concurrency import Run, batch_of, extend, minute_of, stamp
 from common.qoe import (
+    MINUTE_MS,
     QoeContribution,
     experience_score,
     hundredths,
@@ -340,16 +341,21 @@ def track_batches(
     horizon_ms: int,
 ) -> None:
     """Stamps what a record changed of the play's minutes and tags with the record's
-    batches (concurrency.py); `before` = (first_ts, last_ts, content_id, device_model)
-    before the record, None for a new play."""
-    first_minute, last_minute = minute_of(state.first_ts), minute_of(state.last_ts)
-    tags_moved = before is None or before[2:] != (state.content_id, state.device_model)
-    if tags_moved or before is None or minute_of(before[0]) != first_minute:
-        state.qoe_batch = batch_of(first_minute, received_at, horizon_ms)
-    if tags_moved:
-        state.viewing = tuple(stamp(first_minute, last_minute, received_at, horizon_ms))
-    elif before is not None and (before[0] != state.first_ts or before[1] != state.last_ts):
+    batches (common/concurrency.py); `before` = (first_ts, last_ts, content_id,
+    device_model) before the record, None for a new play."""
+    first_ts, last_ts = state.first_ts, state.last_ts
+    if before is not None and before[2] == state.content_id and before[3] == state.device_model:
+        first_moved = before[0] // MINUTE_MS != first_ts // MINUTE_MS
+        if not first_moved and before[1] // MINUTE_MS == last_ts // MINUTE_MS:
+            return  # the usual event: the same minutes and tags
+        first_minute, last_minute = minute_of(first_ts), minute_of(last_ts)
+        if first_moved:
+            state.qoe_batch = batch_of(first_minute, received_at, horizon_ms)
         state.viewing = extend(state.viewing, first_minute, last_minute, received_at, horizon_ms)
+        return
+    first_minute, last_minute = minute_of(first_ts), minute_of(last_ts)
+    state.qoe_batch = batch_of(first_minute, received_at, horizon_ms)
+    state.viewing = tuple(stamp(first_minute, last_minute, received_at, horizon_ms))
 
 
 def _add_error_code(codes: tuple[str, ...], value: object) -> tuple[str, ...]:
