@@ -94,6 +94,14 @@ def extend(
     are stamped by this record, the others keep their batch."""
     if not runs:
         return tuple(stamp(first_minute, last_minute, received_at, horizon_ms))
+    head_first, head_last, head_batch = runs[-1]
+    if (
+        runs[0][0] == first_minute
+        and head_batch == LIVE
+        and batch_of(head_last + MINUTE_MS, received_at, horizon_ms) == LIVE
+    ):
+        # A live play going on (the usual case): the minutes after a live one are live.
+        return (*runs[:-1], (head_first, max(head_last, last_minute), LIVE))
     before = stamp(first_minute, runs[0][0] - MINUTE_MS, received_at, horizon_ms)
     after = stamp(runs[-1][1] + MINUTE_MS, last_minute, received_at, horizon_ms)
     return tuple(_merged([*before, *runs, *after]))

@@ -5,6 +5,7 @@ measurement, tags and time) under shuffled, duplicated, replayed and late traffi
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from typing import Any
@@ -103,6 +104,31 @@ def test_batches_live_within_the_horizon_late_after_it() -> None:
     times = {point_time(minute, batch) for batch in (LIVE, late, late + 1)}
     assert len(times) == 3
     assert all(minute <= t < minute + MINUTE_MS for t in times)
+
+
+@pytest.mark.parametrize("seed", range(3), ids=lambda seed: f"seed {seed}")
+def test_growing_runs_keep_old_batches_and_stamp_new_minutes(seed: int) -> None:
+    """`extend` minute by minute: a minute already stamped keeps its batch, a new one
+    takes the batch of the record that brought it (batch_of)."""
+    rng = random.Random(seed)
+    for _ in range(300):
+        first = MIDNIGHT + rng.randrange(-30, 30) * MINUTE_MS
+        last = first + rng.randrange(0, 40) * MINUTE_MS
+        received = first + rng.randrange(0, 60) * MINUTE_MS + rng.randrange(MINUTE_MS)
+        runs = tuple(stamp(first, last, received, HORIZON))
+        new_first = first - rng.choice([0, 0, 1, 5]) * MINUTE_MS
+        new_last = last + rng.choice([0, 1, 1, 2, 30]) * MINUTE_MS
+        later = received + rng.choice([0, 1_000, MINUTE_MS, 30 * MINUTE_MS])
+        grown = extend(runs, new_first, new_last, later, HORIZON)
+        before = {m: b for f, t, b in runs for m in range(f, t + 1, MINUTE_MS)}
+        after = {m: b for f, t, b in grown for m in range(f, t + 1, MINUTE_MS)}
+        expected = {
+            m: before.get(m, batch_of(m, later, HORIZON))
+            for m in range(new_first, new_last + 1, MINUTE_MS)
+        }
+        assert after == expected
+        assert all(a[1] + MINUTE_MS == b[0] for a, b in itertools.pairwise(grown))
+        assert all(a[2] != b[2] for a, b in itertools.pairwise(grown))  # merged
 
 
 # ---------------------------------------------------------------- the processor

@@ -358,6 +358,13 @@ class PlaysProcessor:
         batch, and takes it out of the minutes and batches it no longer belongs to."""
         runs, counted = state.viewing, state.viewed
         content_id, device_model = state.content_id, state.device_model
+        if (
+            counted is not None
+            and counted[2] is runs
+            and counted[0] is content_id
+            and counted[1] is device_model
+        ):
+            return  # nothing changed since the last sync (the same objects)
         if counted is not None and counted[2] == runs and counted[:2] == (content_id, device_model):
             return  # nothing changed
         project, partition = state.project, state.partition
