@@ -38,7 +38,7 @@ from sinks.clickhouse import EmbeddedClickHouse
 from sinks.migrate import migrate
 from sinks.queries.services import service_metrics
 from sinks.writer import SinkHealth, SinkWriter
-from streams.backends.local.backend import SERVICES_POSITION, local_backend
+from streams.backends.local.backend import EVENTS_POSITION, SERVICES_POSITION, local_backend
 from streams.backends.local.bus import LocalBus
 from streams.backends.local.state import SqliteState
 from streams.runner.build import build_pipelines
@@ -247,3 +247,33 @@ def test_the_service_endpoint_never_answers_5xx(tmp_path: Path) -> None:
         assert fuzz(schema, auth, GATEWAY_CHECKS) == []
     finally:
         up.stop()
+
+
+async def test_a_services_pipeline_that_never_committed_reads_what_the_bus_kept(
+    tmp_path: Path, embedded_clickhouse: EmbeddedClickHouse
+) -> None:
+    """A kill before the services pipeline's first commit, after the events pipeline's:
+    the services pipeline starts from the oldest segment, not from the events position."""
+    migrate(embedded_clickhouse)
+    now = int(time.time() * 1000)
+    today = datetime.fromtimestamp(now / 1000, UTC).date()
+    messages = make_messages(random.Random(4), "nc", 40, now - DAY_MS, now)
+    bus = LocalBus(tmp_path / "bus")
+    await bus.start()
+    database = SqliteState(tmp_path / "state.sqlite")
+    try:
+        await bus.publish(
+            [OutgoingRecord(topic_for(m).name, message_key(m), encode_message(m)) for m in messages]
+        )
+        database.commit([], EVENTS_POSITION, bus.end)  # the events pipeline went past them
+
+        def counted() -> bool:
+            day_from = today - timedelta(days=1)
+            return service_metrics(
+                embedded_clickhouse, "default", day_from, today
+            ) == expected_metrics(messages, "default", day_from, today)
+
+        await run_until(services_pipeline(bus, database, embedded_clickhouse), counted)
+    finally:
+        database.close()
+        await bus.stop()

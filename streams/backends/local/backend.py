@@ -25,14 +25,14 @@ def local_backend(bus: LocalBus, database: SqliteState, stores: Callable[[], Sto
     readers = BusReaders(bus)
     events_state = database.for_pipeline(EVENTS_POSITION)
     services_state = database.for_pipeline(SERVICES_POSITION)
-    events_at = events_state.position()
-    # A data directory from before the services pipeline: its service records up to the
-    # events position were read by the one loop there was.
-    services_at = services_state.position(default=events_at)
     return Backend(
-        events_source=LocalBusSource(readers, "events", [ANALYTICS_EVENTS.name], events_at),
+        events_source=LocalBusSource(
+            readers, "events", [ANALYTICS_EVENTS.name], events_state.position()
+        ),
         events_state=events_state,
-        services_source=LocalBusSource(readers, "services", SERVICE_TOPICS, services_at),
+        services_source=LocalBusSource(
+            readers, "services", SERVICE_TOPICS, services_state.position()
+        ),
         services_state=services_state,
         stores=stores,
         dead_letters=BusDeadLetters(bus),

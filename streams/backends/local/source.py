@@ -6,8 +6,11 @@ local bus (streams/backends/local/bus.py), for one pipeline of `quip up`.
   records are committed together. Frames holding none of the topics' records still move
   the position (a fetch with no records), so a quiet pipeline does not hold the bus.
 - The position where reading starts is the one the state backend stored with the
-  state (streams/backends/local/state.py); `start` assigns partition 0 once: the bus has
-  no rebalances.
+  state (streams/backends/local/state.py); with none stored (a new pipeline, or one that
+  never committed), the start of the oldest segment the bus kept: nothing there was
+  counted by this pipeline, and no reader may have compacted past its records, since
+  its position holds the bus's compaction back from the start. `start` assigns
+  partition 0 once: the bus has no rebalances.
 - `pause` simply stops reading until `resume`.
 - `commit` lets the bus delete the segments every reader has committed past
   (`BusReaders`): the position itself was stored with the state.
@@ -43,19 +46,22 @@ class BusReaders:
 
 class LocalBusSource:
     def __init__(
-        self, readers: BusReaders, name: str, topics: Iterable[str], position: int
+        self, readers: BusReaders, name: str, topics: Iterable[str], position: int | None
     ) -> None:
+        """`position`: the committed one, None if there is none yet."""
         self.bus = readers.bus
         self.readers = readers
         self.name = name
         self.topics = frozenset(topics)
         self.committed_position = position
-        self.position = position  # where the next fetch reads
+        self.position = 0  # where the next fetch reads, set by `start`
         self._paused = False
-        readers.register(name, position)
+        readers.register(name, 0 if position is None else position)
 
     async def start(self, rebalance: Rebalance) -> None:
         """Reads from the last committed position (again, if started before)."""
+        if self.committed_position is None:
+            self.committed_position = self.bus.segments[0].base
         self.position = self.committed_position
         await self.readers.committed(self.name, self.position)  # what a crash kept
         rebalance.assign([BUS_PARTITION[1]])

@@ -41,10 +41,11 @@ class SqliteState:
     def for_pipeline(self, position_name: str) -> PipelineState:
         return PipelineState(self, position_name)
 
-    def position(self, name: str, default: int = 0) -> int:
+    def position(self, name: str) -> int | None:
+        """The bus position stored as `name`; None if none was."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else default
+        return int(row[0]) if row else None
 
     def load(self, processor: str) -> dict[str, bytes]:
         with self._lock:
@@ -82,8 +83,8 @@ class PipelineState:
         self.database = database
         self.position_name = position_name
 
-    def position(self, default: int = 0) -> int:
-        return self.database.position(self.position_name, default)
+    def position(self) -> int | None:
+        return self.database.position(self.position_name)
 
     async def load(self, stages: Sequence[str], partitions: Sequence[int]) -> LoadedState:
         assert list(partitions) == [BUS_PARTITION[1]], partitions
