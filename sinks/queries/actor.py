@@ -5,7 +5,10 @@ once (`EVENT_KEY`).
 Today the actor is the event's `user_id` (SPEC §2: Segment `userId` else `anonymousId`,
 PostHog `distinct_id`), counted through `user_hash` = cityHash64(project, user_id), the
 column `events` derives for it (a 64-bit key counts faster than the string; FIELD-NOTES).
-Merging would map `user_hash` through an identity table here, and every query follows.
+Merging would map `user_hash` through an identity table here, and every query of `events`
+follows. The activity tables (migration 0002: what the fixed active-users and retention
+read, and lifecycle and stickiness of any event) hold the same `user_hash` and need the
+same mapping when they are written.
 """
 
 from __future__ import annotations
