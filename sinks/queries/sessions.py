@@ -62,11 +62,11 @@ def _sessions_sql(
     names = [f"b{n}" for n in range(len(dims))]
     # One row per stored copy of an event: the dimensions a session may take from it and
     # whether it matches. Copies are not merged first (a GROUP BY event_id over the range
-    # outgrew 18.16's memory limit at 10M events): they change no time, and sessions count
-    # their distinct event keys, from an array per session (a hash set per session cost
-    # 0.5 s more of chDB CPU at 10M events, 625k sessions). Sessions group by a 64-bit
-    # hash of their id (another 0.45 s less): like EVENT_KEY, two ids of one actor would
-    # have to share a hash to be merged.
+    # outgrows 18.16's memory limit): they change no time, and sessions count their
+    # distinct event keys, from an array per session (cheaper than a hash set per session).
+    # Sessions group by a 64-bit hash of their id, cheaper than the string: like EVENT_KEY,
+    # two ids of one actor would have to share a hash to be merged. The figures:
+    # benchmarks/README.md, "Insights made cheaper".
     carried = ", ".join(
         [f"{expression} AS {name}" for expression, name in zip(dims, names, strict=True)]
         + [f"{filter_sql(filters, params)} AS matches"]
@@ -75,7 +75,7 @@ def _sessions_sql(
 
     def first(values: str, order: str) -> str:
         """The first event's row; a constant when nothing is taken from it (no filter, no
-        breakdown): the argMin was three quarters of the query's CPU at 10M events."""
+        breakdown), since the argMin is most of the query's CPU."""
         return f"argMin({values}, {order})" if filters or names else "tuple(toUInt8(1))"
 
     events = f"""
