@@ -24,11 +24,6 @@ def load_settings(**overrides: object) -> Settings:
         raise click.UsageError(f"invalid settings: {messages}") from exc
 
 
-def not_built(command: str, issue: int) -> None:
-    click.echo(f"quip {command}: not built yet (tracked in issue {issue})", err=True)
-    sys.exit(2)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="quip-pipeline")
 def main() -> None:
