@@ -28,7 +28,7 @@ toStartOfInterval, range(a, b) or DateTime64):
      functions); a sample is then checked against schemas.props.flatten_props. `os`
      follows the user's device, `source` the session (native / segment / posthog).
   2. `user_activity_input` ← SELECT DISTINCT project, user_id, day FROM events (the
-     materialized views fill user_activity and user_first_seen), as the activity agent's
+     materialized views fill user_activity and user_first_seen), as the activity processor's
      rows would.
   3. `plays`: one row per play session (~2.8 % of N: 280k at 10M) with its QoE fields
      derived from the same session hashes, plus an older, lower-version row for 10 % of them

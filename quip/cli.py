@@ -106,7 +106,7 @@ def serve(factory: str, settings: Settings, port: int, workers: int) -> None:
 @click.option("--host", default=None, help="web bind address [QUIP_HOST, 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="web port for /health /ready /metrics [6066]")
 def worker(host: str | None, port: int | None) -> None:
-    """Faust worker: stream agents from Kafka into ClickHouse and InfluxDB.
+    """Faust worker: the events and services pipelines from Kafka into ClickHouse and InfluxDB.
 
     Run `quip migrate --engine server` and `quip topics create` first."""
     import faust

@@ -1,7 +1,7 @@
 """User activity as OR-merged bitmasks, and each user's first-seen day.
 
-The activity agent inserts one row per (project, user, day) into the Null-engine
-`user_activity_input`; materialized views fold it into
+The activity processor's rows, one per (project, user, day), go into the Null-engine
+`user_activity_input`; materialized views fold them into
 - `user_activity`: per (project, user_hash, 64-day block) a `groupBitOr` state of day bits,
 - `user_first_seen`: per (project, user_hash) a `min` state of the day.
 Both aggregations are idempotent (OR and min), so replays and retries cannot inflate a
