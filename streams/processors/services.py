@@ -27,18 +27,18 @@ Outputs of `flush(now_ms)`:
   the last `remember_at_most` messages (a bounded memory of 64-bit hashes: producer retries
   and short replays are not double counted; a long replay after a restart can be).
 
-Quantiles use ClickHouse's `quantileExact` rule (`quantile_exact`), so a minute's p95 here
+Quantiles use ClickHouse's `quantileExact` rule (common/qoe.py), so a minute's p95 here
 and a day's p95 from the query follow the same definition.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
+from common.qoe import quantile_exact
 from schemas.events import DeadLetter
 from schemas.output import ProcessorOutput, SeriesPoint, TableRows
 from schemas.services import (
@@ -70,17 +70,6 @@ SERVICE_COLUMNS = (
 )
 SERIES_MEASUREMENT = "service_metrics"
 P95 = 0.95
-
-
-def quantile_exact(values: Sequence[float], level: float) -> float:
-    """ClickHouse `quantileExact(level)`: the element at 0-based index floor(level * n) of
-    the sorted values (the last one for level >= 1); no interpolation, so for an even count
-    the median is the upper middle value. Raises ValueError for no values."""
-    if not values:
-        raise ValueError("quantile of no values")
-    ordered = sorted(values)
-    index = int(level * len(ordered)) if level < 1 else len(ordered) - 1
-    return ordered[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +246,10 @@ class ServiceMetricsProcessor:
     def _point(key: SeriesKey, minute: _Minute) -> SeriesPoint:
         project, topic, status, minute_ms = key
         fields: dict[str, float | int] = {"count": minute.count}
-        if topic == VIDEO_ENCODING.name and status == "succeeded" and minute.values:
-            fields["encode_ms_p95"] = float(quantile_exact(minute.values, P95))
+        if topic == VIDEO_ENCODING.name and status == "succeeded":
+            p95 = quantile_exact(minute.values, P95)
+            if p95 is not None:
+                fields["encode_ms_p95"] = float(p95)
         return SeriesPoint(
             SERIES_MEASUREMENT,
             {"project": project, "topic": topic, "status": status},

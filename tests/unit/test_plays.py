@@ -854,10 +854,11 @@ def test_empty_dimensions_get_a_placeholder_tag() -> None:
         pytest.param(list(range(20)), 0.95, 19, id="p95 of twenty: index 19"),
         pytest.param(list(range(100)), 0.95, 95, id="p95 of a hundred: index 95"),
         pytest.param([3, 1, 2], 1.0, 3, id="level 1 is the maximum"),
+        pytest.param([2.5, 2.5, 0.5], 0.0, 0.5, id="level 0 is the minimum"),
     ],
 )
 def test_quantile_exact_matches_clickhouse(
-    values: list[int], level: float, expected: int | None
+    values: list[float], level: float, expected: float | None
 ) -> None:
     assert quantile_exact(values, level) == expected
 

@@ -33,7 +33,6 @@ from streams.processors.services import (
     SERVICE_COLUMNS,
     SERVICE_TABLE,
     ServiceMetricsProcessor,
-    quantile_exact,
 )
 
 T0 = 1_764_100_800_000  # 2025-11-25T20:00:00Z, a minute boundary
@@ -302,30 +301,6 @@ async def test_publisher_checks_messages_before_needing_kafka() -> None:
         await publisher.publish_many([social(), social(status="read")])
     with pytest.raises(RuntimeError, match="not started"):
         await publisher.publish(social())
-
-
-# ---------------------------------------------------------------------- quantile
-@pytest.mark.parametrize(
-    ("values", "level", "expected"),
-    [
-        pytest.param([7.0], 0.95, 7.0, id="one value"),
-        pytest.param([float(v) for v in range(1, 21)], 0.95, 20.0, id="20 values: index 19"),
-        pytest.param([float(v) for v in range(1, 101)], 0.95, 96.0, id="100 values: index 95"),
-        pytest.param([float(v) for v in range(1, 11)], 0.95, 10.0, id="10 values: index 9"),
-        pytest.param([4.0, 1.0, 3.0, 2.0], 0.5, 3.0, id="even median is the upper middle"),
-        pytest.param([5.0, 1.0, 9.0], 1.0, 9.0, id="level 1 is the maximum"),
-        pytest.param([2.5, 2.5, 0.5], 0.0, 0.5, id="level 0 is the minimum"),
-    ],
-)
-def test_quantile_exact_matches_clickhouse_rule(
-    values: list[float], level: float, expected: float
-) -> None:
-    assert quantile_exact(values, level) == expected
-
-
-def test_quantile_of_nothing_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no values"):
-        quantile_exact([], 0.95)
 
 
 # ---------------------------------------------------------------------- processor
