@@ -8,8 +8,8 @@ follows changes of those days).
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated
+from datetime import date, timedelta
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 from pydantic import TypeAdapter
@@ -34,6 +34,7 @@ from api.models import (
     TrendsResult,
 )
 from api.params import BadRequest, DayRange, day_range
+from api.results import Query as ResultQuery
 from sinks.queries.discovery import event_types, properties
 from sinks.queries.engagement import LifecycleInterval, lifecycle, stickiness
 from sinks.queries.insight_activity import active_users, retention
@@ -83,6 +84,33 @@ def body_key(body: InsightBody, days: DayRange) -> tuple[tuple[str, str], ...]:
     return (*days.key(), ("body", body.model_dump_json(exclude={"project", "from_", "to"})))
 
 
+async def respond_to_body(
+    context: Context,
+    *,
+    fresh: bool,
+    endpoint: str,
+    project: str,
+    body: InsightBody,
+    days: DayRange,
+    adapter: TypeAdapter[Any],
+    query: ResultQuery,
+    first_day: date | None = None,
+    last_day: date | None = None,
+) -> Response:
+    """The answer to an insight body (api/results.py), cached under `body_key`; it depends
+    on the stored rows of `first_day`..`last_day`, by default the body's days."""
+    return await context.results.respond(
+        fresh=fresh,
+        endpoint=endpoint,
+        project=project,
+        params=body_key(body, days),
+        first_day=days.day_from if first_day is None else first_day,
+        last_day=days.day_to if last_day is None else last_day,
+        adapter=adapter,
+        query=query,
+    )
+
+
 @router.post("/v1/insights/trends", response_model=TrendsResult)
 async def query_trends(
     key_project: KeyProject,
@@ -112,13 +140,13 @@ async def query_trends(
         check_trends(query)
     except PropertyError as exc:
         raise BadRequest(str(exc)) from None
-    return await context.results.respond(
+    return await respond_to_body(
+        context,
         fresh=fresh,
         endpoint="insights-trends",
         project=chosen,
-        params=body_key(body, days),
-        first_day=days.day_from,
-        last_day=days.day_to,
+        body=body,
+        days=days,
         adapter=TRENDS,
         query=lambda ch: {"series": trends(ch, chosen, query)},
     )
@@ -213,11 +241,13 @@ async def query_sessions(
     count, users, duration, events per session, bounce rate."""
     chosen = body_project(key_project, body.project, project)
     days, where = insight_slice(body, context)
-    return await context.results.respond(
+    return await respond_to_body(
+        context,
         fresh=fresh,
         endpoint="insights-sessions",
         project=chosen,
-        params=body_key(body, days),
+        body=body,
+        days=days,
         first_day=days.day_from - timedelta(days=1),
         last_day=days.day_to + timedelta(days=1),
         adapter=SESSIONS,
@@ -237,13 +267,14 @@ async def query_active_users(
     breakdown value: a user counts in every group it had a matching event in)."""
     chosen = body_project(key_project, body.project, project)
     days, where = insight_slice(body, context)
-    return await context.results.respond(
+    return await respond_to_body(
+        context,
         fresh=fresh,
         endpoint="insights-active-users",
         project=chosen,
-        params=body_key(body, days),
+        body=body,
+        days=days,
         first_day=days.day_from - timedelta(days=29),
-        last_day=days.day_to,
         adapter=ACTIVE,
         query=lambda ch: active_users(ch, chosen, where),
     )

@@ -32,9 +32,9 @@ from api.models import (
     PlaybackPoint,
     PlaybackSummaryRow,
 )
-from api.params import MAX_MINUTE_RANGE_DAYS, limit_range
+from api.params import MAX_MINUTE_RANGE_DAYS, DayRange, limit_range
 from api.results import JSONBytes
-from api.routes.insights import ProjectQuery, body_key, insight_slice
+from api.routes.insights import ProjectQuery, insight_slice, respond_to_body
 from sinks.queries.playback import GroupBy, Interval, playback_summary, playback_timeseries
 from sinks.queries.playback_concurrency import (
     LOOKBACK_DAYS,
@@ -51,6 +51,18 @@ INSIGHT = TypeAdapter(PlaybackInsightResult)
 CONCURRENCY = TypeAdapter(list[ConcurrencyPoint])
 NOW = TypeAdapter(ConcurrentNow)
 MAX_LIMIT = 100_000
+BucketInterval = Annotated[
+    Interval,
+    Query(description=f"bucket size (UTC); minute covers ≤ {MAX_MINUTE_RANGE_DAYS} days"),
+]
+
+
+def bucketed_range(days: DayRange, interval: Interval | None) -> DayRange:
+    """The days an answer in `interval` buckets covers: minute buckets cover at most
+    MAX_MINUTE_RANGE_DAYS (a defaulted `from` moves up to fit; else BadRequest, a 400)."""
+    if interval == "minute":
+        return limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
+    return days
 
 
 @router.get("/v1/metrics/playback", response_model=list[PlaybackSummaryRow])
@@ -91,15 +103,11 @@ async def get_playback_timeseries(
     days: Days,
     context: Context,
     fresh: Fresh,
-    interval: Annotated[
-        Interval,
-        Query(description=f"bucket size (UTC); minute covers ≤ {MAX_MINUTE_RANGE_DAYS} days"),
-    ] = "hour",
+    interval: BucketInterval = "hour",
 ) -> Response:
     """The playback metrics per bucket of the plays' first events, for buckets that have
     plays, in time order."""
-    if interval == "minute":
-        days = limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
+    days = bucketed_range(days, interval)
     return await context.results.respond(
         fresh=fresh,
         endpoint="playback-timeseries",
@@ -119,16 +127,12 @@ async def get_playback_concurrent(
     days: Days,
     context: Context,
     fresh: Fresh,
-    interval: Annotated[
-        Interval,
-        Query(description=f"bucket size (UTC); minute covers ≤ {MAX_MINUTE_RANGE_DAYS} days"),
-    ] = "hour",
+    interval: BucketInterval = "hour",
 ) -> Response:
     """Peak concurrent viewers per bucket of [from, to] that has any, in time order, from
     the plays that have ended or idled out (the last idle timeout is still open: see
     `/concurrent/now` and InfluxDB's `concurrent_viewers` for the live view)."""
-    if interval == "minute":
-        days = limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
+    days = bucketed_range(days, interval)
     return await context.results.respond(
         fresh=fresh,
         endpoint="playback-concurrent",
@@ -168,16 +172,15 @@ async def query_playback(
     rest as `$other`), over the range and, with `interval`, per bucket that has plays."""
     chosen = body_project(key_project, body.project, project)
     days, where = insight_slice(body, context)
-    if body.interval == "minute":
-        days = limit_range(days, MAX_MINUTE_RANGE_DAYS, "interval=minute")
-        where = replace(where, day_from=days.day_from)  # a defaulted `from` moves up
-    return await context.results.respond(
+    days = bucketed_range(days, body.interval)
+    where = replace(where, day_from=days.day_from)  # a defaulted `from` may move up
+    return await respond_to_body(
+        context,
         fresh=fresh,
         endpoint="insights-playback",
         project=chosen,
-        params=body_key(body, days),
-        first_day=days.day_from,
-        last_day=days.day_to,
+        body=body,
+        days=days,
         adapter=INSIGHT,
         query=lambda ch: {"groups": playback_insight(ch, chosen, where, body.interval)},
     )
