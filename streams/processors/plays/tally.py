@@ -52,12 +52,12 @@ OTHER_DEVICE: Final = "other"
 
 _STARTED: Final = TALLIED.index("started")
 _WATCH_MS: Final = TALLIED.index("watch_ms")
-_INDEX: Final = {name: PLAY_COLUMNS.index(name) for name in PLAY_COLUMNS}
+_PLAY_COLUMN_INDEX: Final = {name: PLAY_COLUMNS.index(name) for name in PLAY_COLUMNS}
 
 
 def play_totals(row: Sequence[Any]) -> tuple[int, ...]:
     """The TALLIED quantities of one play from its `plays` row."""
-    column = _INDEX
+    column = _PLAY_COLUMN_INDEX
     started = row[column["started"]]
     downshifts = row[column["downshifts"]]
     return (
@@ -112,9 +112,10 @@ class PlayTally:
     def add(self, tables: Iterable[TableRows], now_ms: int) -> PlayIncrements:
         increments = PlayIncrements()
         counted = self._counted
-        project, play_id = _INDEX["project"], _INDEX["play_id"]
-        deleted, device = _INDEX["deleted"], _INDEX["device_model"]
-        startup_ms, rebuffer_ms = _INDEX["startup_ms"], _INDEX["rebuffer_ms"]
+        column = _PLAY_COLUMN_INDEX
+        project, play_id = column["project"], column["play_id"]
+        deleted, device = column["deleted"], column["device_model"]
+        startup_ms, rebuffer_ms = column["startup_ms"], column["rebuffer_ms"]
         for table in tables:
             if table.table != PLAYS_TABLE:
                 continue
