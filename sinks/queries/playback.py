@@ -95,9 +95,9 @@ _METRIC_COLUMNS: Final = (
 )
 TOP_ERRORS: Final = 10
 # The four percentiles come from one aggregate and leave the engine as UInt32 columns, not
-# an Array column that chDB's Arrow lists and the driver decode per row (2-7 ms at ~20k
-# content groups). Both engines compute the aggregate written several times once (18.16
-# and chDB 26.9: the same CPU as with one aliased aggregate).
+# an Array column that chDB's Arrow lists and the driver decode per row (milliseconds at
+# the ~20k groups of content_id). Writing the aggregate several times costs nothing: both
+# engines compute identical aggregates once (checked on 18.16 and chDB 26.9).
 _STARTUP_QUANTILES: Final = "quantilesExactIf(0.5, 0.95, 0.9, 0.99)(p_startup_ms, p_started = 1)"
 _SCORED_STARTS: Final = "p_scored = 1 AND p_started = 1"
 AGGREGATES: Final = f"""
