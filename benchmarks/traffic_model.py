@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks._lib.run import result_path
 from quip.simulate import (
     DAY_MS,
     HISTORICAL_FLUSH_MS,
@@ -38,9 +39,7 @@ from quip.simulate import (
     calibrate,
     historical_items,
 )
-
-RESULTS = Path(__file__).resolve().parent / "results"
-HOUR_MS = 3_600_000
+from quip.simulate.model import HOUR_MS
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -101,8 +100,7 @@ def measure(users: int, days: int, seed: int, flush_s: float) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     figures = measure(args.users, args.days, args.seed, args.flush_s)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = args.output or RESULTS / f"traffic-model-{stamp}.json"
+    output = args.output or result_path("traffic-model", datetime.now(UTC))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
         json.dumps({"benchmark": "traffic_model", "args": vars(args) | {"output": str(output)},
