@@ -84,7 +84,7 @@ from common.producer import GroupCommitProducer
 from quip.topics import apply_topics
 from schemas.events import Event, EventRecord, encode_record, record_key
 from schemas.services import SERVICE_TOPICS
-from schemas.topics import ANALYTICS_EVENTS
+from schemas.topics import ANALYTICS_EVENTS, DAY_MS
 from sinks.clickhouse import ClickHouseError, ServerClickHouse
 from sinks.migrate import migrate
 from streams.backends.kafka.source import services_group
@@ -93,7 +93,6 @@ TARGET_EVENTS_PER_S = 50_000  # per worker, consume -> ClickHouse
 TARGET_FRESHNESS_P95_S = 5.0
 TARGET_RSS_MB = 500.0  # with 1M distinct users
 TARGET_RSS_USERS = 1_000_000
-DAY_MS = 86_400_000
 AGENTS = ("events", "activity", "plays", "funnels")
 
 # --------------------------------------------------------------------------- workload
