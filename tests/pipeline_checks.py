@@ -86,8 +86,8 @@ def assert_exact(
 
     today = utc_day(int(time.time() * 1000))
     day_from = today - timedelta(days=25)
-    # The activity agent commits independently of the events agent: its rows may land
-    # after the last event's, so these wait for it (bounded) instead of asserting at once.
+    # The activity rows are their own insert, stored beside the events rows: they may land
+    # after the last event's, so these wait for them (bounded) instead of asserting at once.
     expected = expected_active(records, day_from, today, project)
     assert settled(lambda: active_users(clickhouse, project, day_from, today), expected) == expected
     periods: tuple[Literal["day", "week"], ...] = ("day", "week")
