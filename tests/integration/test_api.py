@@ -280,7 +280,7 @@ def write(clickhouse: ClickHouse, output: ProcessorOutput) -> None:
 
 
 def load(clickhouse: ClickHouse, seed: Seed) -> None:
-    """What the worker's agents would write, one flush per 25 records."""
+    """What the worker's processors would write, one flush per 25 records."""
     migrate(clickhouse)
     processors = [
         EventsProcessor(),
