@@ -165,10 +165,12 @@ class EmbeddedClickHouse:
         if not rows:
             return 0
         names = [check_identifier(column) for column in columns]
-        payload = b"\n".join(orjson.dumps(dict(zip(names, row, strict=True))) for row in rows)
+        # One JSON array per row, in the column list's order: no object built per row and
+        # no key written per value, which made the rows' JSON a large part of quip up's CPU.
+        payload = b"\n".join(map(orjson.dumps, rows))
         sql = (
             f"INSERT INTO {self.database}.{check_identifier(table)} ({', '.join(names)}) "
-            f"FORMAT JSONEachRow\n{payload.decode()}"
+            f"FORMAT JSONCompactEachRow\n{payload.decode()}"
         )
         self._query(sql, "CSV")
         return len(rows)
