@@ -8,7 +8,9 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from common.bus import OutgoingRecord
+import pytest
+
+from common.bus import BusUnavailable, OutgoingRecord
 from streams.backends.local.bus import LEGACY_LOG, Frame, LocalBus, list_segments, segment_path
 
 SEGMENT_BYTES = 1_000
@@ -148,4 +150,39 @@ async def test_a_torn_tail_is_cut_and_a_legacy_log_is_adopted(tmp_path: Path) ->
     assert await read_all(bus, 0) == frames
     await bus.publish(request(3))
     assert sequences(await read_all(bus, 0)) == list(range(12))
+    await bus.stop()
+
+
+async def test_a_cancelled_publisher_leaves_the_writer_running(tmp_path: Path) -> None:
+    """A publisher cancelled while its frame is being written (a client's timeout) must
+    not stop the writer: the next publish is taken."""
+    bus = await started(tmp_path)
+    cancelled = asyncio.create_task(bus.publish(request(0)))
+    await asyncio.sleep(0)  # its frame waits for the writer
+    cancelled.cancel()
+    async with asyncio.timeout(5):
+        await bus.publish(request(1))
+    assert bus.ready
+    assert values(await read_all(bus, 0))[-3:] == [r.value for r in request(1)]
+    await bus.stop()
+
+
+async def test_a_dead_writer_refuses_every_publish_at_once(tmp_path: Path) -> None:
+    """Whatever stops the writer (here the loop's thread pool is gone, so no write can be
+    scheduled), the publishes waiting on it and every later one raise BusUnavailable at
+    once; none waits on a writer that is gone."""
+    bus = await started(tmp_path)
+    await bus.publish(request(0))
+    await asyncio.get_running_loop().shutdown_default_executor()
+    async with asyncio.timeout(5):
+        waiting = await asyncio.gather(
+            *(bus.publish(request(index)) for index in range(1, 4)), return_exceptions=True
+        )
+        with pytest.raises(BusUnavailable, match="writer stopped: RuntimeError") as later:
+            await bus.publish(request(9))
+    assert [type(outcome) for outcome in waiting] == [BusUnavailable] * 3
+    assert later.value.retry_after_s > 0
+    assert not bus.ready
+    assert bus.last_error is not None
+    assert "RuntimeError" in bus.last_error
     await bus.stop()

@@ -22,6 +22,12 @@ last segment whose name still carries the log's end and next sequence number; a 
 the middle of a compaction leaves a shorter run that is still contiguous, and everything
 it lost was committed. A log from before segments (`events.log`) becomes the first
 segment (base 0, sequence 0) by a rename on start.
+
+A write that fails (OSError) refuses its frames (`BusUnavailable`), `ready` is false until
+a write succeeds again, and the writer goes on.
+A writer that stops on anything else is not restarted: the error is logged once, `ready`
+turns false with it as `last_error`, and every waiting and later `publish` raises
+`BusUnavailable` at once (the gateway answers 503), never waits on a writer that is gone.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import re
 import struct
@@ -41,7 +48,12 @@ import msgspec
 
 from common.bus import BusUnavailable, OutgoingRecord
 
+log = logging.getLogger(__name__)
+
 _HEADER = struct.Struct("<IIQ")
+# A failed write may be a full disk or a flaky one: worth a retry soon. A stopped writer
+# stays stopped until a restart.
+WRITE_FAILED_RETRY_S = 5
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -114,6 +126,12 @@ def _read_frames(segment: Segment, position: int, max_frames: int) -> list[Frame
     return frames
 
 
+def _refuse(group: Sequence[tuple[bytes, int, asyncio.Future[None]]], reason: str) -> None:
+    for _, _, done in group:
+        if not done.done():
+            done.set_exception(BusUnavailable(reason, WRITE_FAILED_RETRY_S))
+
+
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -138,13 +156,18 @@ class LocalBus:
         self._wakeup = asyncio.Event()
         self._appended = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._stopping = False
         # Compactions one at a time: two interleaved ones would each pop a segment after
         # deleting the same file, and could pop the active one.
         self._compacting = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
-        return self._file is not None
+        """The writer runs and its last write went to disk."""
+        return self._writing() and self.last_error is None
+
+    def _writing(self) -> bool:
+        return self._writer is not None and not self._writer.done()
 
     @property
     def end(self) -> int:
@@ -157,6 +180,7 @@ class LocalBus:
     async def start(self) -> None:
         self._end, self._next_seq = await asyncio.to_thread(self._recover)
         self._file = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        self._stopping = False
         self._writer = asyncio.create_task(self._write_loop(), name="local-bus-writer")
         self.last_error = None
 
@@ -187,19 +211,17 @@ class LocalBus:
 
     async def stop(self) -> None:
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        for _, _, done in self._pending:
-            if not done.done():
-                done.set_exception(BusUnavailable("stopping", 1))
+            # Not cancelled: a frame being written is answered with what became of it.
+            self._stopping = True
+            self._wakeup.set()
+            await self._writer
         if self._file is not None:
             os.close(self._file)
             self._file = None
 
     async def publish(self, records: Sequence[OutgoingRecord]) -> None:
-        if self._file is None:
-            raise BusUnavailable(self.last_error or "bus not started", 1)
+        if not self._writing():
+            raise BusUnavailable(self.last_error or "bus not started", WRITE_FAILED_RETRY_S)
         payload = _encoder.encode([(r.topic, r.key, r.value) for r in records])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((payload, len(records), done))
@@ -207,35 +229,49 @@ class LocalBus:
         await done
 
     async def _write_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            group, self._pending = self._pending, []
-            if not group:
-                continue
-            chunks = []
-            seq = self._next_seq
-            for payload, count, _ in group:
-                chunks.append(_HEADER.pack(len(payload), zlib.crc32(payload), seq) + payload)
-                seq += count
-            data = b"".join(chunks)
-            try:
-                if self._end - self._segments[-1].base >= self.segment_bytes:
-                    await asyncio.to_thread(self._rotate)
-                await asyncio.to_thread(self._append, data)
-            except OSError as exc:
-                # A partial write must not sit in front of the next frames.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._file or -1, self._end - self._segments[-1].base)
-                self.last_error = f"local bus write failed: {exc}"
-                for _, _, done in group:
-                    done.set_exception(BusUnavailable(self.last_error, 5))
-                continue
-            self._next_seq = seq
-            self._end += len(data)
-            for _, _, done in group:
+        group: list[tuple[bytes, int, asyncio.Future[None]]] = []
+        try:
+            while not self._stopping:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                group, self._pending = self._pending, []
+                if group and not self._stopping:
+                    await self._write_group(group)
+            self.last_error = "local bus stopped"
+        except Exception as exc:
+            self.last_error = f"local bus writer stopped: {type(exc).__name__}: {exc}"
+            log.error("%s; publishes are refused until a restart", self.last_error, exc_info=exc)
+        finally:
+            # Stopped or dead: whoever still waits is answered, now. (Nothing of a group
+            # the writer raised on was written: the write is the writer's last step.)
+            _refuse([*group, *self._pending], self.last_error or "local bus stopped")
+            self._pending = []
+
+    async def _write_group(self, group: list[tuple[bytes, int, asyncio.Future[None]]]) -> None:
+        chunks = []
+        seq = self._next_seq
+        for payload, count, _ in group:
+            chunks.append(_HEADER.pack(len(payload), zlib.crc32(payload), seq) + payload)
+            seq += count
+        data = b"".join(chunks)
+        try:
+            if self._end - self._segments[-1].base >= self.segment_bytes:
+                await asyncio.to_thread(self._rotate)
+            await asyncio.to_thread(self._append, data)
+        except OSError as exc:
+            # A partial write must not sit in front of the next frames.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file or -1, self._end - self._segments[-1].base)
+            self.last_error = f"local bus write failed: {exc}"
+            _refuse(group, self.last_error)
+            return
+        self.last_error = None
+        self._next_seq = seq
+        self._end += len(data)
+        for _, _, done in group:
+            if not done.done():  # its publisher may have been cancelled meanwhile
                 done.set_result(None)
-            self._appended.set()
+        self._appended.set()
 
     def _rotate(self) -> None:
         path = segment_path(self.directory, self._end, self._next_seq)
