@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -106,9 +106,11 @@ def create_app(
     pool_size: int = POOL_SIZE,
     cache: QueryCache | None = None,
     publisher: Publisher | None = None,
+    more_checks: Callable[[], dict[str, str]] | None = None,
 ) -> FastAPI:
     """The query API app. Raises ValueError when cluster mode lacks read or admin keys,
-    FunnelConfigError for a bad QUIP_FUNNELS_FILE."""
+    FunnelConfigError for a bad QUIP_FUNNELS_FILE. `more_checks`: what else `/ready`
+    reports, from the process that embeds the API (`quip up`)."""
     settings = settings or Settings()
     settings.require_keys("read_keys", "admin_keys")
     definitions = load_funnels(settings.funnels_file) if settings.funnels_file else []
@@ -142,11 +144,12 @@ def create_app(
             gc.set_threshold(*thresholds)
 
     async def readiness() -> dict[str, Any]:
+        checks = more_checks() if more_checks is not None else {}
         try:
             await context.pool.run(lambda ch: ch.execute("SELECT 1"))
         except (ClickHouseError, OSError) as exc:
-            return {"clickhouse": f"unreachable: {str(exc).splitlines()[0][:200]}"}
-        return {"clickhouse": "ok"}
+            return {**checks, "clickhouse": f"unreachable: {str(exc).splitlines()[0][:200]}"}
+        return {**checks, "clickhouse": "ok"}
 
     app = FastAPI(
         title="Qui Pipeline query API",

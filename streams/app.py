@@ -15,9 +15,10 @@ The consumers read committed records only (`isolation_level="read_committed"`): 
 gateway writes each request inside a Kafka transaction, and a request it answered 503
 must never be counted.
 
-A pipeline that raises is a dead worker, not a zombie: its reason is recorded (so
-`/ready` says why) and the worker process exits with status 70 so the supervisor restarts
-it; offsets not yet committed are replayed, which the idempotent sinks absorb.
+A pipeline that raises is a dead worker, not a zombie (common/supervision.py): its reason
+is recorded (so `/ready` says why) and the worker process exits with status 70 so the
+supervisor restarts it; offsets not yet committed are replayed, which the idempotent sinks
+absorb.
 
 Faust's data directory is `$TMPDIR/quip-worker/<worker group>` (`worker_data_dir`): the
 state lives in Kafka changelogs, nothing there has to survive a restart.
@@ -29,7 +30,6 @@ import asyncio
 import ctypes
 import gc
 import logging
-import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.settings import Settings
+from common.supervision import supervise
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.engines import open_clickhouse
@@ -57,7 +58,6 @@ from streams.runner.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 WORKER_WEB_PORT = 6066
-CRASH_EXIT_STATUS = 70  # EX_SOFTWARE
 
 # In a running worker CPython's automatic cyclic GC is off and a full collection runs every
 # GC_INTERVAL_S instead. The heap is mostly long-lived processor state (users, plays,
@@ -236,17 +236,7 @@ def _supervised(
     state: WorkerState, name: str, run: Callable[[Any], Awaitable[None]]
 ) -> Callable[[Any], Awaitable[None]]:
     async def agent(stream: Any) -> None:
-        try:
-            await run(stream)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            state.crashed[name] = f"{type(exc).__name__}: {exc}"
-            log.exception("agent %s crashed; the worker exits", name)
-            # Leave a moment for /ready to be read, then go: a half-dead worker would
-            # hold its partitions and process nothing.
-            asyncio.get_running_loop().call_later(2.0, os._exit, CRASH_EXIT_STATUS)
-            raise
+        await supervise(state.crashed, name, run(stream))
 
     agent.__name__ = name
     return agent

@@ -3,13 +3,16 @@ service bus endpoint (`POST /v1/services/{topic}`), the local bus, the worker's 
 pipelines (events and services: the pipeline core of streams/runner/, built by
 `build_pipelines` as the worker builds them) on the local backend (streams/backends/local/:
 the bus, SQLite state), chDB, the query API and the dashboard. Data (chDB, bus log,
-processor state, dev keys) lives under QUIP_DATA_DIR (default ./.quip)."""
+processor state, dev keys) lives under QUIP_DATA_DIR (default ./.quip).
+
+As in the worker, a pipeline that raises ends the process with status 70, its reason on
+`/ready` meanwhile (common/supervision.py); `/ready` also reports the bus writer and the
+store step's last ClickHouse (chDB) write, and answers 503 when any is not ok."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +23,7 @@ from pydantic import SecretStr
 
 from api.app import create_app as create_api_app
 from common.settings import Settings, generate_dev_keys
+from common.supervision import supervise
 from ingest.app import Gateway, add_ingest_routes
 from ingest.openapi import describe_ingest_routes
 from ingest.services import add_service_routes
@@ -31,8 +35,6 @@ from streams.backends.local.backend import local_backend
 from streams.backends.local.bus import LocalBus
 from streams.backends.local.state import SqliteState
 from streams.runner.build import build_pipelines
-
-log = logging.getLogger(__name__)
 
 KEY_KINDS = ("write_keys", "read_keys", "admin_keys")
 
@@ -70,8 +72,17 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     health = SinkHealth()
     backend = local_backend(bus, database, lambda: SinkWriter(lambda: clickhouse, None, health))
     pipelines = build_pipelines(settings, backend, play_grace_ms=PLAY_GRACE_MS)
+    crashed: dict[str, str] = {}
 
-    app = create_api_app(settings, clickhouse, publisher=bus)
+    def readiness() -> dict[str, str]:
+        checks = {"bus": "ok" if bus.ready else (bus.last_error or "not ready")}
+        for pipeline in (pipelines.events, pipelines.services):
+            reason = crashed.get(pipeline.name)
+            checks[f"pipeline:{pipeline.name}"] = "ok" if reason is None else f"crashed: {reason}"
+        checks["store:clickhouse"] = health.status.get("clickhouse", "ok")
+        return checks
+
+    app = create_api_app(settings, clickhouse, publisher=bus, more_checks=readiness)
     gateway = Gateway(settings, bus)
     describe_ingest_routes(
         app, [*add_ingest_routes(app, gateway), *add_service_routes(app, gateway)]
@@ -82,11 +93,11 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     async def lifespan(inner: FastAPI) -> AsyncIterator[None]:
         await bus.start()
         tasks = [
-            asyncio.create_task(pipeline.run(), name=f"{pipeline.name}-pipeline")
+            asyncio.create_task(
+                supervise(crashed, pipeline.name, pipeline.run()), name=f"{pipeline.name}-pipeline"
+            )
             for pipeline in (pipelines.events, pipelines.services)
         ]
-        for task in tasks:
-            task.add_done_callback(_report_crash)
         try:
             async with api_lifespan(inner):
                 yield
@@ -102,13 +113,6 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     app.state.pipelines = pipelines
     app.state.store_health = health
     return app
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    """A pipeline that raised stops taking records (the API stays up; what was not
-    committed is replayed after a restart): said loudly."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s crashed", task.get_name(), exc_info=task.exception())
 
 
 def embedded_factory() -> FastAPI:

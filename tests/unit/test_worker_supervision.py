@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from streams.app import CRASH_EXIT_STATUS, WorkerState, _supervised
+from common.supervision import CRASH_EXIT_STATUS
+from streams.app import WorkerState, _supervised
 
 
 async def test_crashing_agent_records_reason_and_schedules_exit(
