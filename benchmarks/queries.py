@@ -32,7 +32,8 @@ toStartOfInterval, range(a, b) or DateTime64):
      rows would.
   3. `plays`: one row per play session (~2.8 % of N: 280k at 10M) with its QoE fields
      derived from the same session hashes, plus an older, lower-version row for 10 % of them
-     (a re-emitted play; ReplacingMergeTree keeps the newest).
+     (a re-emitted play; ReplacingMergeTree keeps the newest); its first-event columns
+     (migration 0010) are those of the play's `playback_request` in `events`.
   4. `funnel_progress` for the predefined funnel (the ad-hoc funnel's definition) by
      windowFunnel per (user, day) over that day's events: chains that cross midnight are
      missed, so the numbers approximate the processor's; the table's size is what matters.
@@ -65,7 +66,8 @@ active users, retention and playback < 200 ms; the ad-hoc 4-step funnel over 30 
 device_model < 300 ms on chDB, < 1 s on 18.16; unique users per day with a props filter
 < 300 ms on chDB; the 4-step funnel by device_model with time to convert < 1.5 s;
 retention with start/return events, lifecycle, stickiness, sessions < 500 ms; schema
-discovery < 300 ms. A query's targets are per engine (QuerySpec.targets).
+discovery < 300 ms. Playback insight (issue 17, SPEC §5.1, 30 days) with a filter and a
+breakdown: < 300 ms on chDB, < 1 s on 18.16. A query's targets are per engine (QuerySpec.targets).
 
 Usage (from the repo root):
   .venv/bin/python -m benchmarks.queries --events 1000000 --engine both     # quick
@@ -121,6 +123,7 @@ from sinks.queries.events import event_counts
 from sinks.queries.funnel_insight import funnel_insight
 from sinks.queries.funnels import predefined_funnel
 from sinks.queries.playback import playback_summary, playback_timeseries
+from sinks.queries.playback_insight import playback_insight
 from sinks.queries.properties import Filter, Slice
 from sinks.queries.services import service_metrics
 from sinks.queries.sessions import sessions
@@ -136,6 +139,7 @@ TARGET_DASHBOARD_MS = 200.0  # p95: active users, retention, playback
 TARGET_FUNNEL_MS = 1000.0  # p95: ad-hoc 4-step funnel over 30 days
 # Insights (issue 15), p95 per engine ("server": clickhouse-server 18.16).
 TARGET_TRENDS_MS = {"chdb": 300.0, "server": 1000.0}  # one filter, breakdown device_model
+TARGET_PLAYBACK_INSIGHT_MS = {"chdb": 300.0, "server": 1000.0}  # filter and breakdown
 TARGET_PROPS_FILTER_MS = {"chdb": 300.0}  # unique users per day, a props.* filter
 TARGET_FUNNEL_BREAKDOWN_MS = 1500.0  # 4 steps, breakdown, time to convert
 TARGET_ENGAGEMENT_MS = 500.0  # retention with start/return events, lifecycle, stickiness,
@@ -295,6 +299,10 @@ def _json(props: list[tuple[str, str, str]]) -> str:
     return f"concat({', '.join(parts)}, '}}')"
 
 
+def _keys(props: list[tuple[str, str, str]]) -> str:
+    return "[" + ", ".join(f"'{key}'" for key, _, _ in props) + "]"
+
+
 def _text(props: list[tuple[str, str, str]]) -> str:
     texts = [expr if kind != "n" else f"toString({expr})" for _, expr, kind in props]
     return f"[{', '.join(texts)}]"
@@ -311,10 +319,11 @@ def _num_values(props: list[tuple[str, str, str]]) -> str:
 
 
 _PROPS = _by_type(_json)
-_PROPS_KEYS = _by_type(lambda props: "[" + ", ".join(f"'{key}'" for key, _, _ in props) + "]")
+_PROPS_KEYS = _by_type(_keys)
 _PROPS_VALUES = _by_type(_text)
 _PROPS_NUM_KEYS = _by_type(_num_keys)
 _PROPS_NUM_VALUES = _by_type(_num_values)
+_REQUEST_PROPS = _PROPS_OF["playback_request"]  # a play's first event
 
 EVENTS_SQL = f"""
 INSERT INTO events (project, event_id, type, user_id, ts, received_at, session_id,
@@ -344,20 +353,35 @@ FROM (
 """
 
 # Plays of the play sessions, QoE fields from the same hashes as their events. `$older`
-# = 1 writes the lower-version row of a re-emitted play for 10 % of them instead.
+# = 1 writes the lower-version row of a re-emitted play for 10 % of them instead. The
+# first-event columns (migration 0010) are the play's `playback_request`'s, as the plays
+# processor writes them (`first_event_props`: play_id, then content_id), so a filter or
+# breakdown on a play matches the plays whose request event matches it in `events`;
+# `error_codes` are the codes of its `playback_error` events. Frames and scores keep their
+# defaults (no heartbeat here reports frames).
 PLAYS_SQL = f"""
 INSERT INTO plays (project, play_id, user_id, content_id, device_model, app_version, region,
+    type, os, source, session_id, props_keys, props_values, props_num_keys, props_num_values,
     first_ts, last_ts, started, video_start_failure, exit_before_start, playback_failure,
-    startup_ms, played_ms, rebuffer_ms, rebuffer_count, bitrate_switches,
+    startup_ms, played_ms, rebuffer_ms, rebuffer_count, bitrate_switches, downshifts,
+    upshifts, error_codes,
     bitrate_weighted_sum, bitrate_weight_ms, watch_ms, event_count, deleted, version)
 SELECT '$project', play_id, user_id, content_id, device_model, app_version, region,
+    'playback_request' AS type, os, source, session_id,
+    {_keys(_REQUEST_PROPS)} AS props_keys, {_text(_REQUEST_PROPS)} AS props_values,
+    {_num_keys(_REQUEST_PROPS)} AS props_num_keys,
+    {_num_values(_REQUEST_PROPS)} AS props_num_values,
     first_ts, last_ts, started, video_start_failure, exit_before_start, playback_failure,
-    startup_ms, played_ms, rebuffer_ms, rebuffer_count, bitrate_switches,
+    startup_ms, played_ms, rebuffer_ms, rebuffer_count, bitrate_switches, downshifts,
+    bitrate_switches - downshifts AS upshifts,
+    multiIf(video_start_failure, ['E-START'], playback_failure, ['E-DECODE'],
+        emptyArrayString()) AS error_codes,
     bitrate_weight_ms * bitrate AS bitrate_weighted_sum, bitrate_weight_ms,
     startup_ms + played_ms + rebuffer_ms AS watch_ms, event_count, 0 AS deleted,
     2 * event_count AS version
 FROM (
-    SELECT play_id, user_id, content_id, device_model, app_version, region, bitrate,
+    SELECT play_id, user_id, content_id, device_model, app_version, region, os, source,
+        session_id, bitrate,
         toInt64(base_ms + ps * gap_ms) AS first_ts,
         toInt64(base_ms + (len - 1 - $older) * gap_ms) AS last_ts,
         outcome < 82 AS started,
@@ -372,6 +396,7 @@ FROM (
         rebuffer_count * (200 + cityHash64(s, 41) % 4000) AS rebuffer_ms,
         if(started, intDiv(after_start * 5, 100) + cityHash64(s, 42) % 2, 0)
             AS bitrate_switches,
+        intDiv(bitrate_switches * (cityHash64(s, 44) % 3), 2) AS downshifts,
         if(started, heartbeats * 10000, 0) AS bitrate_weight_ms,
         toInt64(len) - toInt64(ps) - $older AS event_count
     FROM ({_SESSIONS})
@@ -787,6 +812,9 @@ def insight_queries(span: SeedRange, today: date) -> list[QuerySpec]:
     by_region = TrendsQuery(d30, to, "day", [Series("page_view")], [regions], ["device_model"])
     library_users = TrendsQuery(d30, to, "day", [Series("page_view", "unique_users")], [library])
     startup_p95 = TrendsQuery(d30, to, "day", [Series("playback_start", "p95", "props.startup_ms")])
+    plays_by_device = Slice(d30, to, [regions], ["device_model"])
+    playback_body = {**days, "filters": [{"property": "region", "op": "in", "value": ["eu", "us"]}],
+                     "breakdown": ["device_model"]}
     steps: list[str | dict[str, Any]] = [
         {"event": step.event, "where": dict(step.where)} if step.where else step.event
         for step in FUNNEL.steps
@@ -813,6 +841,18 @@ def insight_queries(span: SeedRange, today: date) -> list[QuerySpec]:
             {**days, "interval": "day", "series": [
                 {"event": "playback_start", "math": "p95", "property": "props.startup_ms"}]},
             lambda ch: trends(ch, PROJECT, startup_p95), {},
+        ),
+        QuerySpec(
+            "playback insight filter by device 30d", "insight-playback", "POST",
+            "/v1/insights/playback", {}, playback_body,
+            lambda ch: playback_insight(ch, PROJECT, plays_by_device),
+            TARGET_PLAYBACK_INSIGHT_MS,
+        ),
+        QuerySpec(
+            "playback insight filter by device day 30d", "insight-playback", "POST",
+            "/v1/insights/playback", {}, {**playback_body, "interval": "day"},
+            lambda ch: playback_insight(ch, PROJECT, plays_by_device, "day"),
+            TARGET_PLAYBACK_INSIGHT_MS,
         ),
         QuerySpec(
             "funnel device 4 steps 30d", "funnel-breakdown", "POST", "/v1/funnels/query",
