@@ -93,11 +93,19 @@ def playback_insight(
         f"WHERE p_deleted = 0 AND {filter_sql(where.filters, params)}"
     )
     grouped = top_grouped(ch, source, names, params, limit, "count()")
-    # Without a breakdown, the aggregate has one row even without plays (zeros).
-    totals = _aggregate(ch, source, grouped, None, params)
     series_of: dict[tuple[Any, ...], list[PlaybackPoint]] = {}
-    if interval is not None:
-        points = _aggregate(ch, source, grouped, interval, params)
+    # Without a breakdown, the totals' aggregate has one row even without plays (zeros).
+    if interval is None:
+        errors = _error_rows(ch, source, grouped, params)
+        totals = _aggregate(ch, source, grouped, params, errors, len(grouped))
+    else:
+        # A play lies in one bucket, so its group's error counts are the sums of the
+        # buckets': one scan of the plays fewer than counting them again.
+        point_keys = [*grouped, BUCKETS[interval][1]]
+        point_errors = _error_rows(ch, source, point_keys, params)
+        points = _aggregate(ch, source, point_keys, params, point_errors, len(grouped))
+        totals_errors = _summed_over_bucket(point_errors, len(grouped))
+        totals = _aggregate(ch, source, grouped, params, totals_errors, len(grouped))
         for (*group_key, bucket), point in sorted(points.items(), key=lambda item: item[0][-1]):
             series_of.setdefault(tuple(group_key), []).append(
                 cast(PlaybackPoint, {"t": format_bucket(interval, bucket), **point})
@@ -119,15 +127,33 @@ def playback_insight(
     return [group for _, group in groups]
 
 
+def _error_rows(
+    ch: ClickHouse, source: str, keys: Sequence[str], params: SqlParams
+) -> list[Row]:
+    """(key values..., code, plays) of the plays of `source` per key and error code."""
+    return ch.execute(error_counts_sql(source, keys, "1"), params.values)
+
+
+def _summed_over_bucket(error_rows: Sequence[Row], breakdown_width: int) -> list[Row]:
+    """Rows of (breakdown values..., bucket, code, plays) as (breakdown values..., code,
+    plays) summed over the buckets."""
+    plays: dict[tuple[Any, ...], int] = {}
+    for row in error_rows:
+        key = (*row[:breakdown_width], row[breakdown_width + 1])
+        plays[key] = plays.get(key, 0) + int(row[breakdown_width + 2])
+    return [(*key, count) for key, count in plays.items()]
+
+
 def _aggregate(
     ch: ClickHouse,
     source: str,
-    grouped: Sequence[str],
-    interval: str | None,
+    keys: Sequence[str],
     params: SqlParams,
+    error_rows: Sequence[Row],
+    breakdown_width: int,
 ) -> dict[tuple[Any, ...], PlaybackMetrics]:
-    """The metrics per (breakdown values..., bucket when `interval` is given)."""
-    keys = [*grouped, *([BUCKETS[interval][1]] if interval is not None else [])]
+    """The metrics per value of `keys` (the `breakdown_width` breakdown columns, then the
+    bucket if any), with the top error codes of `error_rows` (the same keys, code, plays)."""
     names = [f"g{n}" for n in range(len(keys))]
     selected = ", ".join(f"{key} AS {name}" for key, name in zip(keys, names, strict=True))
     sql = f"SELECT {selected + ', ' if selected else ''}{AGGREGATES} FROM ({source})"
@@ -135,11 +161,9 @@ def _aggregate(
         sql += f" GROUP BY {', '.join(names)}"
     rows: list[Row] = ch.execute(sql, params.values)
     width = len(keys)
-    errors: dict[tuple[Any, ...], list[ErrorCount]] = top_errors(
-        ch.execute(error_counts_sql(source, keys, "1"), params.values), width
-    )
+    errors: dict[tuple[Any, ...], list[ErrorCount]] = top_errors(error_rows, width)
     return {
-        _key(row[:width], len(grouped)): metrics(row[width:], errors.get(tuple(row[:width]), []))
+        _key(row[:width], breakdown_width): metrics(row[width:], errors.get(tuple(row[:width]), []))
         for row in rows
     }
 
