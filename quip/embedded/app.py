@@ -71,7 +71,10 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     database = SqliteState(settings.data_dir / "state.sqlite")
     health = SinkHealth()
     backend = local_backend(bus, database, lambda: SinkWriter(lambda: clickhouse, None, health))
-    pipelines = build_pipelines(settings, backend, play_grace_ms=PLAY_GRACE_MS)
+    # No InfluxDB here: the plays processor leaves the live series out altogether.
+    pipelines = build_pipelines(
+        settings, backend, play_grace_ms=PLAY_GRACE_MS, live_series=False
+    )
     crashed: dict[str, str] = {}
 
     def readiness() -> dict[str, str]:

@@ -56,15 +56,17 @@ class Pipelines:
     services_processor: ServiceMetricsProcessor
 
 
-def event_stages(settings: Settings, *, play_grace_ms: int | None = None) -> list[Stage]:
+def event_stages(
+    settings: Settings, *, play_grace_ms: int | None = None, live_series: bool = True
+) -> list[Stage]:
     """`play_grace_ms`: how long a closed play stays in memory (the processor's default:
-    twice the idle timeout)."""
+    twice the idle timeout); `live_series`: whether plays compute the InfluxDB series."""
     idle_timeout_ms = settings.play_idle_timeout_s * 1000
 
     def plays() -> PlaysProcessor:
-        if play_grace_ms is None:
-            return PlaysProcessor(idle_timeout_ms=idle_timeout_ms)
-        return PlaysProcessor(idle_timeout_ms=idle_timeout_ms, grace_ms=play_grace_ms)
+        return PlaysProcessor(
+            idle_timeout_ms=idle_timeout_ms, grace_ms=play_grace_ms, live_series=live_series
+        )
 
     stages = [
         Stage("events", EventsProcessor),
@@ -110,7 +112,11 @@ def services_stage(processor: ServiceMetricsProcessor, consumer: str) -> Stage:
 
 
 def build_pipelines(
-    settings: Settings, backend: Backend, *, play_grace_ms: int | None = None
+    settings: Settings,
+    backend: Backend,
+    *,
+    play_grace_ms: int | None = None,
+    live_series: bool = True,
 ) -> Pipelines:
     def pipeline(
         name: str, stages: list[Stage], decoder: Decoder, source: Source, state: StateBackend
@@ -133,7 +139,7 @@ def build_pipelines(
     return Pipelines(
         events=pipeline(
             "events",
-            event_stages(settings, play_grace_ms=play_grace_ms),
+            event_stages(settings, play_grace_ms=play_grace_ms, live_series=live_series),
             EVENT_RECORDS,
             backend.events_source,
             backend.events_state,

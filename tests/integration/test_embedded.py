@@ -172,6 +172,16 @@ def test_kill_and_restart_keep_numbers_exact(tmp_path: Path) -> None:
         1,
         1,
     )
+    # No InfluxDB in quip up: the plays state holds plays, no series entries.
+    state = sqlite3.connect(tmp_path / ".quip" / "state.sqlite")
+    try:
+        kinds = {
+            key.split(":", 1)[0]
+            for (key,) in state.execute("SELECT key FROM state WHERE processor = 'plays'")
+        }
+    finally:
+        state.close()
+    assert kinds == {"play"}
 
 
 def test_erasure_forgets_the_users_funnel_progress(tmp_path: Path) -> None:

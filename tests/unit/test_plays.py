@@ -746,6 +746,52 @@ def test_load_state_refuses_unknown_keys() -> None:
         PlaysProcessor().load_state("funnel:x", b"")
 
 
+def _run_with_state(processor: PlaysProcessor) -> tuple[Feed, dict[str, bytes | None]]:
+    feed = Feed(processor=processor)
+    changes: dict[str, bytes | None] = {}
+    for chunk in _records(_many_plays(), 3):
+        feed.send(*chunk, received_at=T0 + 20_000)
+        feed.flush(T0 + 20_000)
+        changes.update(feed.processor.take_state_changes())
+    feed.flush(FAR)
+    changes.update(feed.processor.take_state_changes())
+    return feed, changes
+
+
+def test_without_live_series_the_rows_are_the_same_and_no_series_is_held() -> None:
+    """quip up has no InfluxDB: its processor computes no series, holds no series state
+    and changelogs plays only; the rows are the worker's."""
+    with_series, series_changes = _run_with_state(PlaysProcessor(idle_timeout_ms=IDLE))
+    without, changes = _run_with_state(PlaysProcessor(idle_timeout_ms=IDLE, live_series=False))
+    assert without.rows() == with_series.rows()
+    assert len(without.final_rows()) == 4
+    assert any(output.points for output in with_series.outputs)
+    assert not any(output.points for output in without.outputs)
+    assert {key.split(":", 1)[0] for key in series_changes} == {"play", "qoe", "viewers"}
+    assert {key.split(":", 1)[0] for key in changes} == {"play"}
+    assert without.processor.held_points() == 0
+
+
+def test_without_live_series_an_older_states_series_entries_are_deleted() -> None:
+    feed = Feed(processor=PlaysProcessor(idle_timeout_ms=IDLE))
+    for chunk in _records(_many_plays(), 3):
+        feed.send(*chunk, received_at=T0 + 20_000)
+    feed.flush(T0 + 20_000)
+    stored = feed.processor.take_state_changes()
+    series_keys = {key for key in stored if not key.startswith("play:")}
+    assert series_keys
+
+    restored = PlaysProcessor(idle_timeout_ms=IDLE, live_series=False)
+    for key, value in stored.items():
+        assert value is not None
+        restored.load_state(key, value)
+    assert restored.held_points() == 0
+    output = restored.flush(T0 + 20_000)
+    assert output.points == []
+    changes = restored.take_state_changes()
+    assert {key for key, value in changes.items() if value is None} == series_keys
+
+
 # ---------------------------------------------------------------- live QoE series
 
 

@@ -81,6 +81,8 @@ Live series (InfluxDB, measurements `playback_qoe` and `concurrent_viewers`)
 State (take_state_changes / load_state, msgpack): one key per held play
 (`play:["project","play_id"]`), one per held QoE point (`qoe:[...]`, the batch left out
 for the live one) and one per held viewers point (`viewers:[...]`); None deletes.
+Built with `live_series=False` (`quip up`, which has no InfluxDB) the processor computes
+no series: no points, no series state, plays keys only.
 
 The QoE math is common/qoe.py, concurrent viewers and write batches
 common/concurrency.py; the table's columns schemas/plays.py.

@@ -67,12 +67,17 @@ class PlaysProcessor:
         idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS,
         grace_ms: int | None = None,
         series_horizon_ms: int | None = None,
+        live_series: bool = True,
     ) -> None:
+        """`live_series`: compute the InfluxDB series (`playback_qoe`, `concurrent_viewers`);
+        without them (`quip up` has no InfluxDB) the processor holds and changelogs plays
+        only, and drops series entries of an older state as it loads them."""
         if idle_timeout_ms <= 0:
             raise ValueError("idle_timeout_ms must be positive")
         self.idle_timeout_ms = idle_timeout_ms
         self.grace_ms = 2 * idle_timeout_ms if grace_ms is None else grace_ms
         self.series_horizon_ms = self.grace_ms if series_horizon_ms is None else series_horizon_ms
+        self.live_series = live_series
         # Closed plays that nothing has changed since their state was taken rest as bytes
         # (`_to_rest`): in a backlog, every play is held for the grace period after it
         # closes, and that is most of the processor's memory.
@@ -160,7 +165,8 @@ class PlaysProcessor:
             self._changed_plays.add(key)
             if not applied:
                 continue
-            track_batches(state, before, received_at, self.series_horizon_ms)
+            if self.live_series:
+                track_batches(state, before, received_at, self.series_horizon_ms)
             self._touched.add(key)
             if state.closed and not state.ends_itself:
                 state.closed = False  # idle-closed, and it turns out not to be over
@@ -208,10 +214,12 @@ class PlaysProcessor:
         self._close_idle(self._idle_by_received, "last_received_at", now_ms)
 
         rows: list[tuple[object, ...]] = []
+        live_series = self.live_series
         for key in sorted(self._touched):
             state = self._held(key)
-            self._sync_series(state)
-            self._sync_viewers(state)
+            if live_series:
+                self._sync_series(state)
+                self._sync_viewers(state)
             if state.closed and state.emitted_version != state.version:
                 previous = state.emitted_first_ts
                 if previous is not None and previous // DAY_MS != state.first_ts // DAY_MS:
@@ -223,7 +231,7 @@ class PlaysProcessor:
         self._touched.clear()
         self._forget_expired()
 
-        points = self._series_points()
+        points = self._series_points() if live_series else []
         output = ProcessorOutput(points=points)
         if rows:
             output.tables.append(TableRows(PLAYS_TABLE, PLAY_COLUMNS, rows))
@@ -312,7 +320,8 @@ class PlaysProcessor:
                 if times[0] + grace >= watermark:
                     by_ts.add(times[0], key)
                 elif times[1] + grace < received_watermark:
-                    self._release_viewers(key)
+                    if self.live_series:
+                        self._release_viewers(key)
                     del self._plays[key]
                     self._changed_plays.add(key)
 
@@ -543,11 +552,18 @@ class PlaysProcessor:
             self._received_watermark = max(self._received_watermark, state.last_received_at)
         elif key.startswith(_SERIES_PREFIX):
             series_key = batch_key(key[len(_SERIES_PREFIX) :])
-            self._series[series_key] = _series_decoder.decode(value)
+            series = _series_decoder.decode(value)
+            if not self.live_series:
+                self._changed_series.add(series_key)  # deleted at the next changes
+                return
+            self._series[series_key] = series
             self._series_settling.add(self._settles_at(series_key), series_key)
         elif key.startswith(_VIEWERS_PREFIX):
             count, held = _viewers_decoder.decode(value)
             viewers_key = batch_key(key[len(_VIEWERS_PREFIX) :])
+            if not self.live_series:
+                self._changed_viewers.add(viewers_key)
+                return
             self._viewers[viewers_key] = [count, held]
             self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
         else:
