@@ -45,7 +45,7 @@ from sinks.queries.properties import (
     SqlParams,
     breakdown_sql,
     filter_sql,
-    top_grouped,
+    grouped_breakdown_sql,
 )
 
 # What a filter or breakdown may read of a play: its first event's properties.
@@ -92,20 +92,19 @@ def playback_insight(
         f"SELECT {carried + ', ' if carried else ''}* FROM ({plays}) "
         f"WHERE p_deleted = 0 AND {filter_sql(where.filters, params)}"
     )
-    grouped = top_grouped(ch, source, names, params, limit, "count()")
-    series_of: dict[tuple[Any, ...], list[PlaybackPoint]] = {}
+    # One scan ranks the breakdown and counts the error codes of each of its combinations;
+    # a listed group's codes are its combination's, `$other`'s the sums of the rest's.
+    counted = _plays_and_errors(ch, source, names, params)
+    kept = _top(counted, len(names), limit)
+    grouped = names if kept is None else grouped_breakdown_sql(names, kept, params)
+    totals_errors = _folded_errors(counted, len(names), kept)
     # Without a breakdown, the totals' aggregate has one row even without plays (zeros).
-    if interval is None:
-        errors = _error_rows(ch, source, grouped, params)
-        totals = _aggregate(ch, source, grouped, params, errors, len(grouped))
-    else:
-        # A play lies in one bucket, so its group's error counts are the sums of the
-        # buckets': one scan of the plays fewer than counting them again.
+    totals = _aggregate(ch, source, grouped, params, totals_errors, len(grouped))
+    series_of: dict[tuple[Any, ...], list[PlaybackPoint]] = {}
+    if interval is not None:
         point_keys = [*grouped, BUCKETS[interval][1]]
-        point_errors = _error_rows(ch, source, point_keys, params)
+        point_errors = ch.execute(error_counts_sql(source, point_keys, "1"), params.values)
         points = _aggregate(ch, source, point_keys, params, point_errors, len(grouped))
-        totals_errors = _summed_over_bucket(point_errors, len(grouped))
-        totals = _aggregate(ch, source, grouped, params, totals_errors, len(grouped))
         for (*group_key, bucket), point in sorted(points.items(), key=lambda item: item[0][-1]):
             series_of.setdefault(tuple(group_key), []).append(
                 cast(PlaybackPoint, {"t": format_bucket(interval, bucket), **point})
@@ -127,20 +126,51 @@ def playback_insight(
     return [group for _, group in groups]
 
 
-def _error_rows(
-    ch: ClickHouse, source: str, keys: Sequence[str], params: SqlParams
+def _plays_and_errors(
+    ch: ClickHouse, source: str, names: Sequence[str], params: SqlParams
 ) -> list[Row]:
-    """(key values..., code, plays) of the plays of `source` per key and error code."""
-    return ch.execute(error_counts_sql(source, keys, "1"), params.values)
+    """(breakdown values..., code, plays, plays with that code) of the plays of `source`
+    per breakdown combination and error code. A play without codes is one row of code ''
+    and index 0 (LEFT ARRAY JOIN), a play with codes one row per code, index 1 first: it
+    counts once in `plays` either way, and a code '' a play did report stays apart."""
+    keys = "".join(f"{name}, " for name in names)
+    return ch.execute(
+        f"SELECT {keys}code, countIf(code_index <= 1), countIf(code_index >= 1) "
+        f"FROM ({source}) LEFT ARRAY JOIN p_error_codes AS code, "
+        f"arrayEnumerate(p_error_codes) AS code_index GROUP BY {keys}code",
+        params.values,
+    )
 
 
-def _summed_over_bucket(error_rows: Sequence[Row], breakdown_width: int) -> list[Row]:
-    """Rows of (breakdown values..., bucket, code, plays) as (breakdown values..., code,
-    plays) summed over the buckets."""
+def _top(counted: Sequence[Row], width: int, limit: int) -> list[tuple[str, ...]] | None:
+    """The top `limit` breakdown combinations by plays, ties by value (byte order, as the
+    engines sort), as top_grouped ranks them; None when there are no more than `limit`."""
+    plays: dict[tuple[str, ...], int] = {}
+    for row in counted:
+        key = tuple(str(value) for value in row[:width])
+        plays[key] = plays.get(key, 0) + int(row[width + 1])
+    if len(plays) <= limit:
+        return None
+    ranked = sorted(plays, key=lambda key: (-plays[key], [value.encode() for value in key]))
+    return ranked[:limit]
+
+
+def _folded_errors(
+    counted: Sequence[Row], width: int, kept: Sequence[tuple[str, ...]] | None
+) -> list[Row]:
+    """(group values..., code, plays) with the combinations outside `kept` summed into
+    OTHER (a play is in one combination, so the sums are exact)."""
+    listed = None if kept is None else set(kept)
     plays: dict[tuple[Any, ...], int] = {}
-    for row in error_rows:
-        key = (*row[:breakdown_width], row[breakdown_width + 1])
-        plays[key] = plays.get(key, 0) + int(row[breakdown_width + 2])
+    for row in counted:
+        with_code = int(row[width + 2])
+        if with_code == 0:
+            continue
+        group = tuple(str(value) for value in row[:width])
+        if listed is not None and group not in listed:
+            group = (OTHER,) * width
+        key = (*group, str(row[width]))
+        plays[key] = plays.get(key, 0) + with_code
     return [(*key, count) for key, count in plays.items()]
 
 
