@@ -250,12 +250,12 @@ def play_state_key(project: str, play_id: str) -> str:
 
 def series_state_key(key: BatchKey) -> str:
     """The live batch's key leaves the batch out (the form from before late batches)."""
-    parts = list(key) if key[5] != LIVE else list(key[:5])
+    parts = key if key[5] != LIVE else key[:5]  # a tuple encodes as the JSON array
     return _SERIES_PREFIX + _json_encoder.encode(parts).decode()
 
 
 def viewers_state_key(key: BatchKey) -> str:
-    return _VIEWERS_PREFIX + _json_encoder.encode(list(key)).decode()
+    return _VIEWERS_PREFIX + _json_encoder.encode(key).decode()
 
 
 def batch_key(encoded: str) -> BatchKey:

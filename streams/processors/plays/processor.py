@@ -479,8 +479,8 @@ class PlaysProcessor:
                     changed.add(key)
 
     @staticmethod
-    def _point(measurement: str, key: BatchKey, fields: dict[str, int | float]) -> SeriesPoint:
-        project, partition, minute_ms, content_id, device_model, batch = key
+    def _tags(key: BatchKey) -> dict[str, str]:
+        project, partition, _, content_id, device_model, batch = key
         tags = {
             "project": project,
             "partition": str(partition),
@@ -489,15 +489,20 @@ class PlaysProcessor:
         }
         if batch != LIVE:
             tags["late"] = "true"
-        return SeriesPoint(measurement, tags, fields, point_time(minute_ms, batch))
+        return tags
 
     def _series_points(self) -> list[SeriesPoint]:
         points = []
+        # A QoE point and a viewers point of the same key share one tags dict (points
+        # are read only): most plays have a key of their own, so both come together.
+        tags_of: dict[BatchKey, dict[str, str]] = {}
         for key in sorted(self._pending_series):
             series = self._series.get(key)
             if series is None:
                 continue
-            points.append(self._point(QOE_MEASUREMENT, key, qoe_fields(series.plays.values())))
+            tags = tags_of[key] = self._tags(key)
+            fields = qoe_fields(series.plays.values())
+            points.append(SeriesPoint(QOE_MEASUREMENT, tags, fields, point_time(key[2], key[5])))
             if not series.plays:
                 del self._series[key]  # the zero point above replaces what was written
         self._pending_series.clear()
@@ -505,7 +510,11 @@ class PlaysProcessor:
             entry = self._viewers.get(key)
             if entry is None:
                 continue
-            points.append(self._point(VIEWERS_MEASUREMENT, key, {"viewers": entry[0]}))
+            tags = tags_of.get(key) or self._tags(key)
+            fields = {"viewers": entry[0]}
+            points.append(
+                SeriesPoint(VIEWERS_MEASUREMENT, tags, fields, point_time(key[2], key[5]))
+            )
         self._pending_viewers.clear()
         self._settle()
         return points
@@ -522,16 +531,16 @@ class PlaysProcessor:
             )
             if state is not None and state.closed and play_key not in self._touched:
                 self._plays[play_key] = _to_rest(state, self._resting_buffer)
-        for key in sorted(self._changed_series):
-            series = self._series.get(key)
-            changes[series_state_key(key)] = (
-                None if series is None else _play_encoder.encode(series)
-            )
-        for key in sorted(self._changed_viewers):
-            entry = self._viewers.get(key)
-            changes[viewers_state_key(key)] = (
-                None if entry is None else _play_encoder.encode(entry)
-            )
+        # Series keys in set order: each comes once, so the changelog's order does not
+        # matter, and a batch holds thousands of these 6-tuples to sort.
+        series_entries, encode = self._series, _play_encoder.encode
+        for key in self._changed_series:
+            series = series_entries.get(key)
+            changes[series_state_key(key)] = None if series is None else encode(series)
+        viewers = self._viewers
+        for key in self._changed_viewers:
+            entry = viewers.get(key)
+            changes[viewers_state_key(key)] = None if entry is None else encode(entry)
         self._changed_plays.clear()
         self._changed_series.clear()
         self._changed_viewers.clear()
