@@ -215,7 +215,9 @@ async def test_undecodable_records_are_dead_letters_and_replays_count_once(
             return database.position(SERVICES_POSITION) == bus.end
 
         await run_until(pipeline, committed)
-        [(key, value)] = await dead_letters()
+        # At least once, as on Kafka: the first run may have been stopped after the dead
+        # letter was written and before its frame's position was committed.
+        [(key, value)] = set(await dead_letters())
         letter = decode_dead_letter(value)
         assert key == VIDEO_ENCODING.name.encode()
         assert letter.raw == garbage.decode()
