@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +30,11 @@ async def supervise(crashed: dict[str, str], name: str, work: Awaitable[None]) -
         # A half-dead process would look alive and process nothing.
         asyncio.get_running_loop().call_later(CRASH_EXIT_DELAY_S, os._exit, CRASH_EXIT_STATUS)
         raise
+
+
+def pipeline_checks(names: Iterable[str], crashed: dict[str, str]) -> dict[str, str]:
+    """`/ready`'s entry per pipeline, the same in the worker and in `quip up`."""
+    return {
+        f"pipeline:{name}": "ok" if name not in crashed else f"crashed: {crashed[name]}"
+        for name in names
+    }

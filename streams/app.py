@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.settings import Settings
-from common.supervision import supervise
+from common.supervision import pipeline_checks, supervise
 from schemas.services import SERVICE_TOPICS
 from schemas.topics import ANALYTICS_EVENTS, ANALYTICS_EVENTS_DLQ
 from sinks.engines import open_clickhouse
@@ -92,6 +92,7 @@ def malloc_trim() -> Callable[[], None]:
 class WorkerState:
     health: SinkHealth = field(default_factory=SinkHealth)
     crashed: dict[str, str] = field(default_factory=dict)
+    pipelines: tuple[str, ...] = ()
     source: KafkaSource | None = None  # the events pipeline's
 
 
@@ -172,6 +173,7 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     )
     pipelines = build_pipelines(settings, backend)
     state.source = events_source
+    state.pipelines = (pipelines.events.name, pipelines.services.name)
     for pipeline in (pipelines.events, pipelines.services):
         app.task(_supervised(state, pipeline.name, _running(pipeline)))
 
@@ -254,8 +256,7 @@ def _add_web_pages(app: faust.App, state: WorkerState) -> None:
         checks["kafka"] = "ok" if assigned else "no partitions assigned"
         for store in ("clickhouse", "influxdb"):
             checks[store] = state.health.status.get(store, "ok")
-        for name, reason in state.crashed.items():
-            checks[f"agent:{name}"] = f"crashed: {reason}"
+        checks.update(pipeline_checks(state.pipelines, state.crashed))
         ok = all(value == "ok" for value in checks.values())
         return web.json({"ready": ok, "checks": checks}, status=200 if ok else 503)
 

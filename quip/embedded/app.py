@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from api.app import create_app as create_api_app
 from common.settings import Settings, generate_dev_keys
-from common.supervision import supervise
+from common.supervision import pipeline_checks, supervise
 from ingest.app import Gateway, add_ingest_routes
 from ingest.openapi import describe_ingest_routes
 from ingest.services import add_service_routes
@@ -79,9 +79,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
 
     def readiness() -> dict[str, str]:
         checks = {"bus": "ok" if bus.ready else (bus.last_error or "not ready")}
-        for pipeline in (pipelines.events, pipelines.services):
-            reason = crashed.get(pipeline.name)
-            checks[f"pipeline:{pipeline.name}"] = "ok" if reason is None else f"crashed: {reason}"
+        checks.update(pipeline_checks((pipelines.events.name, pipelines.services.name), crashed))
         checks["store:clickhouse"] = health.status.get("clickhouse", "ok")
         return checks
 

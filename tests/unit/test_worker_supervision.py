@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from common.supervision import CRASH_EXIT_STATUS
+from common.supervision import CRASH_EXIT_STATUS, pipeline_checks
 from streams.app import WorkerState, _supervised
 
 
@@ -42,3 +42,10 @@ async def test_cancellation_is_not_a_crash() -> None:
     with pytest.raises(asyncio.CancelledError):
         await _supervised(state, "events", cancelled)(None)
     assert state.crashed == {}
+
+
+def test_ready_lists_every_pipeline_with_its_crash() -> None:
+    assert pipeline_checks(("events", "services"), {"services": "ValueError: bad row"}) == {
+        "pipeline:events": "ok",
+        "pipeline:services": "crashed: ValueError: bad row",
+    }
