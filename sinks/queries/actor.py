@@ -8,7 +8,8 @@ column `events` derives for it (a 64-bit key counts faster than the string; FIEL
 Merging would map `user_hash` through an identity table here, and every query of `events`
 follows. The activity tables (migration 0002: what the fixed active-users and retention
 read, and lifecycle and stickiness of any event) hold the same `user_hash` and need the
-same mapping when they are written.
+same mapping when they are written; the session summary (migration 0011) stores `ACTOR`
+itself, computed by its materialized view.
 """
 
 from __future__ import annotations

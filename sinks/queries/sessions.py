@@ -1,4 +1,4 @@
-"""Sessions (SPEC §4 "Sessions", §5.1 `POST /v1/insights/sessions`) from the raw `events`.
+"""Sessions (SPEC §4 "Sessions", §5.1 `POST /v1/insights/sessions`).
 
 A session is the events of one (actor, `session_id`), or, for an actor's events without
 one, a run of events with less than 30 minutes between neighbours. It belongs to the UTC
@@ -14,6 +14,13 @@ later events. A session longer than a day at the edges of the range is cut there
 
 Per day and breakdown group: sessions, distinct actors, average and median duration in
 seconds (`quantileExact`), events per session, bounce rate (bounces / sessions).
+
+Where from: sessions with an id come from the per-day session summary that migration 0011
+builds at ingest when every filter and breakdown names a standard dimension of the first
+event it keeps (`FIRST_EVENT_DIMENSIONS`: not `session_id`, no `props.*`), and from the
+raw `events` otherwise; sessions without an id always come from the raw events (their
+30-minute gaps need the whole timeline). Both give the same answer: the summary merges a
+session's days over the same read window.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from datetime import date, timedelta
 from typing import Any, Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
+from sinks.migrations.v0011_session_summary import FIRST_EVENT_DIMENSIONS
+from sinks.migrations.v0011_session_summary import TABLE as SUMMARY_TABLE
 from sinks.queries.actor import ACTOR, EVENT_KEY, first_order
 from sinks.queries.properties import (
     OTHER,
@@ -60,38 +69,66 @@ def _sessions_sql(
     (day, actor, b0.., duration_ms, events)."""
     dims = breakdown_sql(breakdown, params)
     names = [f"b{n}" for n in range(len(dims))]
-    # One row per stored copy of an event: the dimensions a session may take from it and
-    # whether it matches. Copies are not merged first (a GROUP BY event_id over the range
-    # outgrows 18.16's memory limit): they change no time, and sessions count their
-    # distinct event keys, from an array per session (cheaper than a hash set per session).
-    # Sessions group by a 64-bit hash of their id, cheaper than the string: like EVENT_KEY,
-    # two ids of one actor would have to share a hash to be merged. The figures:
-    # benchmarks/README.md, "Insights made cheaper".
+    # Raw events, one row per stored copy of an event: the dimensions a session may take
+    # from it and whether it matches. Copies are not merged first (a GROUP BY event_id
+    # over the range outgrows 18.16's memory limit): they change no time, and sessions
+    # count their distinct event keys, from an array per session (cheaper than a hash set
+    # per session). Sessions group by a 64-bit hash of their id, cheaper than the string:
+    # like EVENT_KEY, two ids of one actor would have to share a hash to be merged. The
+    # figures: benchmarks/README.md, "Insights made cheaper".
     carried = ", ".join(
         [f"{expression} AS {name}" for expression, name in zip(dims, names, strict=True)]
         + [f"{filter_sql(filters, params)} AS matches"]
     )
     row = f"tuple({', '.join(['matches', *names]) if names else 'matches'})"
+    takes_first = bool(filters or names)
 
     def first(values: str, order: str) -> str:
         """The first event's row; a constant when nothing is taken from it (no filter, no
         breakdown), since the argMin is most of the query's CPU."""
-        return f"argMin({values}, {order})" if filters or names else "tuple(toUInt8(1))"
+        return f"argMin({values}, {order})" if takes_first else "tuple(toUInt8(1))"
 
-    events = f"""
-        SELECT event_id, {ACTOR} AS actor, session_id AS sid, ts, {carried}
-        FROM events
-        WHERE project = {params(project)}
-          AND day >= toDate({params(day_from - timedelta(days=1))})
-          AND day <= toDate({params(day_to + timedelta(days=1))})
-    """
-    with_id = f"""
-        SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts,
-               arrayUniq(groupArray({EVENT_KEY})) AS n,
-               {first(row, first_order("ts", "event_id"))} AS first
-        FROM ({events}) WHERE sid != ''
-        GROUP BY actor, cityHash64(sid)
-    """
+    read_from = f"toDate({params(day_from - timedelta(days=1))})"
+    read_to = f"toDate({params(day_to + timedelta(days=1))})"
+    summarized = {f.property for f in filters} | set(breakdown) <= set(FIRST_EVENT_DIMENSIONS)
+
+    def events(with_id: bool) -> str:
+        return f"""
+            SELECT event_id, {ACTOR} AS actor, session_id AS sid, ts, {carried}
+            FROM events
+            WHERE project = {params(project)} AND day >= {read_from} AND day <= {read_to}
+              AND {"sid != ''" if with_id else "sid = ''"}
+        """
+
+    if summarized:
+        # The same sessions from migration 0011's rows, one per day of a session: its days
+        # merge into its earliest and latest time, its distinct event keys and its first
+        # event (the copies of an event are one day's, so they merge as the raw rows do).
+        merged = f"""
+            SELECT user_hash AS actor, minMerge(min_ts) AS first_ts,
+                   maxMerge(max_ts) AS last_ts, uniqExactMerge(event_keys) AS n
+                   {", argMinMerge(first_event) AS first_event" if takes_first else ""}
+            FROM {SUMMARY_TABLE}
+            WHERE project = {params(project)} AND day >= {read_from} AND day <= {read_to}
+            GROUP BY actor, session_hash
+        """
+        taken = "tuple(toUInt8(1))"
+        if takes_first:
+            dimensions = ", ".join(
+                f"first_event.{n + 1} AS {name}" for n, name in enumerate(FIRST_EVENT_DIMENSIONS)
+            )
+            merged = f"SELECT actor, first_ts, last_ts, n, {dimensions} FROM ({merged})"
+            merged = f"SELECT actor, first_ts, last_ts, n, {carried} FROM ({merged})"
+            taken = row
+        with_id = f"SELECT actor, first_ts, last_ts, n, {taken} AS first FROM ({merged})"
+    else:
+        with_id = f"""
+            SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts,
+                   arrayUniq(groupArray({EVENT_KEY})) AS n,
+                   {first(row, first_order("ts", "event_id"))} AS first
+            FROM ({events(with_id=True)})
+            GROUP BY actor, cityHash64(sid)
+        """
     # Without a session id: each actor's events in time order, cut where the gap between
     # neighbours reaches 30 minutes (the cumulative count of cuts numbers the sessions).
     ordered = f"""
@@ -99,7 +136,7 @@ def _sessions_sql(
                arrayCumSum(arrayMap(
                    d -> toUInt32(d >= {SESSION_GAP_MS}),
                    arrayDifference(arrayMap(x -> x.1, timeline)))) AS numbers
-        FROM ({events}) WHERE sid = ''
+        FROM ({events(with_id=False)})
         GROUP BY actor
     """
     without_id = f"""

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from sinks.queries.properties import Filter
+from sinks.clickhouse import ClickHouse
+from sinks.migrate import migrate
+from sinks.queries.properties import Filter, Slice
+from sinks.queries.sessions import sessions
 from tests.insight_data import (
     INSIGHT_DAYS,
     INSIGHT_LAST_DAY,
     INSIGHT_PROJECT,
     INSIGHT_READ,
+    store,
     unique_events,
 )
 from tests.insight_reference import breakdown_value, day_of, exact_quantile, holds
@@ -139,3 +143,118 @@ async def test_sessions_answer_the_computation(
             assert g[field] == pytest.approx(w[field]), (g["day"], g["breakdown"], field)
     assert any(r["bounce_rate"] > 0 for r in want)
     assert any(r["events_per_session"] > 1 for r in want)
+
+
+# ------------------------------------------------------------------ the summary at the edges
+
+EDGE_PROJECT = "p_edges"
+
+
+def edge_events(first: date, last: date) -> list[list[dict[str, Any]]]:
+    """Sessions at the edges of [first, last], in the inserts they arrive in: spanning
+    midnight, cut by the read window, copies of an event in separate inserts, two events
+    of one time (the smaller id is first), one id shared by two users, and events without
+    a session id."""
+
+    def at(day: date, hour: int, minute: int) -> int:
+        return int(datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC).timestamp()
+                   * 1000)  # fmt: skip
+
+    def event(eid: str, user: str, sid: str, ts: int, device: str = "quest3",
+              kind: str = "page_view") -> dict[str, Any]:  # fmt: skip
+        return {"event_id": eid, "type": kind, "user_id": user, "ts": ts, "session_id": sid,
+                "device_model": device, "app_version": "3.0.0", "os": "horizon",
+                "region": "eu", "source": "native", "props": {}}  # fmt: skip
+
+    before, after = first - timedelta(days=1), last + timedelta(days=1)
+    mid = first + timedelta(days=1)
+    copied_first = event("c1", "u3", "s-copy", at(mid, 10, 0), "pico4", "session_start")
+    later_of_two = event("t-b", "u2", "s-tie", at(mid, 8, 0), "quest2")
+    one_insert = [
+        event("a1", "u1", "s-before", at(before, 23, 50)),  # starts before first: left out
+        event("a2", "u1", "s-before", at(first, 0, 10)),
+        event("b1", "u1", "s-cut", at(first - timedelta(days=2), 23, 55)),  # outside the read
+        event("b2", "u1", "s-cut", at(first, 0, 5), "pico4"),  # window: a bounce on first
+        event("d1", "u2", "s-late", at(last, 23, 40), "vision_pro"),  # ends the day after
+        event("d2", "u2", "s-late", at(after, 0, 15)),
+        event("d3", "u2", "s-late", at(after, 0, 20)),
+        event("f1", "u2", "s-beyond", at(last, 23, 59)),  # its second event is past the window
+        event("f2", "u2", "s-beyond", at(last + timedelta(days=2), 0, 1)),
+        event("g1", "u1", "shared", at(mid, 9, 0)),
+        event("g2", "u3", "shared", at(mid, 9, 30), "pico4"),
+        event("g3", "u1", "shared", at(mid, 11, 0)),
+        event("n1", "u3", "", at(before, 23, 45)),  # without an id: one session before first
+        event("n2", "u3", "", at(first, 0, 5)),
+        event("n3", "u3", "", at(first, 12, 0), "quest2"),  # then two 40 minutes apart
+        event("n4", "u3", "", at(first, 12, 10)),
+        event("n5", "u3", "", at(first, 12, 50)),
+        later_of_two,
+        copied_first,
+        event("c2", "u3", "s-copy", at(mid, 10, 5)),
+    ]
+    return [
+        one_insert,
+        [copied_first, event("t-a", "u2", "s-tie", at(mid, 8, 0), "quest3")],
+        [copied_first, later_of_two, one_insert[-1]],
+    ]
+
+
+SummaryRows = dict[tuple[str, str, str], tuple[int, int, int]]
+
+
+def summary_rows(ch: ClickHouse, project: str) -> SummaryRows:
+    """session_summary merged per (day, user, session id): (first ts, last ts, events)."""
+    users = dict(ch.execute("SELECT DISTINCT user_hash, user_id FROM events"))
+    ids = dict(ch.execute("SELECT DISTINCT cityHash64(session_id), session_id FROM events"))
+    rows = ch.execute(
+        "SELECT toString(day), user_hash, session_hash, minMerge(min_ts), maxMerge(max_ts), "
+        "uniqExactMerge(event_keys) FROM session_summary WHERE project = %(p)s "
+        "GROUP BY day, user_hash, session_hash",
+        {"p": project},
+    )
+    return {
+        (str(day), users[user], ids[sid]): (int(low), int(high), int(n))
+        for day, user, sid, low, high, n in rows
+    }
+
+
+def expected_summary(inserts: list[list[dict[str, Any]]]) -> SummaryRows:
+    parts: dict[tuple[str, str, str], dict[str, int]] = {}
+    for event in unique_events([e for chunk in inserts for e in chunk]):
+        if event["session_id"]:
+            key = (day_of(event).isoformat(), event["user_id"], event["session_id"])
+            parts.setdefault(key, {})[event["event_id"]] = event["ts"]
+    return {key: (min(ts.values()), max(ts.values()), len(ts)) for key, ts in parts.items()}
+
+
+@pytest.mark.parametrize(
+    ("filters", "breakdown"),
+    [
+        pytest.param([], [], id="summary"),
+        pytest.param([], ["device_model"], id="summary, by the first event's device"),
+        pytest.param([Filter("type", "neq", "session_start")], ["region"], id="summary, filtered"),
+        pytest.param([Filter("props.nothing", "is_not_set")], [], id="raw events"),
+        pytest.param([Filter("props.nothing", "is_not_set")], ["device_model"],
+                     id="raw events, by device"),
+    ],
+)  # fmt: skip
+def test_sessions_at_the_edges(
+    clickhouse: ClickHouse, filters: list[Filter], breakdown: list[str]
+) -> None:
+    migrate(clickhouse)
+    first = datetime.now(UTC).date() - timedelta(days=10)
+    last = first + timedelta(days=3)
+    inserts = edge_events(first, last)
+    for chunk in inserts:
+        store(clickhouse, EDGE_PROJECT, chunk)
+    assert summary_rows(clickhouse, EDGE_PROJECT) == expected_summary(inserts)
+
+    got = sessions(clickhouse, EDGE_PROJECT, Slice(first, last, filters, breakdown))
+    all_events = [e for chunk in inserts for e in chunk]
+    want = expected_rows(all_events, first, last, filters, breakdown, 25)
+    assert [(r["day"], r["breakdown"], r["sessions"], r["users"]) for r in got] == [
+        (r["day"], r["breakdown"], r["sessions"], r["users"]) for r in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        for field in ("duration_s_avg", "duration_s_median", "events_per_session", "bounce_rate"):
+            assert g[field] == pytest.approx(w[field]), (g["day"], g["breakdown"], field)
