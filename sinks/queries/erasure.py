@@ -8,6 +8,7 @@ Every table that holds rows of one user, and how that user is recognised there:
   funnel_progress   project, user_hash = cityHash64(project, user_id)  FunnelsProcessor
   user_activity     project, user_hash = cityHash64(project, user_id)  MV of user_activity_input
   user_first_seen   project, user_hash = cityHash64(project, user_id)  MV of user_activity_input
+  session_summary   project, user_hash = cityHash64(project, user_id)  MV of events
   service_messages  project, key_id = user_id, on the topics keyed by  ServiceMetricsProcessor
                     user_id (social.notifications, notifications.email)
 
@@ -54,6 +55,7 @@ ERASURE_TARGETS: Final[dict[str, str]] = {
     "funnel_progress": _BY_HASH,
     "user_activity": _BY_HASH,
     "user_first_seen": _BY_HASH,
+    "session_summary": _BY_HASH,
     "service_messages": _BY_KEY,
 }
 # Service topics whose key (key_id) is a user id; cms and video are keyed by content/job.

@@ -129,13 +129,16 @@ def play_events() -> list[list[Event]]:
     contents; user-3 (erased later) has one."""
     base = (NOW_MS // DAY - 2) * DAY + 10 * HOUR
 
-    def play(play_id: str, user: str, device: str, app: str, steps: list[Any]) -> list[Event]:
+    def play(
+        play_id: str, user: str, device: str, app: str, steps: list[Any], session_id: str = ""
+    ) -> list[Event]:
         return [
             Event(
                 f"{play_id}-{number}",
                 f"playback_{kind}",
                 user,
                 ts,
+                session_id=session_id,
                 device_model=device,
                 app_version=app,
                 props={"play_id": play_id, **props},
@@ -191,6 +194,7 @@ def play_events() -> list[list[Event]]:
                 ("heartbeat", t + 2 * HOUR + 5_800, {"played_ms": 5_000, "bitrate_kbps": 1_500}),
                 ("error", t + 2 * HOUR + 6_000, {"code": "E-PLAY", "fatal": True}),
             ],
+            session_id="s-erased",  # the session summary holds rows of both users
         ),
         play(
             "p5",
@@ -207,6 +211,7 @@ def play_events() -> list[list[Event]]:
                 ("heartbeat", t + DAY + 22_000, {"played_ms": 20_000, "bitrate_kbps": 6_000}),
                 ("end", t + DAY + 23_000, {"played_ms": 1_000}),
             ],
+            session_id="s-kept",
         ),
         play(
             "p6",
@@ -620,6 +625,13 @@ async def test_erasure_removes_the_user_everywhere(
     client: httpx.AsyncClient, checker: ClickHouse, seed: Seed
 ) -> None:
     clickhouse = checker
+    keyed_by_user = clickhouse.execute(
+        "SELECT DISTINCT table FROM system.columns WHERE database = %(db)s "
+        "AND name IN ('user_id', 'user_hash') AND table IN (SELECT name FROM system.tables "
+        "WHERE database = %(db)s AND engine NOT IN ('Null', 'MaterializedView'))",
+        {"db": clickhouse.database},
+    )
+    assert {str(table) for (table,) in keyed_by_user} <= set(ERASURE_TARGETS)
     before = rows_of(clickhouse, ERASED_USER)
     assert all(before.values()), f"the user has rows in every table: {before}"
     untouched = rows_of(clickhouse, "user-4")
