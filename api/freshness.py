@@ -22,12 +22,11 @@ from typing import Final
 
 from api.cache import QueryCache
 from api.pool import EnginePool
-from sinks.changes import changes_since
+from sinks.changes import MARGIN_US, changes_since
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S: Final = 0.5
-MARGIN_US: Final = 60_000_000
 
 
 class ChangeWatcher:

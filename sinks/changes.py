@@ -23,6 +23,11 @@ from typing import Any, Final, Protocol
 from sinks.clickhouse import ClickHouse
 
 DATA_CHANGES_TABLE: Final = "data_changes"
+# How far writers' clocks (and the visibility of their inserts) may lag one another:
+# readers of versions re-read this far behind the newest they saw (api/freshness.py), and
+# a summary is only stored for a day whose newest version is this old (sinks/queries/
+# summaries.py), so any later write of the day records a higher version.
+MARGIN_US: Final = 60_000_000
 DAY_MS: Final = 86_400_000
 _EPOCH: Final = date(1970, 1, 1)
 
@@ -80,8 +85,20 @@ def changes_since(clickhouse: ClickHouse, version: int) -> Sequence[tuple[str, d
         "WHERE version > %(version)s GROUP BY project, day",
         {"version": version},
     )
-    return [(str(project), _as_date(day), int(stamp)) for project, day, stamp in rows]
+    return [(str(project), as_date(day), int(stamp)) for project, day, stamp in rows]
 
 
-def _as_date(value: object) -> date:
+def day_versions(
+    clickhouse: ClickHouse, project: str, day_from: date, day_to: date
+) -> dict[date, int]:
+    """The newest version of every day of [day_from, day_to] of `project` that has one."""
+    rows = clickhouse.execute(
+        f"SELECT day, max(version) FROM {DATA_CHANGES_TABLE} WHERE project = %(project)s "
+        "AND day >= toDate(%(day_from)s) AND day <= toDate(%(day_to)s) GROUP BY day",
+        {"project": project, "day_from": day_from, "day_to": day_to},
+    )
+    return {as_date(day): int(stamp) for day, stamp in rows}
+
+
+def as_date(value: object) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))

@@ -9,6 +9,11 @@ range's (cheaper to build, and within the CPU caches). A property's type: `numbe
 any event holds it as a number, else `bool` when every value is true/false, else
 `string`; standard dimensions are strings and count only where set (non-empty).
 `top_values` (10, by events) are given for string properties only.
+
+Event types are read from per-day summaries for the days whose writes have settled
+(sinks/queries/summaries.py; stored by the first question that needs them), so a repeated
+question over closed days reads a few rows per day instead of every event; the days with
+recent writes are counted from the events on each call.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from datetime import UTC, date, datetime
 from typing import Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
+from sinks.migrations.v0012_discovery_summary import EVENT_DAYS_TABLE
 from sinks.queries.actor import ACTOR, EVENT_KEY
 from sinks.queries.properties import PROPS_PREFIX, STANDARD, SqlParams
+from sinks.queries.summaries import EVENTS_KIND, day_plan, new_computations, record_summaries
 
 TOP_VALUES: Final = 10
 
@@ -42,9 +49,13 @@ class PropertyInfo(TypedDict):
     top_values: list[ValueCount]
 
 
-def _range(project: str, day_from: date, day_to: date, params: SqlParams) -> str:
+def _check_range(day_from: date, day_to: date) -> None:
     if day_from > day_to:
         raise ValueError(f"from ({day_from}) is after to ({day_to})")
+
+
+def _range(project: str, day_from: date, day_to: date, params: SqlParams) -> str:
+    _check_range(day_from, day_to)
     return (
         f"project = {params(project)} AND day >= toDate({params(day_from)}) "
         f"AND day <= toDate({params(day_to)})"
@@ -52,16 +63,34 @@ def _range(project: str, day_from: date, day_to: date, params: SqlParams) -> str
 
 
 def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> list[EventType]:
-    """Every event type of [day_from, day_to], most events first."""
+    """Every event type of [day_from, day_to], most events first. Settled days are read
+    from their stored summaries (sinks/queries/summaries.py), summarized first when they
+    have none; days with recent writes are counted from the events."""
+    _check_range(day_from, day_to)
     params = SqlParams("d")
+    plan = day_plan(ch, project, EVENTS_KIND, day_from, day_to)
+    if plan.to_store:
+        computations = new_computations(plan.to_store)
+        _store_event_days(ch, project, computations)
+        record_summaries(ch, project, EVENTS_KIND, plan.to_store, computations)
+        plan.summarized.update(computations)
+    parts = []
+    if plan.summarized:
+        parts.append(
+            f"SELECT type, events AS n, actors, last_ts AS last FROM {EVENT_DAYS_TABLE} "
+            f"WHERE project = {params(project)} AND day IN {params(tuple(plan.summarized))} "
+            f"AND computation IN {params(tuple(plan.summarized.values()))}"
+        )
+    if plan.live:
+        parts.append(
+            f"SELECT type, uniqExact({EVENT_KEY}) AS n, uniqExactState({ACTOR}) AS actors, "
+            f"max(ts) AS last FROM events WHERE project = {params(project)} "
+            f"AND day IN {params(tuple(plan.live))} GROUP BY day, type"
+        )
     rows = ch.execute(
         f"""
-        SELECT type, sum(n) AS total, uniqExactMerge(actors), max(last) FROM (
-            SELECT day, type, uniqExact({EVENT_KEY}) AS n, uniqExactState({ACTOR}) AS actors,
-                   max(ts) AS last
-            FROM events WHERE {_range(project, day_from, day_to, params)}
-            GROUP BY day, type
-        )
+        SELECT type, sum(n) AS total, uniqExactMerge(actors), max(last)
+        FROM ({" UNION ALL ".join(parts)})
         GROUP BY type ORDER BY total DESC, type
         """,
         params.values,
@@ -78,6 +107,23 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
         }
         for kind, count, users, last in rows
     ]
+
+
+def _store_event_days(ch: ClickHouse, project: str, computations: dict[date, int]) -> None:
+    """The summary rows of `computations`' days, counted from the events in one scan."""
+    days = [day.isoformat() for day in computations]
+    ch.execute(
+        f"""
+        INSERT INTO {EVENT_DAYS_TABLE} (project, day, computation, type, events, actors, last_ts)
+        SELECT project, day,
+               transform(toString(day), %(days)s, CAST(%(ids)s AS Array(UInt64)), toUInt64(0)),
+               type, uniqExact({EVENT_KEY}), uniqExactState({ACTOR}), max(ts)
+        FROM events WHERE project = %(project)s AND day IN %(day_set)s
+        GROUP BY project, day, type
+        """,
+        {"project": project, "days": days, "ids": list(computations.values()),
+         "day_set": tuple(days)},
+    )  # fmt: skip
 
 
 # Every property of a row as (name, text): the standard dimensions that are set, then the

@@ -22,6 +22,12 @@ How, by engine (`Capabilities.supports_lightweight_delete`, ClickHouse ≥ 22.8)
   server applies in the background (the statement returns when it is scheduled; until it
   is done, queries may still see the rows). 18.16 rewrites every part of the table for a
   mutation, so each erasure costs a table rewrite there.
+Schema discovery's per-day summaries (migration 0012: `discovery_event_days`,
+`discovery_days`) hold users inside aggregate states, not by key: an erasure drops the
+project's rows there (the query path summarizes the days again), then records the user's
+days as changed (sinks/changes.py), which invalidates any summary computed before the
+deletion took effect (sinks/queries/summaries.py).
+
 A table where the user has no row gets no statement: repeating an erasure is cheap and
 idempotent (a repeat while an 18.16 mutation is still pending schedules a harmless second
 one). `pending_mutations` tells when the background work is finished.
@@ -42,7 +48,9 @@ from typing import Final
 
 from schemas.topics import NOTIFICATIONS_EMAIL, SOCIAL_NOTIFICATIONS
 from sinks.capabilities import Capabilities
+from sinks.changes import as_date, record_changes
 from sinks.clickhouse import ClickHouse
+from sinks.migrations.v0012_discovery_summary import SUMMARY_TABLES
 
 _BY_ID: Final = "project = %(project)s AND user_id = %(user_id)s"
 _BY_HASH: Final = "project = %(project)s AND user_hash = cityHash64(%(project)s, %(user_id)s)"
@@ -58,13 +66,13 @@ ERASURE_TARGETS: Final[dict[str, str]] = {
     "session_summary": _BY_HASH,
     "service_messages": _BY_KEY,
 }
+_BY_PROJECT: Final = "project = %(project)s"
 # Service topics whose key (key_id) is a user id; cms and video are keyed by content/job.
 USER_KEYED_TOPICS: Final = (SOCIAL_NOTIFICATIONS.name, NOTIFICATIONS_EMAIL.name)
 
 
-def erasure_statement(caps: Capabilities, table: str) -> str:
-    """The delete statement for one table of ERASURE_TARGETS on this engine."""
-    condition = ERASURE_TARGETS[table]
+def erasure_statement(caps: Capabilities, table: str, condition: str) -> str:
+    """The statement deleting the rows of `table` matching `condition` on this engine."""
     if caps.supports_lightweight_delete:
         return f"DELETE FROM {table} WHERE {condition}"
     return f"ALTER TABLE {table} DELETE WHERE {condition}"
@@ -72,22 +80,25 @@ def erasure_statement(caps: Capabilities, table: str) -> str:
 
 def erase_user(ch: ClickHouse, project: str, user_id: str) -> list[str]:
     """Delete (or schedule the deletion of) every row of `user_id` in `project`; returns
-    the tables that got a statement, in ERASURE_TARGETS order. Raises ValueError for an
-    empty user id, ClickHouseError when a statement fails (earlier tables stay erased or
-    scheduled: calling again finishes the job)."""
+    the tables that got a statement, in ERASURE_TARGETS order, then the summaries.
+    Raises ValueError for an empty user id, ClickHouseError when a statement fails
+    (earlier tables stay erased or scheduled: calling again finishes the job)."""
     if not user_id:
         raise ValueError("user_id must not be empty")
     caps = Capabilities(ch.server_version())
     params = {"project": project, "user_id": user_id, "user_topics": USER_KEYED_TOPICS}
+    days = ch.execute(f"SELECT DISTINCT day FROM events WHERE {_BY_ID}", params)
     erased = []
-    for table, condition in ERASURE_TARGETS.items():
+    targets = [*ERASURE_TARGETS.items(), *((table, _BY_PROJECT) for table in SUMMARY_TABLES)]
+    for table, condition in targets:
         found = ch.execute(
             f"SELECT count() FROM (SELECT 1 FROM {table} WHERE {condition} LIMIT 1)", params
         )
         if not int(found[0][0]):
             continue
-        ch.execute(erasure_statement(caps, table), params)
+        ch.execute(erasure_statement(caps, table, condition), params)
         erased.append(table)
+    record_changes(ch, [(project, as_date(day)) for (day,) in days])
     return erased
 
 
