@@ -79,8 +79,10 @@ Live series (InfluxDB, measurements `playback_qoe` and `concurrent_viewers`)
     count as another play.
 
 State (take_state_changes / load_state, msgpack): one key per held play
-(`play:["project","play_id"]`), one per held QoE point (`qoe:[...]`, the batch left out
-for the live one) and one per held viewers point (`viewers:[...]`); None deletes.
+(`play:["project","play_id"]`), and one per held QoE point (`qoe:[...]`, the batch left
+out for the live one) or viewers point (`viewers:[...]`) that counts a forgotten play;
+None deletes. A point whose plays are all held has no key: `load_state` counts each
+restored play back into the points it was counted in (so each key is loaded once).
 Built with `live_series=False` (`quip up`, which has no InfluxDB) the processor computes
 no series: no points, no series state, plays keys only.
 

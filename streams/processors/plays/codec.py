@@ -29,17 +29,19 @@ class _RestingPlay(msgspec.Struct, array_like=True):
     from the key, `closed` is always true, `series_key` is either None or the key the
     play's own fields give (`in_series`), an event id equal to the first event's is None,
     and times are offsets from `first_ts`, which msgpack writes in 1 to 5 bytes instead of
-    9. `partition` and `viewed` come first: `_RestingViewers` reads just them."""
+    9. What gives the play's series entries comes first: `_RestingSeries` reads just that."""
 
     partition: int
     viewed: tuple[str, str, tuple[Run, ...]] | None
+    in_series: bool
+    series_batch: int
     first_ts: int
+    content_id: str
+    device_model: str
     first_event_id: str
     user_id: str
-    device_model: str
     app_version: str
     region: str
-    content_id: str
     content_ts: int | None
     content_event_id: str | None
     start_ts: int | None
@@ -60,7 +62,6 @@ class _RestingPlay(msgspec.Struct, array_like=True):
     positions: dict[int, int]
     emitted_version: int
     emitted_first_ts: int | None
-    in_series: bool
     first_type: str | None
     os: str
     source: str
@@ -72,17 +73,29 @@ class _RestingPlay(msgspec.Struct, array_like=True):
     frames_rendered: int
     frames_dropped: int
     frames_ms: int
-    series_batch: int
     qoe_batch: int
     viewing: tuple[Run, ...]
 
 
-class _RestingViewers(msgspec.Struct, array_like=True):
-    """The head of a `_RestingPlay`: what forgetting the play needs, decoded without the
-    rest."""
+class _RestingSeries(msgspec.Struct, array_like=True):
+    """The head of a `_RestingPlay`: the play's series entries (what forgetting the play
+    needs), decoded without the rest."""
 
     partition: int
     viewed: tuple[str, str, tuple[Run, ...]] | None
+    in_series: bool
+    series_batch: int
+    first_ts: int
+    content_id: str
+    device_model: str
+
+    def series_key(self, project: str) -> BatchKey | None:
+        """The QoE entry the play counts in (PlayState.series_key and series_batch)."""
+        if not self.in_series:
+            return None
+        minute = minute_of(self.first_ts)
+        return (project, self.partition, minute, self.content_id, self.device_model,
+                self.series_batch)
 
 
 def _ids_as_list(value: object) -> list[int]:
@@ -107,7 +120,7 @@ _play_encoder = msgspec.msgpack.Encoder(enc_hook=_ids_as_list)
 _play_decoder = msgspec.msgpack.Decoder(PlayState, dec_hook=_ids_from)
 _resting_encoder = msgspec.msgpack.Encoder()
 _resting_decoder = msgspec.msgpack.Decoder(_RestingPlay)
-_resting_viewers_decoder = msgspec.msgpack.Decoder(_RestingViewers)
+_resting_series_decoder = msgspec.msgpack.Decoder(_RestingSeries)
 
 
 def _offset(ts: int | None, first_ts: int) -> int | None:
@@ -127,13 +140,15 @@ def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
         (
             state.partition,
             state.viewed,
+            state.series_key is not None,
+            state.series_batch,
             first_ts,
+            state.content_id,
+            state.device_model,
             first_event_id,
             state.user_id,
-            state.device_model,
             state.app_version,
             state.region,
-            state.content_id,
             _offset(state.content_ts, first_ts),
             None if state.content_event_id == first_event_id else state.content_event_id,
             _offset(state.start_ts, first_ts),
@@ -154,7 +169,6 @@ def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
             state.positions,
             state.emitted_version,
             _offset(state.emitted_first_ts, first_ts),
-            state.series_key is not None,
             # Every play's events have the prefix; None: a state from before 0010.
             state.first_type[_PLAYBACK_PREFIX_LENGTH:] if state.first_type else None,
             state.os,
@@ -167,7 +181,6 @@ def _to_rest(state: PlayState, buffer: bytearray) -> bytes:
             state.frames_rendered,
             state.frames_dropped,
             state.frames_ms,
-            state.series_batch,
             state.qoe_batch,
             state.viewing,
         ),

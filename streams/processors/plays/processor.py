@@ -28,7 +28,7 @@ from streams.processors.plays.codec import (
     _play_decoder,
     _play_encoder,
     _resting_decoder,
-    _resting_viewers_decoder,
+    _resting_series_decoder,
     _series_decoder,
     _to_rest,
     batch_key,
@@ -100,12 +100,19 @@ class PlaysProcessor:
         self._expiry_by_received: _Deadlines[tuple[str, str]] = _Deadlines()
         self._expiry_by_ts: _Deadlines[tuple[str, str]] = _Deadlines()
         self._touched: set[tuple[str, str]] = set()
+        # Series entries go to the changelog only once a play they count is forgotten
+        # (`_release`), and from then on with every change: until then an entry is the
+        # sum of held plays, and `load_state` rebuilds it from them (`_recount`). Most
+        # entries never outlive their plays, so most are never written (benchmarks/
+        # README.md, "Plays series entries out of the changelog").
         self._series: dict[BatchKey, SeriesState] = {}
+        self._written_series: set[BatchKey] = set()
         self._pending_series: set[BatchKey] = set()
         self._changed_plays: set[tuple[str, str]] = set()
         self._changed_series: set[BatchKey] = set()
-        # Concurrent viewers per batch of a minute: [plays counted, held plays among them]
-        # (the entry is forgotten once no held play is in it and its window has passed).
+        # Concurrent viewers per batch of a minute: [plays counted, held plays among them,
+        # 1 once in the changelog] (the entry is forgotten once no held play is in it and
+        # its window has passed).
         self._viewers: dict[BatchKey, list[int]] = {}
         self._pending_viewers: set[BatchKey] = set()
         self._changed_viewers: set[BatchKey] = set()
@@ -189,7 +196,8 @@ class PlaysProcessor:
                 series = self._series.get(series_key)
                 if series is not None and series.plays.pop(state.play_id, None) is not None:
                     self._pending_series.add(series_key)
-                    self._changed_series.add(series_key)
+                    if series_key in self._written_series:
+                        self._changed_series.add(series_key)
             self._count_viewers(state.project, state.partition, state.viewed, -1)
 
     # ------------------------------------------------------------ output
@@ -264,15 +272,26 @@ class PlaysProcessor:
             return None
         return state.last_ts, state.last_received_at
 
-    def _release_viewers(self, key: tuple[str, str]) -> None:
-        """The held play `key` is being forgotten: it stays counted in its viewer entries,
-        which no longer wait for it."""
+    def _release(self, key: tuple[str, str]) -> None:
+        """The held play `key` is being forgotten: it stays counted in its series entries,
+        which no longer wait for it and go to the changelog (its state no longer rebuilds
+        them)."""
         state = self._plays.get(key)
         if isinstance(state, bytes):
-            rest = _resting_viewers_decoder.decode(state)
-            self._count_viewers(key[0], rest.partition, rest.viewed, 0)
+            rest = _resting_series_decoder.decode(state)
+            series_key = rest.series_key(key[0])
+            partition, viewed = rest.partition, rest.viewed
         elif state is not None:
-            self._count_viewers(key[0], state.partition, state.viewed, 0)
+            series_key = (
+                None if state.series_key is None else (*state.series_key, state.series_batch)
+            )
+            partition, viewed = state.partition, state.viewed
+        else:
+            return
+        if series_key is not None and series_key in self._series:
+            self._written_series.add(series_key)
+            self._changed_series.add(series_key)
+        self._count_viewers(key[0], partition, viewed, 0)
 
     def _close(self, key: tuple[str, str], state: PlayState) -> None:
         state.closed = True
@@ -321,7 +340,7 @@ class PlaysProcessor:
                     by_ts.add(times[0], key)
                 elif times[1] + grace < received_watermark:
                     if self.live_series:
-                        self._release_viewers(key)
+                        self._release(key)
                     del self._plays[key]
                     self._changed_plays.add(key)
 
@@ -340,7 +359,8 @@ class PlaysProcessor:
             old = self._series.get(old_batch_key)
             if old is not None and old.plays.pop(state.play_id, None) is not None:
                 self._pending_series.add(old_batch_key)
-                self._changed_series.add(old_batch_key)
+                if old_batch_key in self._written_series:
+                    self._changed_series.add(old_batch_key)
             state.series_key = None
             self._changed_plays.add((state.project, state.play_id))
         key: BatchKey = (*new_key, state.qoe_batch)
@@ -360,7 +380,8 @@ class PlaysProcessor:
             return
         series.plays[state.play_id] = contribution
         self._pending_series.add(key)
-        self._changed_series.add(key)
+        if key in self._written_series:
+            self._changed_series.add(key)
 
     def _sync_viewers(self, state: PlayState) -> None:
         """Counts the play in the concurrent viewers of the minutes it spans, each in its
@@ -404,12 +425,13 @@ class PlaysProcessor:
     def _add_viewer(self, key: BatchKey, change: int) -> None:
         entry = self._viewers.get(key)
         if entry is None:
-            entry = self._viewers[key] = [0, 0]
+            entry = self._viewers[key] = [0, 0, 0]
             self._viewers_settling.add(self._settles_at(key), key)
         entry[0] += change
         entry[1] += change
         self._pending_viewers.add(key)
-        self._changed_viewers.add(key)
+        if entry[2]:
+            self._changed_viewers.add(key)
 
     def _count_viewers(
         self,
@@ -432,9 +454,12 @@ class PlaysProcessor:
                     continue
                 entry[0] += change
                 entry[1] -= 1
-                self._changed_viewers.add(key)
                 if change:
                     self._pending_viewers.add(key)
+                else:
+                    entry[2] = 1
+                if entry[2]:
+                    self._changed_viewers.add(key)
 
     def _settles_at(self, key: BatchKey) -> int:
         """The arrival time after which no record can join the batch: its window plus
@@ -448,22 +473,32 @@ class PlaysProcessor:
         self._settle_due(
             self._series_settling,
             self._series,
-            self._changed_series,
             lambda key: any((key[0], play) in self._plays for play in self._series[key].plays),
+            self._forget_series,
         )
         self._settle_due(
             self._viewers_settling,
             self._viewers,
-            self._changed_viewers,
             lambda key: self._viewers[key][1] > 0,
+            self._forget_viewers,
         )
+
+    def _forget_series(self, key: BatchKey) -> None:
+        del self._series[key]
+        if key in self._written_series:
+            self._written_series.discard(key)
+            self._changed_series.add(key)
+
+    def _forget_viewers(self, key: BatchKey) -> None:
+        if self._viewers.pop(key)[2]:
+            self._changed_viewers.add(key)
 
     def _settle_due(
         self,
         index: _Deadlines[BatchKey],
         points: dict[BatchKey, Any],
-        changed: set[BatchKey],
         holds_plays: Callable[[BatchKey], bool],
+        forget: Callable[[BatchKey], None],
     ) -> None:
         clock = self._received_watermark
         for _, keys in index.take(clock - 1):
@@ -475,8 +510,7 @@ class PlaysProcessor:
                 elif holds_plays(key):
                     index.add(clock + MINUTE_MS, key)
                 else:
-                    del points[key]
-                    changed.add(key)
+                    forget(key)
 
     @staticmethod
     def _tags(key: BatchKey) -> dict[str, str]:
@@ -504,7 +538,7 @@ class PlaysProcessor:
             fields = qoe_fields(series.plays.values())
             points.append(SeriesPoint(QOE_MEASUREMENT, tags, fields, point_time(key[2], key[5])))
             if not series.plays:
-                del self._series[key]  # the zero point above replaces what was written
+                self._forget_series(key)  # the zero point above replaces what was written
         self._pending_series.clear()
         for key in sorted(self._pending_viewers):
             entry = self._viewers.get(key)
@@ -540,7 +574,7 @@ class PlaysProcessor:
         viewers = self._viewers
         for key in self._changed_viewers:
             entry = viewers.get(key)
-            changes[viewers_state_key(key)] = None if entry is None else encode(entry)
+            changes[viewers_state_key(key)] = None if entry is None else encode(entry[:2])
         self._changed_plays.clear()
         self._changed_series.clear()
         self._changed_viewers.clear()
@@ -557,6 +591,8 @@ class PlaysProcessor:
                 self._open.add(play_key)
                 self._opened.append(play_key)
             self._touched.add(play_key)  # re-sync its series, write it if still unwritten
+            if self.live_series:
+                self._recount(state)
             self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
             self._received_watermark = max(self._received_watermark, state.last_received_at)
         elif key.startswith(_SERIES_PREFIX):
@@ -565,18 +601,46 @@ class PlaysProcessor:
             if not self.live_series:
                 self._changed_series.add(series_key)  # deleted at the next changes
                 return
-            self._series[series_key] = series
-            self._series_settling.add(self._settles_at(series_key), series_key)
+            if series_key not in self._series:
+                self._series_settling.add(self._settles_at(series_key), series_key)
+            self._series[series_key] = series  # in full: it replaces what `_recount` added
+            self._written_series.add(series_key)
         elif key.startswith(_VIEWERS_PREFIX):
             count, held = _viewers_decoder.decode(value)
             viewers_key = batch_key(key[len(_VIEWERS_PREFIX) :])
             if not self.live_series:
                 self._changed_viewers.add(viewers_key)
                 return
-            self._viewers[viewers_key] = [count, held]
-            self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
+            if viewers_key not in self._viewers:
+                self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
+            self._viewers[viewers_key] = [count, held, 1]  # as for the series above
         else:
             raise ValueError(f"not a plays state key: {key!r}")
+
+    def _recount(self, state: PlayState) -> None:
+        """Counts a restored play in its series entries again, as it was counted when its
+        state was taken, where the changelog holds no entry in full (`__init__`)."""
+        if state.series_key is not None:
+            key: BatchKey = (*state.series_key, state.series_batch)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = SeriesState()
+                self._series_settling.add(self._settles_at(key), key)
+            series.plays.setdefault(state.play_id, state.contribution())
+        if state.viewed is None:
+            return
+        project, partition = state.project, state.partition
+        content_id, device_model, runs = state.viewed
+        for first, last, batch in runs:
+            for minute in range(first, last + MINUTE_MS, MINUTE_MS):
+                viewers_key = (project, partition, minute, content_id, device_model, batch)
+                entry = self._viewers.get(viewers_key)
+                if entry is None:
+                    self._viewers[viewers_key] = [1, 1, 0]
+                    self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
+                elif not entry[2]:
+                    entry[0] += 1
+                    entry[1] += 1
 
 
 _viewers_decoder = msgspec.msgpack.Decoder(tuple[int, int])
