@@ -70,26 +70,40 @@ def line_protocol(points: Sequence[SeriesPoint]) -> bytes:
     fields sorted by key; empty tags, non-finite floats and points without a field left
     out; whole floats without ".0", integers with "i"), without Point's generic
     conversions, which cost the worker more than building the series did. Names and tag
-    values repeat from point to point: each is escaped once (`_tag`, `_key`)."""
+    values repeat from point to point: each is escaped once (`_tag`, `_key`), a tag set
+    shared by points (the plays processor's QoE and viewers points of a key) is joined
+    once, and a set of field names is sorted once."""
     lines = []
+    # By id: the tag dicts all live as long as `points`, so no id is reused in here.
+    tag_texts: dict[int, str] = {}
+    field_orders: dict[tuple[str, ...], list[tuple[str, str]]] = {}
     for point in points:
+        values = point.fields
+        names = tuple(values)
+        order = field_orders.get(names)
+        if order is None:
+            order = field_orders[names] = [(name, _key(name)) for name in sorted(names)]
         fields = []
-        for name, number in sorted(point.fields.items()):
-            key = _key(name)
-            if isinstance(number, bool):
-                fields.append(f"{key}={'true' if number else 'false'}")
-            elif isinstance(number, int):
+        for name, key in order:
+            number = values[name]
+            kind = type(number)
+            if kind is int or (kind is not bool and isinstance(number, int)):
                 fields.append(f"{key}={number}i")
+            elif kind is bool:
+                fields.append(f"{key}={'true' if number else 'false'}")
             elif math.isfinite(number):
                 fields.append(f"{key}={str(number).removesuffix('.0')}")
         if not fields:
             continue
-        head = [_measurement(point.measurement)]
-        for name, value in sorted(point.tags.items()):
-            tag = _tag(name, value)
-            if tag:
-                head.append(tag)
-        lines.append(f"{','.join(head)} {','.join(fields)} {point.time_ms}")
+        tags = point.tags
+        tag_text = tag_texts.get(id(tags))
+        if tag_text is None:
+            tag_text = tag_texts[id(tags)] = "".join(
+                f",{tag}" for name, value in sorted(tags.items()) if (tag := _tag(name, value))
+            )
+        lines.append(
+            f"{_measurement(point.measurement)}{tag_text} {','.join(fields)} {point.time_ms}"
+        )
     return "\n".join(lines).encode()
 
 

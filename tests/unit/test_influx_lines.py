@@ -51,3 +51,21 @@ def test_lines_equal_the_clients_points() -> None:
 def test_no_points_no_body() -> None:
     assert line_protocol([]) == b""
     assert line_protocol([SeriesPoint("m", {"a": "b"}, {"x": float("nan")}, 1)]) == b""
+
+
+def test_points_sharing_a_tag_set_or_field_names_in_another_order() -> None:
+    """The plays processor's QoE and viewers points of a key share one tags dict; field
+    dicts with the same names come in any order."""
+    rng = random.Random(17)
+    points: list[SeriesPoint] = []
+    for _ in range(300):
+        names = rng.sample(["b", "a", "c d", "e=f"], rng.randrange(1, 4))
+        fields = {name: rng.choice([1, 2.5, float("inf"), True]) for name in names}
+        tags = (
+            points[-1].tags
+            if points and rng.random() < 0.5
+            else {rng.choice(AWKWARD) or "k": rng.choice(AWKWARD) for _ in range(3)}
+        )
+        points.append(SeriesPoint(rng.choice(["qoe", "viewers"]), tags, fields, rng.randrange(9)))
+    assert len({id(point.tags) for point in points}) < 200
+    assert line_protocol(points) == point_lines(points)
