@@ -18,14 +18,26 @@ recent writes are counted from the events on each call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
-from sinks.migrations.v0012_discovery_summary import EVENT_DAYS_TABLE
+from sinks.migrations.v0012_discovery_summary import (
+    EVENT_DAYS_TABLE,
+    PROPERTY_DAYS_TABLE,
+    VALUE_DAYS_TABLE,
+)
 from sinks.queries.actor import ACTOR, EVENT_KEY
 from sinks.queries.properties import PROPS_PREFIX, STANDARD, SqlParams
-from sinks.queries.summaries import EVENTS_KIND, day_plan, new_computations, record_summaries
+from sinks.queries.summaries import (
+    EVENTS_KIND,
+    DayPlan,
+    day_plan,
+    new_computations,
+    record_summaries,
+)
 
 TOP_VALUES: Final = 10
 
@@ -54,38 +66,35 @@ def _check_range(day_from: date, day_to: date) -> None:
         raise ValueError(f"from ({day_from}) is after to ({day_to})")
 
 
-def _range(project: str, day_from: date, day_to: date, params: SqlParams) -> str:
-    _check_range(day_from, day_to)
-    return (
-        f"project = {params(project)} AND day >= toDate({params(day_from)}) "
-        f"AND day <= toDate({params(day_to)})"
-    )
-
-
 def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> list[EventType]:
-    """Every event type of [day_from, day_to], most events first. Settled days are read
-    from their stored summaries (sinks/queries/summaries.py), summarized first when they
-    have none; days with recent writes are counted from the events."""
+    """Every event type of [day_from, day_to], most events first."""
     _check_range(day_from, day_to)
+    plan = _summarized(
+        ch, project, EVENTS_KIND, day_from, day_to,
+        lambda stored: ch.execute(
+            f"""
+            INSERT INTO {EVENT_DAYS_TABLE}
+                (project, day, computation, type, events, actors, last_ts)
+            SELECT project, day, {stored.computation}, type,
+                   uniqExact({EVENT_KEY}), uniqExactState({ACTOR}), max(ts)
+            FROM events WHERE {stored.days}
+            GROUP BY project, day, type
+            """,
+            stored.params.values,
+        ),
+    )  # fmt: skip
     params = SqlParams("d")
-    plan = day_plan(ch, project, EVENTS_KIND, day_from, day_to)
-    if plan.to_store:
-        computations = new_computations(plan.to_store)
-        _store_event_days(ch, project, computations)
-        record_summaries(ch, project, EVENTS_KIND, plan.to_store, computations)
-        plan.summarized.update(computations)
     parts = []
     if plan.summarized:
         parts.append(
-            f"SELECT type, events AS n, actors, last_ts AS last FROM {EVENT_DAYS_TABLE} "
-            f"WHERE project = {params(project)} AND day IN {params(tuple(plan.summarized))} "
-            f"AND computation IN {params(tuple(plan.summarized.values()))}"
+            "SELECT type, events AS n, actors, last_ts AS last "
+            f"FROM {EVENT_DAYS_TABLE} WHERE {_summary_rows(project, plan, params)}"
         )
     if plan.live:
         parts.append(
             f"SELECT type, uniqExact({EVENT_KEY}) AS n, uniqExactState({ACTOR}) AS actors, "
-            f"max(ts) AS last FROM events WHERE project = {params(project)} "
-            f"AND day IN {params(tuple(plan.live))} GROUP BY day, type"
+            f"max(ts) AS last FROM events WHERE {_days(project, plan.live, params)} "
+            "GROUP BY day, type"
         )
     rows = ch.execute(
         f"""
@@ -109,31 +118,87 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
     ]
 
 
-def _store_event_days(ch: ClickHouse, project: str, computations: dict[date, int]) -> None:
-    """The summary rows of `computations`' days, counted from the events in one scan."""
-    days = [day.isoformat() for day in computations]
-    ch.execute(
-        f"""
-        INSERT INTO {EVENT_DAYS_TABLE} (project, day, computation, type, events, actors, last_ts)
-        SELECT project, day,
-               transform(toString(day), %(days)s, CAST(%(ids)s AS Array(UInt64)), toUInt64(0)),
-               type, uniqExact({EVENT_KEY}), uniqExactState({ACTOR}), max(ts)
-        FROM events WHERE project = %(project)s AND day IN %(day_set)s
-        GROUP BY project, day, type
-        """,
-        {"project": project, "days": days, "ids": list(computations.values()),
-         "day_set": tuple(days)},
-    )  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What a summary's INSERT … SELECT needs: the events of the days to store
+    (`days`, a condition) and each day's computation id (`computation`, an expression of
+    `day`), under `params`."""
+
+    days: str
+    computation: str
+    params: SqlParams
 
 
-# Every property of a row as (name, text): the standard dimensions that are set, then the
-# props' leaves under their `props.` names. (18.16's lambdas cannot read other columns,
-# so which props are numbers is a query of its own.)
-_STANDARD_PAIRS: Final = ", ".join(f"tuple({name!r}, {name})" for name in STANDARD)
-_PAIRS: Final = (
-    f"arrayConcat(arrayFilter(p -> p.2 != '', [{_STANDARD_PAIRS}]),"
-    f" arrayMap((k, v) -> tuple(concat('{PROPS_PREFIX}', k), v), props_keys, props_values))"
+def _summarized(
+    ch: ClickHouse,
+    project: str,
+    kind: str,
+    day_from: date,
+    day_to: date,
+    store: Callable[[_Stored], object],
+) -> DayPlan:
+    """The plan of [day_from, day_to] for summaries of `kind`, after storing (with
+    `store`, then their markers) the settled days that had none."""
+    plan = day_plan(ch, project, kind, day_from, day_to)
+    if plan.to_store:
+        computations = new_computations(plan.to_store)
+        params = SqlParams("s")
+        days = [day.isoformat() for day in computations]
+        computation = (
+            f"transform(toString(day), {params(days)}, "
+            f"CAST({params(list(computations.values()))} AS Array(UInt64)), toUInt64(0))"
+        )
+        store(_Stored(_days(project, list(computations), params), computation, params))
+        record_summaries(ch, project, kind, plan.to_store, computations)
+        plan.summarized.update(computations)
+    return plan
+
+
+def _days(project: str, days: list[date], params: SqlParams) -> str:
+    return f"project = {params(project)} AND day IN {params(tuple(days))}"
+
+
+def _summary_rows(project: str, plan: DayPlan, params: SqlParams) -> str:
+    """The rows of a summary table that `plan` reads."""
+    return (
+        f"{_days(project, list(plan.summarized), params)} "
+        f"AND computation IN {params(tuple(plan.summarized.values()))}"
+    )
+
+
+# Every property of a row as (name, text, props key): the standard dimensions that are
+# set (key ''), then the props' leaves under their `props.` names. Whether a leaf is a
+# number is `has(props_num_keys, key)` once the array is joined (18.16's lambdas cannot
+# read other columns).
+_STANDARD_TRIPLES: Final = ", ".join(f"tuple({name!r}, {name}, '')" for name in STANDARD)
+_TRIPLES: Final = (
+    f"arrayConcat(arrayFilter(p -> p.2 != '', [{_STANDARD_TRIPLES}]),"
+    f" arrayMap((k, v) -> tuple(concat('{PROPS_PREFIX}', k), v, k), props_keys, props_values))"
 )
+
+
+def _property_groups(where: str) -> str:
+    """Per day and property of the events matching `where`: the distinct events holding
+    it, whether all its values are true/false, whether any holds it as a number."""
+    return f"""
+        SELECT day, pair.1 AS property, uniqExact({EVENT_KEY}) AS events,
+               min(pair.2 IN ('true', 'false')) AS boolean,
+               max(has(props_num_keys, pair.3)) AS numeric
+        FROM events ARRAY JOIN {_TRIPLES} AS pair
+        WHERE {where}
+        GROUP BY day, property
+    """
+
+
+def _value_groups(where: str) -> str:
+    """Per day, property and value of the events matching `where` (values held as
+    numbers left out): the distinct events holding it."""
+    return f"""
+        SELECT day, pair.1 AS property, pair.2 AS value, uniqExact({EVENT_KEY}) AS events
+        FROM events ARRAY JOIN {_TRIPLES} AS pair
+        WHERE {where} AND NOT has(props_num_keys, pair.3)
+        GROUP BY day, property, value
+    """
 
 
 def properties(
@@ -141,47 +206,73 @@ def properties(
 ) -> list[PropertyInfo]:
     """The properties of the events of [day_from, day_to] (of type `event` when given),
     most events first, with their type and top string values."""
+    _check_range(day_from, day_to)
+    scope = "all" if event is None else f"type:{event}"
+
+    def of_scope(days: str, params: SqlParams) -> str:
+        return days if event is None else f"{days} AND type = {params(event)}"
+
+    def store(stored: _Stored) -> None:
+        where = of_scope(stored.days, stored.params)
+        scope_sql = stored.params(scope)
+        ch.execute(
+            f"""
+            INSERT INTO {PROPERTY_DAYS_TABLE}
+                (project, scope, day, computation, property, events, boolean, numeric)
+            SELECT {stored.params(project)}, {scope_sql}, day, {stored.computation},
+                   property, events, boolean, numeric
+            FROM ({_property_groups(where)})
+            """,
+            stored.params.values,
+        )
+        ch.execute(
+            f"""
+            INSERT INTO {VALUE_DAYS_TABLE}
+                (project, scope, day, computation, property, value, events)
+            SELECT {stored.params(project)}, {scope_sql}, day, {stored.computation},
+                   property, value, events
+            FROM ({_value_groups(where)})
+            """,
+            stored.params.values,
+        )
+
+    plan = _summarized(ch, project, f"properties {scope}", day_from, day_to, store)
     params = SqlParams("d")
-    where = _range(project, day_from, day_to, params)
-    if event is not None:
-        where += f" AND type = {params(event)}"
+
+    def union(table: str, columns: str, raw: Callable[[str], str], condition: str) -> str:
+        parts = []
+        if plan.summarized:
+            parts.append(
+                f"SELECT {columns} FROM {table} WHERE {_summary_rows(project, plan, params)} "
+                f"AND scope = {params(scope)}{condition}"
+            )
+        if plan.live:
+            where = of_scope(_days(project, plan.live, params), params)
+            parts.append(f"SELECT {columns} FROM ({raw(where)}) WHERE 1{condition}")
+        return " UNION ALL ".join(parts)
+
     rows = ch.execute(
         f"""
-        SELECT name, sum(n) AS total, min(boolean) FROM (
-            SELECT day, pair.1 AS name, uniqExact({EVENT_KEY}) AS n,
-                   min(pair.2 IN ('true', 'false')) AS boolean
-            FROM events ARRAY JOIN {_PAIRS} AS pair
-            WHERE {where}
-            GROUP BY day, name
-        )
-        GROUP BY name ORDER BY total DESC, name
+        SELECT property, sum(events) AS total, min(boolean), max(numeric)
+        FROM ({union(PROPERTY_DAYS_TABLE, "property, events, boolean, numeric",
+                     _property_groups, "")})
+        GROUP BY property ORDER BY total DESC, property
         """,
         params.values,
-    )
-    numeric = {
-        f"{PROPS_PREFIX}{row[0]}"
-        for row in ch.execute(
-            f"SELECT DISTINCT key FROM events ARRAY JOIN props_num_keys AS key WHERE {where}",
-            params.values,
-        )
-    }
+    )  # fmt: skip
     found: list[PropertyInfo] = []
-    for name, count, boolean in rows:
-        kind = "number" if name in numeric else "bool" if int(boolean) else "string"
+    for name, count, boolean, numeric in rows:
+        kind = "number" if int(numeric) else "bool" if int(boolean) else "string"
         found.append({"property": str(name), "type": kind, "count": int(count), "top_values": []})
     strings = [info["property"] for info in found if info["type"] == "string"]
     if strings:
-        listed = params(strings)
+        listed = f" AND property IN {params(tuple(strings))}"
         tops = ch.execute(
             f"""
-            SELECT name, value, sum(n) AS total FROM (
-                SELECT day, pair.1 AS name, pair.2 AS value, uniqExact({EVENT_KEY}) AS n
-                FROM events ARRAY JOIN {_PAIRS} AS pair
-                WHERE {where} AND has({listed}, pair.1)
-                GROUP BY day, name, value
-            )
-            GROUP BY name, value ORDER BY name, total DESC, value
-            LIMIT {TOP_VALUES} BY name
+            SELECT property, value, sum(events) AS total
+            FROM ({union(VALUE_DAYS_TABLE, "property, value, events", _value_groups, listed)})
+            GROUP BY property, value ORDER BY property, total DESC, value
+            LIMIT {TOP_VALUES} BY property
             """,
             params.values,
         )

@@ -100,12 +100,12 @@ async def fresh_types(insight_api: httpx.AsyncClient) -> Any:
     return await get(insight_api, "/v1/schema/events", headers={"Cache-Control": "no-cache"})
 
 
-def markers(clickhouse: ClickHouse) -> list[tuple[str, int]]:
-    """(day, version) of the stored event-type summaries of the range's project."""
+def markers(clickhouse: ClickHouse, kind: str = "events") -> list[tuple[str, int]]:
+    """(day, version) of the project's stored summaries of `kind`."""
     rows = clickhouse.execute(
         "SELECT toString(day), version FROM discovery_days "
-        "WHERE project = %(p)s AND kind = 'events' ORDER BY day, version",
-        {"p": INSIGHT_PROJECT},
+        "WHERE project = %(p)s AND kind = %(kind)s ORDER BY day, version",
+        {"p": INSIGHT_PROJECT, "kind": kind},
     )
     return [(str(day), int(version)) for day, version in rows]
 
@@ -166,6 +166,7 @@ async def test_an_erased_user_leaves_the_summaries(
 ) -> None:
     events = in_range(insight_events)
     assert await fresh_types(insight_api) == expected_types(events)
+    assert await get(insight_api, "/v1/schema/properties") == expected_properties(events, None)
     before = {int(row[0]) for row in insight_store.execute(
         "SELECT computation FROM discovery_days WHERE project = %(p)s", {"p": INSIGHT_PROJECT}
     )}  # fmt: skip
@@ -181,21 +182,19 @@ async def test_an_erased_user_leaves_the_summaries(
         await asyncio.sleep(0.2)
     left = [event for event in events if event["user_id"] != erased]
     assert await fresh_types(insight_api) == expected_types(left)
-    stored = checker.execute(
-        "SELECT count() FROM discovery_event_days WHERE project = %(p)s "
-        "AND computation IN %(before)s",
-        {"p": INSIGHT_PROJECT, "before": tuple(before)},
-    )
-    assert int(stored[0][0]) == 0, "the summaries computed before the erasure are gone"
+    for table in SUMMARY_TABLES:
+        stored = checker.execute(
+            f"SELECT count() FROM {table} WHERE project = %(p)s AND computation IN %(before)s",
+            {"p": INSIGHT_PROJECT, "before": tuple(before)},
+        )
+        assert int(stored[0][0]) == 0, f"{table}: the rows stored before the erasure are gone"
 
 
-@pytest.mark.parametrize("event", [None, "purchase", "video.play"])
-async def test_properties(
-    insight_api: httpx.AsyncClient, insight_events: list[dict[str, Any]], event: str | None
-) -> None:
-    events = [e for e in in_range(insight_events) if event is None or e["type"] == event]
+def expected_properties(events: list[dict[str, Any]], event: str | None) -> list[dict[str, Any]]:
     values: dict[str, list[Any]] = defaultdict(list)
     for row in events:
+        if event is not None and row["type"] != event:
+            continue
         found = {name: row[name] for name in STANDARD if row[name]}
         found.update(leaves(row["props"]))
         for name, value in found.items():
@@ -215,8 +214,48 @@ async def test_properties(
             top = [{"value": value, "count": count} for value, count in ordered]
         expected.append({"property": name, "type": kind, "count": len(seen), "top_values": top})
     expected.sort(key=lambda row: (-row["count"], row["property"]))
+    return expected
+
+
+@pytest.mark.parametrize("event", [None, "purchase", "video.play"])
+async def test_properties(
+    insight_api: httpx.AsyncClient, insight_events: list[dict[str, Any]], event: str | None
+) -> None:
+    expected = expected_properties(in_range(insight_events), event)
     params = {"event": event} if event else {}
     assert await get(insight_api, "/v1/schema/properties", **params) == expected
     assert any(row["property"] == "props.item.category" for row in expected) == (
         event in (None, "purchase")
     ), "nested props are listed by their dotted path"
+
+
+@pytest.mark.parametrize("event", [None, "purchase"])
+async def test_properties_are_read_from_summaries_until_a_write_is_recorded(
+    insight_api: httpx.AsyncClient,
+    insight_store: ClickHouse,
+    insight_events: list[dict[str, Any]],
+    event: str | None,
+) -> None:
+    events = in_range(insight_events)
+    params = {"event": event} if event else {}
+    kind = "properties all" if event is None else f"properties type:{event}"
+
+    async def fresh() -> Any:
+        return await get(
+            insight_api, "/v1/schema/properties", headers={"Cache-Control": "no-cache"}, **params
+        )
+
+    assert await fresh() == expected_properties(events, event)
+    summarized = markers(insight_store, kind)
+    assert len(summarized) == (INSIGHT_LAST_DAY - FROM).days + 1
+
+    late = {**late_event(FROM + timedelta(days=4), 3), "props": {"item": {"category": "late"}}}
+    store(insight_store, INSIGHT_PROJECT, [late])
+    assert await fresh() == expected_properties(events, event), "answered from the summaries"
+
+    settled = new_version() - MARGIN_US - 1_000_000
+    record_changes(insight_store, [(INSIGHT_PROJECT, FROM + timedelta(days=4))], settled)
+    assert await fresh() == expected_properties([*events, late], event)
+    assert sorted(set(markers(insight_store, kind)) - set(summarized)) == [
+        ((FROM + timedelta(days=4)).isoformat(), settled)
+    ]
