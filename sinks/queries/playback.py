@@ -24,10 +24,12 @@ QoE beyond the counts (SPEC §4, migration 0010): percentages of plays, rebuffer
 and mean duration, p90/p99, shifts, frame rates and the experience score come from the
 same one-row-per-group aggregate (scores are sums of per-play hundredths, so means are
 exact); `downshift_pct` and the scores count only plays written since 0010 (`scored`).
-`errors` is a second query over the same newest rows, one ARRAY JOIN of each play's
-distinct codes, restricted to the groups answered when a `limit` cuts them. 18.16 reads
-every aggregated column through FINAL, so each column adds to its cost
-(benchmarks/README.md, "plays FINAL against argMax").
+`errors` comes from the same aggregate too: each group's codes in one sorted array, one
+count per code (a play holds each of its codes once). A `limit` first ranks the groups
+from a scan of the group column alone and aggregates the plays of the top ones only.
+Every scan of `plays FINAL` costs: 18.16 reads every aggregated column through it, so
+each column adds to its cost (benchmarks/README.md, "plays FINAL against argMax", "Fixed
+playback endpoints after the QoE fields").
 
 Group and bucket expressions come from fixed tables here, never from the caller's text;
 values (project, dates) go through `%(name)s` parameters.
@@ -35,7 +37,7 @@ values (project, dates) go through `%(name)s` parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal, TypedDict, cast, get_args
 
@@ -50,7 +52,7 @@ from common.qoe import (
     rebuffer_ratio,
     watch_hours,
 )
-from sinks.clickhouse import ClickHouse, Row
+from sinks.clickhouse import ClickHouse
 
 GroupBy = Literal["none", "content_id", "device_model", "app_version"]
 Interval = Literal["minute", "hour", "day"]
@@ -100,6 +102,17 @@ TOP_ERRORS: Final = 10
 # engines compute identical aggregates once (checked on 18.16 and chDB 26.9).
 _STARTUP_QUANTILES: Final = "quantilesExactIf(0.5, 0.95, 0.9, 0.99)(p_startup_ms, p_started = 1)"
 _SCORED_STARTS: Final = "p_scored = 1 AND p_started = 1"
+# The group's distinct codes and the plays of each, from its codes sorted: a code's count is
+# its occurrence number at its last copy (18.16's sumMap takes numeric keys only, and its
+# lambdas cannot capture a column). The aliases stay inside the two expressions, so the
+# intermediate arrays are not columns of the answer.
+_ERROR_CODES: Final = """
+    arrayFilter(
+        (code, run_end) -> run_end = 1,
+        arraySort(groupArrayArray(p_error_codes)) AS sorted_codes,
+        arrayReverse(arrayEnumerateUniq(arrayReverse(sorted_codes))) AS code_run_ends
+    ),
+    arrayFilter((plays, run_end) -> run_end = 1, arrayEnumerateUniq(sorted_codes), code_run_ends)"""
 AGGREGATES: Final = f"""
     count() AS n_plays,
     sum(p_started),
@@ -130,7 +143,7 @@ AGGREGATES: Final = f"""
     sum(p_startup_score),
     sum(p_smoothness_score),
     countIf({_SCORED_STARTS} AND p_frames_rendered + p_frames_dropped > 0),
-    sum(p_quality_score)"""
+    sum(p_quality_score),{_ERROR_CODES}"""
 
 
 class ErrorCount(TypedDict):
@@ -200,9 +213,9 @@ def day_params(project: str, day_from: date, day_to: date) -> dict[str, Any]:
     return {"project": project, "day_from": day_from, "day_to": day_to}
 
 
-def metrics(values: Sequence[Any], errors: list[ErrorCount]) -> PlaybackMetrics:
+def metrics(values: Sequence[Any]) -> PlaybackMetrics:
     """The SPEC §4 fields from one row of `AGGREGATES` (integers as the engines return
-    them) and the group's top error codes."""
+    them)."""
     (
         plays,
         started,
@@ -234,6 +247,8 @@ def metrics(values: Sequence[Any], errors: list[ErrorCount]) -> PlaybackMetrics:
         smoothness_total,
         quality_plays,
         quality_total,
+        error_codes,
+        error_plays,
     ) = values
     return {
         "plays": plays,
@@ -258,7 +273,7 @@ def metrics(values: Sequence[Any], errors: list[ErrorCount]) -> PlaybackMetrics:
         "downshifts": downshifts,
         "upshifts": upshifts,
         "downshift_pct": percent(downshifted_starts, scored_starts),
-        "errors": errors,
+        "errors": top_errors(error_codes, error_plays),
         "avg_fps": avg_fps(frames_rendered, frames_ms),
         "dropped_frame_pct": dropped_frame_pct(frames_rendered, frames_dropped),
         "experience_score": mean_score(experience_total, scored),
@@ -269,30 +284,19 @@ def metrics(values: Sequence[Any], errors: list[ErrorCount]) -> PlaybackMetrics:
     }
 
 
-def top_errors(rows: Iterable[Row], width: int) -> dict[tuple[Any, ...], list[ErrorCount]]:
-    """Rows of (key columns x `width`, code, plays) as the TOP_ERRORS codes per key, most
-    plays first, then by code."""
-    by_key: dict[tuple[Any, ...], list[ErrorCount]] = {}
-    for row in rows:
-        by_key.setdefault(tuple(row[:width]), []).append(
-            {"code": str(row[width]), "plays": int(row[width + 1])}
-        )
-    for key, codes in by_key.items():
-        codes.sort(key=lambda item: (-item["plays"], item["code"]))
-        by_key[key] = codes[:TOP_ERRORS]
-    return by_key
+def top_errors(codes: Sequence[Any], plays: Sequence[Any]) -> list[ErrorCount]:
+    """The TOP_ERRORS of a group's distinct codes and their plays, most plays first, then
+    by code."""
+    ranked = sorted(zip(codes, plays, strict=True), key=lambda item: (-item[1], item[0]))
+    return [{"code": str(code), "plays": int(count)} for code, count in ranked[:TOP_ERRORS]]
 
 
-def error_counts_sql(source: str, keys: Sequence[str], where: str) -> str:
-    """Plays per (key expressions..., error code) over the rows of `source` that hold
-    `where` (a play holds each of its codes once)."""
-    names = [f"k{n}" for n in range(len(keys))]
-    selected = ", ".join(f"{key} AS {name}" for key, name in zip(keys, names, strict=True))
-    grouped = ", ".join([*names, "code"])
+def _top_groups_sql(column: str) -> str:
+    """The `%(limit)s` values of `column` with the most live plays, ties by value (the
+    summary's order), from a scan of the key, `deleted` and that column only."""
     return (
-        f"SELECT {selected + ', ' if selected else ''}code, count() "
-        f"FROM ({source}) ARRAY JOIN p_error_codes AS code "
-        f"WHERE {where} GROUP BY {grouped}"
+        f"SELECT p_{column} FROM ({latest_plays((column,))}) WHERE p_deleted = 0 "
+        f"GROUP BY p_{column} ORDER BY count() DESC, p_{column} LIMIT %(limit)s"
     )
 
 
@@ -319,31 +323,21 @@ def playback_summary(
     if group_by == "none":
         source = latest_plays(("error_codes",))
         sql = f"SELECT 'all', {AGGREGATES}\nFROM ({source})\nWHERE p_deleted = 0"
-        keys: list[str] = []
     else:
         column = _GROUP_COLUMNS[group_by]
         source = latest_plays((column, "error_codes"))
+        where = "p_deleted = 0"
+        if limit is not None:  # aggregate the plays of the groups answered only (~20k contents)
+            where += f" AND p_{column} IN ({_top_groups_sql(column)})"
+            params["limit"] = limit
         sql = (
             f"SELECT p_{column} AS grp, {AGGREGATES}\n"
             f"FROM ({source})\n"
-            "WHERE p_deleted = 0\nGROUP BY grp\nORDER BY n_plays DESC, grp"
+            f"WHERE {where}\nGROUP BY grp\nORDER BY n_plays DESC, grp"
         )
-        keys = [f"p_{column}"]
-        if limit is not None:
-            sql += "\nLIMIT %(limit)s"
-            params["limit"] = limit
-    rows = ch.execute(sql, params)
-    where = "p_deleted = 0"
-    if keys and limit is not None:  # codes of the groups answered only (~20k contents)
-        where += f" AND has(%(groups)s, {keys[0]})"
-        params["groups"] = [row[0] for row in rows]
-    found = ch.execute(error_counts_sql(source, keys, where), params)
-    errors = top_errors(found, len(keys))
-    if not keys:
-        errors = {("all",): errors.get((), [])}
     return [
-        cast(PlaybackSummaryRow, {"group": row[0], **metrics(row[1:], errors.get((row[0],), []))})
-        for row in rows
+        cast(PlaybackSummaryRow, {"group": row[0], **metrics(row[1:])})
+        for row in ch.execute(sql, params)
     ]
 
 
@@ -371,12 +365,7 @@ def playback_timeseries(
         f"FROM ({source})\n"
         "WHERE p_deleted = 0\nGROUP BY t\nORDER BY t"
     )
-    rows = ch.execute(sql, params)
-    errors = top_errors(ch.execute(error_counts_sql(source, [bucket], "p_deleted = 0"), params), 1)
     return [
-        cast(
-            PlaybackPoint,
-            {"t": format_bucket(interval, row[0]), **metrics(row[1:], errors.get((row[0],), []))},
-        )
-        for row in rows
+        cast(PlaybackPoint, {"t": format_bucket(interval, row[0]), **metrics(row[1:])})
+        for row in ch.execute(sql, params)
     ]

@@ -28,15 +28,12 @@ from sinks.queries.playback import (
     AGGREGATES,
     BUCKETS,
     INTERVAL_VALUES,
-    ErrorCount,
     PlaybackMetrics,
     PlaybackPoint,
     day_params,
-    error_counts_sql,
     format_bucket,
     latest_plays,
     metrics,
-    top_errors,
 )
 from sinks.queries.properties import (
     OTHER,
@@ -92,19 +89,15 @@ def playback_insight(
         f"SELECT {carried + ', ' if carried else ''}* FROM ({plays}) "
         f"WHERE p_deleted = 0 AND {filter_sql(where.filters, params)}"
     )
-    # One scan ranks the breakdown and counts the error codes of each of its combinations;
-    # a listed group's codes are its combination's, `$other`'s the sums of the rest's.
-    counted = _plays_and_errors(ch, source, names, params)
-    kept = _top(counted, len(names), limit)
+    # Without a breakdown there is one combination: nothing to rank.
+    kept = _top(_plays_per_combination(ch, source, names, params), limit) if names else None
     grouped = names if kept is None else grouped_breakdown_sql(names, kept, params)
-    totals_errors = _folded_errors(counted, len(names), kept)
     # Without a breakdown, the totals' aggregate has one row even without plays (zeros).
-    totals = _aggregate(ch, source, grouped, params, totals_errors, len(grouped))
+    totals = _aggregate(ch, source, grouped, params, len(grouped))
     series_of: dict[tuple[Any, ...], list[PlaybackPoint]] = {}
     if interval is not None:
         point_keys = [*grouped, BUCKETS[interval][1]]
-        point_errors = ch.execute(error_counts_sql(source, point_keys, "1"), params.values)
-        points = _aggregate(ch, source, point_keys, params, point_errors, len(grouped))
+        points = _aggregate(ch, source, point_keys, params, len(grouped))
         for (*group_key, bucket), point in sorted(points.items(), key=lambda item: item[0][-1]):
             series_of.setdefault(tuple(group_key), []).append(
                 cast(PlaybackPoint, {"t": format_bucket(interval, bucket), **point})
@@ -126,52 +119,22 @@ def playback_insight(
     return [group for _, group in groups]
 
 
-def _plays_and_errors(
+def _plays_per_combination(
     ch: ClickHouse, source: str, names: Sequence[str], params: SqlParams
 ) -> list[Row]:
-    """(breakdown values..., code, plays, plays with that code) of the plays of `source`
-    per breakdown combination and error code. A play without codes is one row of code ''
-    and index 0 (LEFT ARRAY JOIN), a play with codes one row per code, index 1 first: it
-    counts once in `plays` either way, and a code '' a play did report stays apart."""
-    keys = "".join(f"{name}, " for name in names)
-    return ch.execute(
-        f"SELECT {keys}code, countIf(code_index <= 1), countIf(code_index >= 1) "
-        f"FROM ({source}) LEFT ARRAY JOIN p_error_codes AS code, "
-        f"arrayEnumerate(p_error_codes) AS code_index GROUP BY {keys}code",
-        params.values,
-    )
+    """(breakdown values..., plays) of the plays of `source` per breakdown combination."""
+    keys = ", ".join(names)
+    return ch.execute(f"SELECT {keys}, count() FROM ({source}) GROUP BY {keys}", params.values)
 
 
-def _top(counted: Sequence[Row], width: int, limit: int) -> list[tuple[str, ...]] | None:
+def _top(counted: Sequence[Row], limit: int) -> list[tuple[str, ...]] | None:
     """The top `limit` breakdown combinations by plays, ties by value (byte order, as the
     engines sort), as top_grouped ranks them; None when there are no more than `limit`."""
-    plays: dict[tuple[str, ...], int] = {}
-    for row in counted:
-        key = tuple(str(value) for value in row[:width])
-        plays[key] = plays.get(key, 0) + int(row[width + 1])
+    plays = {tuple(str(value) for value in row[:-1]): int(row[-1]) for row in counted}
     if len(plays) <= limit:
         return None
     ranked = sorted(plays, key=lambda key: (-plays[key], [value.encode() for value in key]))
     return ranked[:limit]
-
-
-def _folded_errors(
-    counted: Sequence[Row], width: int, kept: Sequence[tuple[str, ...]] | None
-) -> list[Row]:
-    """(group values..., code, plays) with the combinations outside `kept` summed into
-    OTHER (a play is in one combination, so the sums are exact)."""
-    listed = None if kept is None else set(kept)
-    plays: dict[tuple[Any, ...], int] = {}
-    for row in counted:
-        with_code = int(row[width + 2])
-        if with_code == 0:
-            continue
-        group = tuple(str(value) for value in row[:width])
-        if listed is not None and group not in listed:
-            group = (OTHER,) * width
-        key = (*group, str(row[width]))
-        plays[key] = plays.get(key, 0) + with_code
-    return [(*key, count) for key, count in plays.items()]
 
 
 def _aggregate(
@@ -179,11 +142,10 @@ def _aggregate(
     source: str,
     keys: Sequence[str],
     params: SqlParams,
-    error_rows: Sequence[Row],
     breakdown_width: int,
 ) -> dict[tuple[Any, ...], PlaybackMetrics]:
     """The metrics per value of `keys` (the `breakdown_width` breakdown columns, then the
-    bucket if any), with the top error codes of `error_rows` (the same keys, code, plays)."""
+    bucket if any)."""
     names = [f"g{n}" for n in range(len(keys))]
     selected = ", ".join(f"{key} AS {name}" for key, name in zip(keys, names, strict=True))
     sql = f"SELECT {selected + ', ' if selected else ''}{AGGREGATES} FROM ({source})"
@@ -191,11 +153,7 @@ def _aggregate(
         sql += f" GROUP BY {', '.join(names)}"
     rows: list[Row] = ch.execute(sql, params.values)
     width = len(keys)
-    errors: dict[tuple[Any, ...], list[ErrorCount]] = top_errors(error_rows, width)
-    return {
-        _key(row[:width], breakdown_width): metrics(row[width:], errors.get(tuple(row[:width]), []))
-        for row in rows
-    }
+    return {_key(row[:width], breakdown_width): metrics(row[width:]) for row in rows}
 
 
 def _key(values: Sequence[Any], breakdown_width: int) -> tuple[Any, ...]:
