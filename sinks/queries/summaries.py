@@ -94,8 +94,11 @@ def day_plan(ch: ClickHouse, project: str, kind: str, day_from: date, day_to: da
         )
     ]
     days = [day_from + timedelta(days=n) for n in range((day_to - day_from).days + 1)]
-    storable = pending_mutations(ch, ("events",)) == 0
-    return plan_days(days, versions, markers, new_version(), storable)
+    now = new_version()
+    plan = plan_days(days, versions, markers, now, storable=True)
+    if plan.to_store and pending_mutations(ch, ("events",)):
+        return plan_days(days, versions, markers, now, storable=False)
+    return plan
 
 
 def new_computations(days: Iterable[date]) -> dict[date, int]:
