@@ -30,7 +30,10 @@ from datetime import date, timedelta
 from typing import Any, Final, TypedDict
 
 from sinks.clickhouse import ClickHouse
-from sinks.migrations.v0011_session_summary import FIRST_EVENT_DIMENSIONS
+from sinks.migrations.v0011_session_summary import (
+    FIRST_EVENT_DIMENSIONS,
+    SESSIONLESS_DAYS,
+)
 from sinks.migrations.v0011_session_summary import TABLE as SUMMARY_TABLE
 from sinks.queries.actor import ACTOR, EVENT_KEY, first_order
 from sinks.queries.properties import (
@@ -63,10 +66,12 @@ def _sessions_sql(
     day_to: date,
     filters: Sequence[Filter],
     breakdown: Sequence[str],
+    sessionless: Sequence[str],
     params: SqlParams,
 ) -> str:
     """One row per session starting in [day_from, day_to] whose first event matches:
-    (day, actor, b0.., duration_ms, events)."""
+    (day, actor, b0.., duration_ms, events). `sessionless`: the days read that hold events
+    without a session id ("YYYY-MM-DD")."""
     dims = breakdown_sql(breakdown, params)
     names = [f"b{n}" for n in range(len(dims))]
     # Raw events, one row per stored copy of an event: the dimensions a session may take
@@ -92,12 +97,12 @@ def _sessions_sql(
     read_to = f"toDate({params(day_to + timedelta(days=1))})"
     summarized = {f.property for f in filters} | set(breakdown) <= set(FIRST_EVENT_DIMENSIONS)
 
-    def events(with_id: bool) -> str:
+    def events(days: str, with_id: bool) -> str:
         return f"""
-            SELECT event_id, {ACTOR} AS actor, session_id AS sid, ts, {carried}
+            SELECT event_id, {ACTOR} AS actor, session_id, ts, {carried}
             FROM events
-            WHERE project = {params(project)} AND day >= {read_from} AND day <= {read_to}
-              AND {"sid != ''" if with_id else "sid = ''"}
+            WHERE project = {params(project)} AND {days}
+              AND session_id {"!=" if with_id else "="} ''
         """
 
     if summarized:
@@ -106,7 +111,7 @@ def _sessions_sql(
         # event (the copies of an event are one day's, so they merge as the raw rows do).
         merged = f"""
             SELECT user_hash AS actor, minMerge(min_ts) AS first_ts,
-                   maxMerge(max_ts) AS last_ts, uniqExactMerge(event_keys) AS n
+                   maxMerge(max_ts) AS last_ts, arrayUniq(groupArrayMerge(event_keys)) AS n
                    {", argMinMerge(first_event) AS first_event" if takes_first else ""}
             FROM {SUMMARY_TABLE}
             WHERE project = {params(project)} AND day >= {read_from} AND day <= {read_to}
@@ -126,8 +131,8 @@ def _sessions_sql(
             SELECT actor, min(ts) AS first_ts, max(ts) AS last_ts,
                    arrayUniq(groupArray({EVENT_KEY})) AS n,
                    {first(row, first_order("ts", "event_id"))} AS first
-            FROM ({events(with_id=True)})
-            GROUP BY actor, cityHash64(sid)
+            FROM ({events(f"day >= {read_from} AND day <= {read_to}", with_id=True)})
+            GROUP BY actor, cityHash64(session_id)
         """
     # Without a session id: each actor's events in time order, cut where the gap between
     # neighbours reaches 30 minutes (the cumulative count of cuts numbers the sessions).
@@ -136,7 +141,7 @@ def _sessions_sql(
                arrayCumSum(arrayMap(
                    d -> toUInt32(d >= {SESSION_GAP_MS}),
                    arrayDifference(arrayMap(x -> x.1, timeline)))) AS numbers
-        FROM ({events(with_id=False)})
+        FROM ({events(f"day IN {params(tuple(sessionless))}", with_id=False)})
         GROUP BY actor
     """
     without_id = f"""
@@ -150,7 +155,7 @@ def _sessions_sql(
     return f"""
         SELECT toDate(toDateTime(intDiv(first_ts, 1000), 'UTC')) AS day, actor,
                {values + ", " if values else ""}last_ts - first_ts AS duration_ms, n
-        FROM ({with_id} UNION ALL {without_id})
+        FROM ({f"{with_id} UNION ALL {without_id}" if sessionless else with_id})
         WHERE first.1 = 1
           AND day >= toDate({params(day_from)}) AND day <= toDate({params(day_to)})
     """
@@ -168,7 +173,21 @@ def sessions(ch: ClickHouse, project: str, where: Slice) -> list[SessionsRow]:
     Raises ValueError (PropertyError) for a bad query, ClickHouseError when it fails."""
     properties, limit = where.checked()
     params = SqlParams("s")
-    source = _sessions_sql(project, where.day_from, where.day_to, where.filters, properties, params)
+    sessionless = [
+        str(day)
+        for (day,) in ch.execute(
+            f"SELECT DISTINCT toString(day) FROM {SESSIONLESS_DAYS} WHERE project = %(project)s "
+            "AND day >= toDate(%(from)s) AND day <= toDate(%(to)s)",
+            {
+                "project": project,
+                "from": where.day_from - timedelta(days=1),
+                "to": where.day_to + timedelta(days=1),
+            },
+        )
+    ]
+    source = _sessions_sql(
+        project, where.day_from, where.day_to, where.filters, properties, sessionless, params
+    )
     names = [f"b{n}" for n in range(len(properties))]
     grouped = top_grouped(ch, source, names, params, limit, "count()")
     selected = ", ".join(f"{e} AS g{n}" for n, e in enumerate(grouped))

@@ -11,6 +11,7 @@ from sinks.clickhouse import ClickHouse
 from sinks.migrate import migrate
 from sinks.migrations import v0011_session_summary as v0011
 from tests.insight_data import store
+from tests.insight_reference import day_of
 from tests.integration.test_insights_sessions import edge_events, expected_summary, summary_rows
 
 PROJECT = "p_summary"
@@ -25,6 +26,14 @@ def test_events_before_and_after_are_summarized(clickhouse: ClickHouse) -> None:
 
     assert [m.version for m in migrate(clickhouse, up_to=11)] == [11]
     assert summary_rows(clickhouse, PROJECT) == expected_summary([before])
+    sessionless = clickhouse.execute(
+        "SELECT DISTINCT toString(day) AS d FROM sessionless_days WHERE project = %(p)s "
+        "ORDER BY d",
+        {"p": PROJECT},
+    )
+    assert [str(day) for (day,) in sessionless] == sorted(
+        {day_of(event).isoformat() for event in before if not event["session_id"]}
+    )
 
     for chunk in after:  # copies of summarized events, and new ones, through the view
         store(clickhouse, PROJECT, chunk)
