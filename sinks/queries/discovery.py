@@ -10,10 +10,12 @@ any event holds it as a number, else `bool` when every value is true/false, else
 `string`; standard dimensions are strings and count only where set (non-empty).
 `top_values` (10, by events) are given for string properties only.
 
-Event types are read from per-day summaries for the days whose writes have settled
-(sinks/queries/summaries.py; stored by the first question that needs them), so a repeated
-question over closed days reads a few rows per day instead of every event; the days with
-recent writes are counted from the events on each call.
+Both are read from per-day summaries for the days whose writes have settled
+(sinks/queries/summaries.py, migration 0012; stored by the first question that needs
+them), so a repeated question over closed days reads summary rows instead of every
+event; the days with recent writes are counted from the events on each call, by the same
+per-day aggregations the summaries store. A property's values are all kept per day (not a
+top few), so the range's top values are sums of exact day counts.
 """
 
 from __future__ import annotations
@@ -75,10 +77,9 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
             f"""
             INSERT INTO {EVENT_DAYS_TABLE}
                 (project, day, computation, type, events, actors, last_ts)
-            SELECT project, day, {stored.computation}, type,
-                   uniqExact({EVENT_KEY}), uniqExactState({ACTOR}), max(ts)
-            FROM events WHERE {stored.days}
-            GROUP BY project, day, type
+            SELECT {stored.params(project)}, day, {stored.computation}, type,
+                   events, actors, last_ts
+            FROM ({_type_groups(stored.days)})
             """,
             stored.params.values,
         ),
@@ -87,18 +88,17 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
     parts = []
     if plan.summarized:
         parts.append(
-            "SELECT type, events AS n, actors, last_ts AS last "
+            "SELECT type, events, actors, last_ts "
             f"FROM {EVENT_DAYS_TABLE} WHERE {_summary_rows(project, plan, params)}"
         )
     if plan.live:
         parts.append(
-            f"SELECT type, uniqExact({EVENT_KEY}) AS n, uniqExactState({ACTOR}) AS actors, "
-            f"max(ts) AS last FROM events WHERE {_days(project, plan.live, params)} "
-            "GROUP BY day, type"
+            "SELECT type, events, actors, last_ts "
+            f"FROM ({_type_groups(_days(project, plan.live, params))})"
         )
     rows = ch.execute(
         f"""
-        SELECT type, sum(n) AS total, uniqExactMerge(actors), max(last)
+        SELECT type, sum(events) AS total, uniqExactMerge(actors), max(last_ts)
         FROM ({" UNION ALL ".join(parts)})
         GROUP BY type ORDER BY total DESC, type
         """,
@@ -116,6 +116,17 @@ def event_types(ch: ClickHouse, project: str, day_from: date, day_to: date) -> l
         }
         for kind, count, users, last in rows
     ]
+
+
+def _type_groups(where: str) -> str:
+    """Per day and type of the events matching `where`: the distinct events, the actors'
+    set and the latest time."""
+    return f"""
+        SELECT day, type, uniqExact({EVENT_KEY}) AS events, uniqExactState({ACTOR}) AS actors,
+               max(ts) AS last_ts
+        FROM events WHERE {where}
+        GROUP BY day, type
+    """
 
 
 @dataclass(frozen=True, slots=True)
