@@ -110,12 +110,12 @@ def _sessions_sql(
         # merge into its earliest and latest time, its distinct event keys and its first
         # event (the copies of an event are one day's, so they merge as the raw rows do).
         merged = f"""
-            SELECT user_hash AS actor, minMerge(min_ts) AS first_ts,
+            SELECT any(user_hash) AS actor, minMerge(min_ts) AS first_ts,
                    maxMerge(max_ts) AS last_ts, arrayUniq(groupArrayMerge(event_keys)) AS n
                    {", argMinMerge(first_event) AS first_event" if takes_first else ""}
             FROM {SUMMARY_TABLE}
             WHERE project = {params(project)} AND day >= {read_from} AND day <= {read_to}
-            GROUP BY actor, session_hash
+            GROUP BY session_key
         """
         taken = "tuple(toUInt8(1))"
         if takes_first:

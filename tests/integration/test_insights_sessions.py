@@ -205,11 +205,13 @@ SummaryRows = dict[tuple[str, str, str], tuple[int, int, int]]
 def summary_rows(ch: ClickHouse, project: str) -> SummaryRows:
     """session_summary merged per (day, user, session id): (first ts, last ts, events)."""
     users = dict(ch.execute("SELECT DISTINCT user_hash, user_id FROM events"))
-    ids = dict(ch.execute("SELECT DISTINCT cityHash64(session_id), session_id FROM events"))
+    ids = dict(
+        ch.execute("SELECT DISTINCT cityHash64(user_hash, session_id), session_id FROM events")
+    )
     rows = ch.execute(
-        "SELECT toString(day), user_hash, session_hash, minMerge(min_ts), maxMerge(max_ts), "
+        "SELECT toString(day), user_hash, session_key, minMerge(min_ts), maxMerge(max_ts), "
         "arrayUniq(groupArrayMerge(event_keys)) FROM session_summary WHERE project = %(p)s "
-        "GROUP BY day, user_hash, session_hash",
+        "GROUP BY day, user_hash, session_key",
         {"p": project},
     )
     return {
