@@ -24,8 +24,8 @@ QoE beyond the counts (SPEC §4, migration 0010): percentages of plays, rebuffer
 and mean duration, p90/p99, shifts, frame rates and the experience score come from the
 same one-row-per-group aggregate (scores are sums of per-play hundredths, so means are
 exact); `downshift_pct` and the scores count only plays written since 0010 (`scored`).
-`errors` comes from the same aggregate too: each group's codes in one sorted array, one
-count per code (a play holds each of its codes once). A `limit` first ranks the groups
+`errors` comes from the same aggregate too: each group's codes in one array, one count
+per distinct code (a play holds each of its codes once). A `limit` first ranks the groups
 from a scan of the group column alone and aggregates the plays of the top ones only.
 Every scan of `plays FINAL` costs: 18.16 reads every aggregated column through it, so
 each column adds to its cost (benchmarks/README.md, "plays FINAL against argMax", "Fixed
@@ -102,17 +102,17 @@ TOP_ERRORS: Final = 10
 # engines compute identical aggregates once (checked on 18.16 and chDB 26.9).
 _STARTUP_QUANTILES: Final = "quantilesExactIf(0.5, 0.95, 0.9, 0.99)(p_startup_ms, p_started = 1)"
 _SCORED_STARTS: Final = "p_scored = 1 AND p_started = 1"
-# The group's distinct codes and the plays of each, from its codes sorted: a code's count is
-# its occurrence number at its last copy (18.16's sumMap takes numeric keys only, and its
-# lambdas cannot capture a column). The aliases stay inside the two expressions, so the
-# intermediate arrays are not columns of the answer.
+# The group's distinct codes and the plays of each, from all its codes: at a code's last
+# copy its occurrence number is its count (18.16's sumMap takes numeric keys only, and its
+# lambdas cannot capture a column; sorting the codes first cost 5-9 ms more). The aliases
+# stay inside the two expressions, so the intermediate arrays are not columns of the answer.
 _ERROR_CODES: Final = """
     arrayFilter(
-        (code, run_end) -> run_end = 1,
-        arraySort(groupArrayArray(p_error_codes)) AS sorted_codes,
-        arrayReverse(arrayEnumerateUniq(arrayReverse(sorted_codes))) AS code_run_ends
+        (code, last_copy) -> last_copy = 1,
+        groupArrayArray(p_error_codes) AS group_codes,
+        arrayReverse(arrayEnumerateUniq(arrayReverse(group_codes))) AS last_copies
     ),
-    arrayFilter((plays, run_end) -> run_end = 1, arrayEnumerateUniq(sorted_codes), code_run_ends)"""
+    arrayFilter((plays, last) -> last = 1, arrayEnumerateUniq(group_codes), last_copies)"""
 AGGREGATES: Final = f"""
     count() AS n_plays,
     sum(p_started),
