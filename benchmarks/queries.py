@@ -74,6 +74,7 @@ Usage (from the repo root):
   .venv/bin/python -m benchmarks.queries --engine chdb                      # 10M events
   .venv/bin/python -m benchmarks.queries --engine server --keep             # keep the data
   .venv/bin/python -m benchmarks.queries --engine server --reuse            # measure again
+    (--reuse applies the migrations the kept database lacks before measuring)
 Results: benchmarks/results/queries-<timestamp>.json (see benchmarks/README.md).
 """
 
@@ -1217,6 +1218,9 @@ def run_engine(
             print(f"[{kind}] seeded: {report['seed']['seconds']}", flush=True)
         else:
             print(f"[{kind}] reusing {args.database} ({span.day_from} .. {span.day_to})")
+            # A seed kept from an older tree gets the migrations added since (a summary's
+            # backfill among them), so every query finds the tables it reads.
+            report["migrated"] = [m.version for m in migrate(engine.ch)]
         report["tables"] = table_stats(engine, args.database)
         report["events"] = report["tables"].get("events", {}).get("rows", 0)
         report["users"] = args.users
