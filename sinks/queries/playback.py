@@ -6,7 +6,10 @@ which keeps the newest row per (project, play_id, day), then drop keys whose new
 a tombstone (`deleted = 1`). When late events move a play to another day the processor
 writes a tombstone under the old day's key, so every play has one live key and is counted
 once, on the day of its first event; because a key never spans days, partition and part
-pruning on `day` cannot hide a newer row (see sinks/migrations/v0003_plays.py).
+pruning on `day` cannot hide a newer row (see sinks/migrations/v0003_plays.py). For the
+same reason the days can be read one month partition per FINAL (`PlayScans`, 18.16: its
+FINAL merges all partitions in one stream; benchmarks/README.md, "Fixed playback endpoints
+after the QoE fields").
 FINAL rather than `argMax(col, version) ... GROUP BY play_id, day`: the same answers, 2-3x
 faster on multi-day ranges (the dashboard case), slower only on a single day of a large
 table (benchmarks/README.md, "plays FINAL against argMax"). The outer `WHERE p_deleted = 0`
@@ -38,7 +41,8 @@ values (project, dates) go through `%(name)s` parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal, TypedDict, cast, get_args
 
 from common.qoe import (
@@ -52,6 +56,7 @@ from common.qoe import (
     rebuffer_ratio,
     watch_hours,
 )
+from sinks.capabilities import Capabilities
 from sinks.clickhouse import ClickHouse
 
 GroupBy = Literal["none", "content_id", "device_model", "app_version"]
@@ -192,19 +197,59 @@ class PlaybackPoint(PlaybackMetrics):
     t: str
 
 
-def latest_plays(extra_columns: tuple[str, ...], plain: tuple[str, ...] = ()) -> str:
-    """The newest row per (project, play_id, day) for the days of [day_from, day_to], as
-    `p_*` columns (and the `plain` columns under their own names); the caller drops
-    tombstones with `WHERE p_deleted = 0`, which both engines apply after FINAL (never
-    write it as PREWHERE: that would filter first)."""
-    columns = ("deleted", *extra_columns, *_METRIC_COLUMNS)
-    selected = ",\n            ".join([*(f"{column} AS p_{column}" for column in columns), *plain])
-    return f"""
+@dataclass(frozen=True, slots=True)
+class PlayScans:
+    """The day ranges that `plays FINAL` reads, one FINAL each: [day_from, day_to] cut at
+    month starts (the partitions, `toYYYYMM(day)`) where the server's FINAL merges every
+    partition in one stream and one FINAL per partition costs less
+    (`Capabilities.final_per_partition`, 18.16), the whole range elsewhere. Exact either
+    way: `day` is in the sorting key, so all versions of a key, tombstones included, sit
+    in one partition."""
+
+    ranges: tuple[tuple[date, date], ...]
+
+    @classmethod
+    def of(cls, ch: ClickHouse, day_from: date, day_to: date) -> PlayScans:
+        if Capabilities(ch.server_version()).final_per_partition:
+            return cls(month_ranges(day_from, day_to))
+        return cls(((day_from, day_to),))
+
+    def params(self) -> dict[str, date]:
+        return {
+            name: day
+            for n, (day_from, day_to) in enumerate(self.ranges)
+            for name, day in ((f"scan_from_{n}", day_from), (f"scan_to_{n}", day_to))
+        }
+
+    def latest_plays(self, extra_columns: tuple[str, ...], plain: tuple[str, ...] = ()) -> str:
+        """The newest row per (project, play_id, day) for the days of the ranges, as `p_*`
+        columns (and the `plain` columns under their own names); the caller drops
+        tombstones with `WHERE p_deleted = 0`, which both engines apply after FINAL (never
+        write it as PREWHERE: that would filter first), with `params()` and `%(project)s`."""
+        columns = ("deleted", *extra_columns, *_METRIC_COLUMNS)
+        selected = ",\n            ".join(
+            [*(f"{column} AS p_{column}" for column in columns), *plain]
+        )
+        return "\n        UNION ALL".join(
+            f"""
         SELECT
             {selected}
         FROM plays FINAL
         WHERE project = %(project)s
-          AND day >= toDate(%(day_from)s) AND day <= toDate(%(day_to)s)"""
+          AND day >= toDate(%(scan_from_{n})s) AND day <= toDate(%(scan_to_{n})s)"""
+            for n in range(len(self.ranges))
+        )
+
+
+def month_ranges(day_from: date, day_to: date) -> tuple[tuple[date, date], ...]:
+    """[day_from, day_to] cut into the inclusive day ranges of its calendar months."""
+    ranges = []
+    start = day_from
+    while start <= day_to:
+        next_month = (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+        ranges.append((start, min(day_to, next_month - timedelta(days=1))))
+        start = next_month
+    return tuple(ranges)
 
 
 def day_params(project: str, day_from: date, day_to: date) -> dict[str, Any]:
@@ -291,11 +336,11 @@ def top_errors(codes: Sequence[Any], plays: Sequence[Any]) -> list[ErrorCount]:
     return [{"code": str(code), "plays": int(count)} for code, count in ranked[:TOP_ERRORS]]
 
 
-def _top_groups_sql(column: str) -> str:
+def _top_groups_sql(scans: PlayScans, column: str) -> str:
     """The `%(limit)s` values of `column` with the most live plays, ties by value (the
     summary's order), from a scan of the key, `deleted` and that column only."""
     return (
-        f"SELECT p_{column} FROM ({latest_plays((column,))}) WHERE p_deleted = 0 "
+        f"SELECT p_{column} FROM ({scans.latest_plays((column,))}) WHERE p_deleted = 0 "
         f"GROUP BY p_{column} ORDER BY count() DESC, p_{column} LIMIT %(limit)s"
     )
 
@@ -320,15 +365,17 @@ def playback_summary(
     if limit is not None and limit < 1:
         raise ValueError("limit must be at least 1")
     params = day_params(project, day_from, day_to)
+    scans = PlayScans.of(ch, day_from, day_to)
+    params.update(scans.params())
     if group_by == "none":
-        source = latest_plays(("error_codes",))
+        source = scans.latest_plays(("error_codes",))
         sql = f"SELECT 'all', {AGGREGATES}\nFROM ({source})\nWHERE p_deleted = 0"
     else:
         column = _GROUP_COLUMNS[group_by]
-        source = latest_plays((column, "error_codes"))
+        source = scans.latest_plays((column, "error_codes"))
         where = "p_deleted = 0"
         if limit is not None:  # aggregate the plays of the groups answered only (~20k contents)
-            where += f" AND p_{column} IN ({_top_groups_sql(column)})"
+            where += f" AND p_{column} IN ({_top_groups_sql(scans, column)})"
             params["limit"] = limit
         sql = (
             f"SELECT p_{column} AS grp, {AGGREGATES}\n"
@@ -358,8 +405,10 @@ def playback_timeseries(
     if interval not in INTERVAL_VALUES:
         raise ValueError(f"interval must be one of {', '.join(INTERVAL_VALUES)}")
     params = day_params(project, day_from, day_to)
+    scans = PlayScans.of(ch, day_from, day_to)
+    params.update(scans.params())
     column, bucket = BUCKETS[interval]
-    source = latest_plays((column, "error_codes"))
+    source = scans.latest_plays((column, "error_codes"))
     sql = (
         f"SELECT {bucket} AS t, {AGGREGATES}\n"
         f"FROM ({source})\n"

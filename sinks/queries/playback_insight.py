@@ -30,9 +30,9 @@ from sinks.queries.playback import (
     INTERVAL_VALUES,
     PlaybackMetrics,
     PlaybackPoint,
+    PlayScans,
     day_params,
     format_bucket,
-    latest_plays,
     metrics,
 )
 from sinks.queries.properties import (
@@ -81,10 +81,12 @@ def playback_insight(
     check_interval(interval)
     params = SqlParams("b")
     params.values.update(day_params(project, where.day_from, where.day_to))
+    scans = PlayScans.of(ch, where.day_from, where.day_to)
+    params.values.update(scans.params())
     dims = breakdown_sql(properties, params)
     names = [f"b{n}" for n in range(len(dims))]
     carried = ", ".join(f"{dim} AS {name}" for dim, name in zip(dims, names, strict=True))
-    plays = latest_plays(("minute", "day", "error_codes"), FIRST_EVENT_COLUMNS)
+    plays = scans.latest_plays(("minute", "day", "error_codes"), FIRST_EVENT_COLUMNS)
     source = (
         f"SELECT {carried + ', ' if carried else ''}* FROM ({plays}) "
         f"WHERE p_deleted = 0 AND {filter_sql(where.filters, params)}"

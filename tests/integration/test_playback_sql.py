@@ -165,22 +165,24 @@ def _build_play(builder: PlayBuilder, start: int, scenario: str) -> None:
     # "idle_after_start": the player just stops sending
 
 
-def generate(seed: int, n_plays: int) -> Generated:
+def generate(seed: int, n_plays: int, base: int = BASE) -> Generated:
+    """Plays over the 2.5 days from `base` (a UTC midnight), and plays that begin just
+    before the midnight 2 days later."""
     rng = random.Random(seed)
     generated = Generated()
-    hot_minutes = [BASE + rng.randrange(0, 2 * DAY) // MINUTE * MINUTE for _ in range(8)]
+    hot_minutes = [base + rng.randrange(0, 2 * DAY) // MINUTE * MINUTE for _ in range(8)]
     scenarios = ["normal", "start_failure", "exit_end", "exit_idle", "playback_failure"]
     for index in range(n_plays):
         if rng.random() < 0.3:
             start = rng.choice(hot_minutes) + rng.randrange(0, 50_000)
         else:
-            start = BASE + rng.randrange(0, 2 * DAY + 12 * HOUR)
+            start = base + rng.randrange(0, 2 * DAY + 12 * HOUR)
         scenario = rng.choices([*scenarios, "idle_after_start"], [60, 10, 8, 7, 10, 5])[0]
         builder = PlayBuilder(generated, rng, f"play-{index}", f"u-{rng.randrange(80)}")
         _build_play(builder, start, scenario)
         _schedule(generated, rng, builder.events, late_first=False)
     # Plays that begin just before midnight, whose first event arrives after the rest.
-    midnight = BASE + 2 * DAY
+    midnight = base + 2 * DAY
     generated.midnight_day = datetime.fromtimestamp(midnight / 1000 - 1, UTC).date()
     for index in range(4):
         builder = PlayBuilder(generated, rng, f"midnight-{index}", f"u-m{index}")
