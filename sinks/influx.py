@@ -70,12 +70,9 @@ def line_protocol(points: Sequence[SeriesPoint]) -> bytes:
     fields sorted by key; empty tags, non-finite floats and points without a field left
     out; whole floats without ".0", integers with "i"), without Point's generic
     conversions, which cost the worker more than building the series did. Names and tag
-    values repeat from point to point: each is escaped once (`_tag`, `_key`), a tag set
-    shared by points (the plays processor's QoE and viewers points of a key) is joined
-    once, and a set of field names is sorted once."""
+    values repeat from point to point: each is escaped once (`_tag`, `_key`), and a set
+    of field names is sorted once."""
     lines = []
-    # By id: the tag dicts all live as long as `points`, so no id is reused in here.
-    tag_texts: dict[int, str] = {}
     field_orders: dict[tuple[str, ...], list[tuple[str, str]]] = {}
     for point in points:
         values = point.fields
@@ -95,12 +92,9 @@ def line_protocol(points: Sequence[SeriesPoint]) -> bytes:
                 fields.append(f"{key}={str(number).removesuffix('.0')}")
         if not fields:
             continue
-        tags = point.tags
-        tag_text = tag_texts.get(id(tags))
-        if tag_text is None:
-            tag_text = tag_texts[id(tags)] = "".join(
-                f",{tag}" for name, value in sorted(tags.items()) if (tag := _tag(name, value))
-            )
+        tag_text = "".join(
+            f",{tag}" for name, value in sorted(point.tags.items()) if (tag := _tag(name, value))
+        )
         lines.append(
             f"{_measurement(point.measurement)}{tag_text} {','.join(fields)} {point.time_ms}"
         )

@@ -55,15 +55,17 @@ Late events, duplicates, replays
     Known gap: if those stragglers begin on a later UTC day than the play (a play across
     midnight whose tail arrives more than the grace period late), they form a second row.
 
-Live series (InfluxDB, measurements `playback_qoe` and `concurrent_viewers`)
-    `playback_qoe`: one point per (project, source partition, first-event minute,
-    content_id, device_model, write batch), open plays included, rewritten whenever one of
-    its plays changes; fields: plays, started, video_start_failures, exits_before_start,
-    playback_failures, startup_ms_p50/p95 (only when a play started), rebuffer_ratio (only
-    when watch_ms > 0), watch_ms. `concurrent_viewers`: one point per (project, partition,
-    minute, content_id, device_model, write batch), field `viewers` = the plays of that
-    batch whose [first event, last event] spans the minute (SPEC §4), from each play's
-    span as the processor holds it, rewritten when a play grows into or leaves the minute.
+Live series (InfluxDB, measurement `playback_qoe`)
+    One point per (project, source partition, minute, content_id, device_model, write
+    batch). Its QoE fields count the plays whose first event is in the minute, open plays
+    included, rewritten whenever one of them changes: plays, started,
+    video_start_failures, exits_before_start, playback_failures, startup_ms_p50/p95 (only
+    when a play started), rebuffer_ratio (only when watch_ms > 0), watch_ms. Its field
+    `viewers` = the plays of that batch whose [first event, last event] spans the minute
+    (SPEC §4 `concurrent_viewers`), from each play's span as the processor holds it,
+    rewritten when a play grows into or leaves the minute. A write carries the fields of
+    what changed (InfluxDB keeps the point's other fields): a minute that only plays
+    begun earlier span has `viewers` and no QoE fields.
     The partition tag keeps workers that own different partitions from overwriting each
     other's points.
     Write batches (concurrency.py) keep sums exact for late plays: a play's contribution
@@ -79,10 +81,12 @@ Live series (InfluxDB, measurements `playback_qoe` and `concurrent_viewers`)
     count as another play.
 
 State (take_state_changes / load_state, msgpack): one key per held play
-(`play:["project","play_id"]`), and one per held QoE point (`qoe:[...]`, the batch left
-out for the live one) or viewers point (`viewers:[...]`) that counts a forgotten play;
-None deletes. A point whose plays are all held has no key: `load_state` counts each
-restored play back into the points it was counted in (so each key is loaded once).
+(`play:["project","play_id"]`), and one per held point (`point:[...]`, QoE and viewers)
+that counts a forgotten play; None deletes. An older changelog's separate QoE
+(`qoe:[...]`, the batch left out for the live one) and viewers (`viewers:[...]`) entries
+still load, and are replaced by the point's entry at the next changes. A point whose
+plays are all held has no key: `load_state` counts each restored play back into the
+points it was counted in (so each key is loaded once).
 Built with `live_series=False` (`quip up`, which has no InfluxDB) the processor computes
 no series: no points, no series state, plays keys only.
 
@@ -92,12 +96,16 @@ Modules: `state` (a play and what each event adds), `codec` (changelog and resti
 forms), `deadlines` (which plays are due), `processor` (the processor).
 """
 
-from streams.processors.plays.codec import play_state_key, series_state_key, viewers_state_key
+from streams.processors.plays.codec import (
+    play_state_key,
+    point_state_key,
+    qoe_state_key,
+    viewers_state_key,
+)
 from streams.processors.plays.processor import (
     DEFAULT_IDLE_TIMEOUT_MS,
     QOE_MEASUREMENT,
     UNKNOWN_TAG,
-    VIEWERS_MEASUREMENT,
     PlaysProcessor,
     rows_as_dicts,
 )
@@ -105,8 +113,8 @@ from streams.processors.plays.state import (
     MAX_ERROR_CODE_LENGTH,
     MAX_ERROR_CODES,
     PlayState,
+    PointState,
     SeriesKey,
-    SeriesState,
     play_id_of,
 )
 
@@ -116,14 +124,14 @@ __all__ = [
     "MAX_ERROR_CODE_LENGTH",
     "QOE_MEASUREMENT",
     "UNKNOWN_TAG",
-    "VIEWERS_MEASUREMENT",
     "PlayState",
     "PlaysProcessor",
+    "PointState",
     "SeriesKey",
-    "SeriesState",
     "play_id_of",
     "play_state_key",
+    "point_state_key",
+    "qoe_state_key",
     "rows_as_dicts",
-    "series_state_key",
     "viewers_state_key",
 ]

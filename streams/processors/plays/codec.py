@@ -15,11 +15,14 @@ from streams.processors.plays.state import (
     _PLAYBACK_PREFIX_LENGTH,
     BatchKey,
     PlayState,
-    SeriesState,
+    PointState,
 )
 
 _PLAY_PREFIX: Final = "play:"
-_SERIES_PREFIX: Final = "qoe:"
+_POINT_PREFIX: Final = "point:"
+# Before a key's QoE and viewers were one point, each had an entry of its own: a worker
+# upgraded over such a changelog loads them, and replaces them at its next changes.
+_QOE_PREFIX: Final = "qoe:"
 _VIEWERS_PREFIX: Final = "viewers:"
 
 
@@ -253,7 +256,8 @@ def _from_rest(key: tuple[str, str], blob: bytes) -> PlayState:
     )
 
 
-_series_decoder = msgspec.msgpack.Decoder(SeriesState)
+_point_decoder = msgspec.msgpack.Decoder(PointState)
+_viewers_decoder = msgspec.msgpack.Decoder(tuple[int, int])
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -261,10 +265,14 @@ def play_state_key(project: str, play_id: str) -> str:
     return _PLAY_PREFIX + _json_encoder.encode([project, play_id]).decode()
 
 
-def series_state_key(key: BatchKey) -> str:
-    """The live batch's key leaves the batch out (the form from before late batches)."""
-    parts = key if key[5] != LIVE else key[:5]  # a tuple encodes as the JSON array
-    return _SERIES_PREFIX + _json_encoder.encode(parts).decode()
+def point_state_key(key: BatchKey) -> str:
+    return _POINT_PREFIX + _json_encoder.encode(key).decode()  # a tuple encodes as an array
+
+
+def qoe_state_key(key: BatchKey) -> str:
+    """An older changelog's QoE entry: the live batch's key leaves the batch out."""
+    parts = key if key[5] != LIVE else key[:5]
+    return _QOE_PREFIX + _json_encoder.encode(parts).decode()
 
 
 def viewers_state_key(key: BatchKey) -> str:
@@ -272,7 +280,7 @@ def viewers_state_key(key: BatchKey) -> str:
 
 
 def batch_key(encoded: str) -> BatchKey:
-    """The BatchKey of a state key's JSON part (a live series' has five elements).
+    """The BatchKey of a state key's JSON part (an older live QoE entry's has five).
     Raises ValueError for anything else."""
     raw = msgspec.json.decode(encoded.encode())
     if not isinstance(raw, list) or len(raw) not in (5, 6):

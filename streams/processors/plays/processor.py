@@ -3,10 +3,7 @@ rows and the live series (see the package docstring for the contract)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Final
-
-import msgspec
+from typing import Final
 
 from common.concurrency import (
     LIVE,
@@ -22,26 +19,29 @@ from schemas.plays import PLAY_COLUMNS, PLAYS_TABLE
 from streams.processors.base import Position
 from streams.processors.plays.codec import (
     _PLAY_PREFIX,
-    _SERIES_PREFIX,
+    _POINT_PREFIX,
+    _QOE_PREFIX,
     _VIEWERS_PREFIX,
     _from_rest,
     _play_decoder,
     _play_encoder,
+    _point_decoder,
     _resting_decoder,
     _resting_series_decoder,
-    _series_decoder,
     _to_rest,
+    _viewers_decoder,
     batch_key,
     play_state_key,
-    series_state_key,
+    point_state_key,
+    qoe_state_key,
     viewers_state_key,
 )
 from streams.processors.plays.deadlines import _DEADLINE_BUCKET_MS, _Deadlines
 from streams.processors.plays.state import (
     BatchKey,
     PlayState,
+    PointState,
     SeriesKey,
-    SeriesState,
     _apply,
     _new_state,
     play_id_of,
@@ -53,8 +53,10 @@ from streams.processors.plays.state import (
 DEFAULT_IDLE_TIMEOUT_MS: Final = 300_000
 
 QOE_MEASUREMENT: Final = "playback_qoe"
-VIEWERS_MEASUREMENT: Final = "concurrent_viewers"
 UNKNOWN_TAG: Final = "unknown"  # InfluxDB tags cannot be empty
+# The parts of a point: its QoE fields, its `viewers` field.
+_QOE: Final = 1
+_VIEWERS: Final = 2
 
 
 class PlaysProcessor:
@@ -69,9 +71,9 @@ class PlaysProcessor:
         series_horizon_ms: int | None = None,
         live_series: bool = True,
     ) -> None:
-        """`live_series`: compute the InfluxDB series (`playback_qoe`, `concurrent_viewers`);
-        without them (`quip up` has no InfluxDB) the processor holds and changelogs plays
-        only, and drops series entries of an older state as it loads them."""
+        """`live_series`: compute the InfluxDB series (`playback_qoe`); without it (`quip
+        up` has no InfluxDB) the processor holds and changelogs plays only, and drops
+        series entries of an older state as it loads them."""
         if idle_timeout_ms <= 0:
             raise ValueError("idle_timeout_ms must be positive")
         self.idle_timeout_ms = idle_timeout_ms
@@ -100,29 +102,28 @@ class PlaysProcessor:
         self._expiry_by_received: _Deadlines[tuple[str, str]] = _Deadlines()
         self._expiry_by_ts: _Deadlines[tuple[str, str]] = _Deadlines()
         self._touched: set[tuple[str, str]] = set()
-        # Series entries go to the changelog only once a play they count is forgotten
+        # The live series' points, QoE and concurrent viewers of a key in one entry (one
+        # point, one changelog entry: benchmarks/README.md, "One point per key").
+        # Entries go to the changelog only once a play they count is forgotten
         # (`_release`), and from then on with every change: until then an entry is the
         # sum of held plays, and `load_state` rebuilds it from them (`_recount`). Most
         # entries never outlive their plays, so most are never written (benchmarks/
         # README.md, "Plays series entries out of the changelog").
-        self._series: dict[BatchKey, SeriesState] = {}
-        self._written_series: set[BatchKey] = set()
-        self._pending_series: set[BatchKey] = set()
+        self._points: dict[BatchKey, PointState] = {}
+        self._written_points: set[BatchKey] = set()
+        # The parts of a point (_QOE, _VIEWERS) changed since it was last written out.
+        self._pending_points: dict[BatchKey, int] = {}
         self._changed_plays: set[tuple[str, str]] = set()
-        self._changed_series: set[BatchKey] = set()
-        # Concurrent viewers per batch of a minute: [plays counted, held plays among them,
-        # 1 once in the changelog] (the entry is forgotten once no held play is in it and
-        # its window has passed).
-        self._viewers: dict[BatchKey, list[int]] = {}
-        self._pending_viewers: set[BatchKey] = set()
-        self._changed_viewers: set[BatchKey] = set()
+        self._changed_points: set[BatchKey] = set()
+        # Entries loaded from an older changelog's `qoe:` / `viewers:` keys: the parts
+        # they hold in full; the next changes replace those keys with the entry's own.
+        self._older_entries: dict[BatchKey, int] = {}
         self._watermark = 0  # largest min(ts, received_at) seen
         self._received_watermark = 0  # largest received_at seen
         # Points by the arrival time at which their batch settles (`_settle`), so a flush
         # looks only at those due: a scan over every series cost a live worker dearly
         # (benchmarks/README.md, Soak: "QoE series expiry scanned every series").
-        self._series_settling: _Deadlines[BatchKey] = _Deadlines()
-        self._viewers_settling: _Deadlines[BatchKey] = _Deadlines()
+        self._settling: _Deadlines[BatchKey] = _Deadlines()
 
     @property
     def watermark(self) -> int:
@@ -135,8 +136,8 @@ class PlaysProcessor:
         return len(self._open)
 
     def held_points(self) -> int:
-        """Live-view points still held (QoE and concurrent viewers)."""
-        return len(self._series) + len(self._viewers)
+        """Live-view points still held."""
+        return len(self._points)
 
     # ------------------------------------------------------------ input
 
@@ -193,11 +194,9 @@ class PlaysProcessor:
             self._changed_plays.add(key)
             if state.series_key is not None:
                 series_key: BatchKey = (*state.series_key, state.series_batch)
-                series = self._series.get(series_key)
-                if series is not None and series.plays.pop(state.play_id, None) is not None:
-                    self._pending_series.add(series_key)
-                    if series_key in self._written_series:
-                        self._changed_series.add(series_key)
+                point = self._points.get(series_key)
+                if point is not None and point.plays.pop(state.play_id, None) is not None:
+                    self._changed(series_key, _QOE)
             self._count_viewers(state.project, state.partition, state.viewed, -1)
 
     # ------------------------------------------------------------ output
@@ -288,9 +287,9 @@ class PlaysProcessor:
             partition, viewed = state.partition, state.viewed
         else:
             return
-        if series_key is not None and series_key in self._series:
-            self._written_series.add(series_key)
-            self._changed_series.add(series_key)
+        if series_key is not None and series_key in self._points:
+            self._written_points.add(series_key)
+            self._changed_points.add(series_key)
         self._count_viewers(key[0], partition, viewed, 0)
 
     def _close(self, key: tuple[str, str], state: PlayState) -> None:
@@ -356,32 +355,27 @@ class PlaysProcessor:
         old_key = state.series_key
         if old_key is not None and (old_key != new_key or state.series_batch != state.qoe_batch):
             old_batch_key: BatchKey = (*old_key, state.series_batch)
-            old = self._series.get(old_batch_key)
+            old = self._points.get(old_batch_key)
             if old is not None and old.plays.pop(state.play_id, None) is not None:
-                self._pending_series.add(old_batch_key)
-                if old_batch_key in self._written_series:
-                    self._changed_series.add(old_batch_key)
+                self._changed(old_batch_key, _QOE)
             state.series_key = None
             self._changed_plays.add((state.project, state.play_id))
         key: BatchKey = (*new_key, state.qoe_batch)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = SeriesState()
-            self._series_settling.add(self._settles_at(key), key)
+        point = self._points.get(key)
+        if point is None:
+            point = self._new_point(key)
         if state.series_key != new_key:
             state.series_key = new_key
             state.series_batch = state.qoe_batch
             self._changed_plays.add((state.project, state.play_id))
         contribution = state.contribution()
-        current = series.plays.get(state.play_id)
+        current = point.plays.get(state.play_id)
         if current == contribution or (
             current is not None and current.version > contribution.version
         ):
             return
-        series.plays[state.play_id] = contribution
-        self._pending_series.add(key)
-        if key in self._written_series:
-            self._changed_series.add(key)
+        point.plays[state.play_id] = contribution
+        self._changed(key, _QOE)
 
     def _sync_viewers(self, state: PlayState) -> None:
         """Counts the play in the concurrent viewers of the minutes it spans, each in its
@@ -423,15 +417,25 @@ class PlaysProcessor:
         self._changed_plays.add((project, state.play_id))
 
     def _add_viewer(self, key: BatchKey, change: int) -> None:
-        entry = self._viewers.get(key)
-        if entry is None:
-            entry = self._viewers[key] = [0, 0, 0]
-            self._viewers_settling.add(self._settles_at(key), key)
-        entry[0] += change
-        entry[1] += change
-        self._pending_viewers.add(key)
-        if entry[2]:
-            self._changed_viewers.add(key)
+        point = self._points.get(key)
+        if point is None:
+            point = self._new_point(key)
+        point.viewers += change
+        point.held_viewers += change
+        self._changed(key, _VIEWERS)
+
+    def _new_point(self, key: BatchKey) -> PointState:
+        point = self._points[key] = PointState()
+        self._settling.add(self._settles_at(key), key)
+        return point
+
+    def _changed(self, key: BatchKey, part: int) -> None:
+        """The point's `part` is to be written again (and its entry, once in the
+        changelog)."""
+        pending = self._pending_points
+        pending[key] = pending.get(key, 0) | part
+        if key in self._written_points:
+            self._changed_points.add(key)
 
     def _count_viewers(
         self,
@@ -449,17 +453,16 @@ class PlaysProcessor:
         for first, last, batch in runs:
             for minute in range(first, last + MINUTE_MS, MINUTE_MS):
                 key = (project, partition, minute, content_id, device_model, batch)
-                entry = self._viewers.get(key)
-                if entry is None:
+                point = self._points.get(key)
+                if point is None:
                     continue
-                entry[0] += change
-                entry[1] -= 1
+                point.viewers += change
+                point.held_viewers -= 1
                 if change:
-                    self._pending_viewers.add(key)
+                    self._changed(key, _VIEWERS)
                 else:
-                    entry[2] = 1
-                if entry[2]:
-                    self._changed_viewers.add(key)
+                    self._written_points.add(key)
+                    self._changed_points.add(key)
 
     def _settles_at(self, key: BatchKey) -> int:
         """The arrival time after which no record can join the batch: its window plus
@@ -470,47 +473,25 @@ class PlaysProcessor:
         """Forget the points whose batch has settled and holds no held play: what they
         wrote stays, nothing will change it. One still holding plays is looked at again
         a minute later."""
-        self._settle_due(
-            self._series_settling,
-            self._series,
-            lambda key: any((key[0], play) in self._plays for play in self._series[key].plays),
-            self._forget_series,
-        )
-        self._settle_due(
-            self._viewers_settling,
-            self._viewers,
-            lambda key: self._viewers[key][1] > 0,
-            self._forget_viewers,
-        )
-
-    def _forget_series(self, key: BatchKey) -> None:
-        del self._series[key]
-        if key in self._written_series:
-            self._written_series.discard(key)
-            self._changed_series.add(key)
-
-    def _forget_viewers(self, key: BatchKey) -> None:
-        if self._viewers.pop(key)[2]:
-            self._changed_viewers.add(key)
-
-    def _settle_due(
-        self,
-        index: _Deadlines[BatchKey],
-        points: dict[BatchKey, Any],
-        holds_plays: Callable[[BatchKey], bool],
-        forget: Callable[[BatchKey], None],
-    ) -> None:
         clock = self._received_watermark
+        points, plays, index = self._points, self._plays, self._settling
         for _, keys in index.take(clock - 1):
             for key in keys:
-                if key not in points:
+                point = points.get(key)
+                if point is None:
                     continue
                 if self._settles_at(key) >= clock:
                     index.add(self._settles_at(key), key)
-                elif holds_plays(key):
+                elif point.held_viewers > 0 or any((key[0], play) in plays for play in point.plays):
                     index.add(clock + MINUTE_MS, key)
                 else:
-                    forget(key)
+                    self._forget_point(key)
+
+    def _forget_point(self, key: BatchKey) -> None:
+        del self._points[key]
+        if key in self._written_points:
+            self._written_points.discard(key)
+            self._changed_points.add(key)
 
     @staticmethod
     def _tags(key: BatchKey) -> dict[str, str]:
@@ -526,30 +507,24 @@ class PlaysProcessor:
         return tags
 
     def _series_points(self) -> list[SeriesPoint]:
+        """One point per changed key, with the fields of the parts that changed (InfluxDB
+        keeps a point's other fields when a write to it leaves them out)."""
         points = []
-        # A QoE point and a viewers point of the same key share one tags dict (points
-        # are read only): most plays have a key of their own, so both come together.
-        tags_of: dict[BatchKey, dict[str, str]] = {}
-        for key in sorted(self._pending_series):
-            series = self._series.get(key)
-            if series is None:
+        entries, pending = self._points, self._pending_points
+        for key in sorted(pending):
+            point = entries.get(key)
+            if point is None:
                 continue
-            tags = tags_of[key] = self._tags(key)
-            fields = qoe_fields(series.plays.values())
-            points.append(SeriesPoint(QOE_MEASUREMENT, tags, fields, point_time(key[2], key[5])))
-            if not series.plays:
-                self._forget_series(key)  # the zero point above replaces what was written
-        self._pending_series.clear()
-        for key in sorted(self._pending_viewers):
-            entry = self._viewers.get(key)
-            if entry is None:
-                continue
-            tags = tags_of.get(key) or self._tags(key)
-            fields = {"viewers": entry[0]}
+            parts = pending[key]
+            fields = qoe_fields(point.plays.values()) if parts & _QOE else {}
+            if parts & _VIEWERS:
+                fields["viewers"] = point.viewers
             points.append(
-                SeriesPoint(VIEWERS_MEASUREMENT, tags, fields, point_time(key[2], key[5]))
+                SeriesPoint(QOE_MEASUREMENT, self._tags(key), fields, point_time(key[2], key[5]))
             )
-        self._pending_viewers.clear()
+            if not (point.plays or point.viewers or point.held_viewers):
+                self._forget_point(key)  # the zero point above replaces what was written
+        pending.clear()
         self._settle()
         return points
 
@@ -565,24 +540,26 @@ class PlaysProcessor:
             )
             if state is not None and state.closed and play_key not in self._touched:
                 self._plays[play_key] = _to_rest(state, self._resting_buffer)
-        # Series keys in set order: each comes once, so the changelog's order does not
+        # Point keys in set order: each comes once, so the changelog's order does not
         # matter, and a batch holds thousands of these 6-tuples to sort.
-        series_entries, encode = self._series, _play_encoder.encode
-        for key in self._changed_series:
-            series = series_entries.get(key)
-            changes[series_state_key(key)] = None if series is None else encode(series)
-        viewers = self._viewers
-        for key in self._changed_viewers:
-            entry = viewers.get(key)
-            changes[viewers_state_key(key)] = None if entry is None else encode(entry[:2])
+        points, encode = self._points, _play_encoder.encode
+        for key in self._changed_points:
+            point = points.get(key)
+            changes[point_state_key(key)] = None if point is None else encode(point)
+        for key, parts in self._older_entries.items():
+            if parts & _QOE:
+                changes[qoe_state_key(key)] = None
+            if parts & _VIEWERS:
+                changes[viewers_state_key(key)] = None
         self._changed_plays.clear()
-        self._changed_series.clear()
-        self._changed_viewers.clear()
+        self._changed_points.clear()
+        self._older_entries.clear()
         return changes
 
     def load_state(self, key: str, value: bytes) -> None:
-        """Restore one entry written by `take_state_changes`. Raises ValueError for a key
-        this processor did not write, msgspec.DecodeError for a corrupt value."""
+        """Restore one entry written by `take_state_changes` (or an older changelog's
+        `qoe:` or `viewers:` entry). Raises ValueError for a key this processor did not
+        write, msgspec.DecodeError for a corrupt value."""
         if key.startswith(_PLAY_PREFIX):
             state = _play_decoder.decode(value)
             play_key = (state.project, state.play_id)
@@ -595,38 +572,58 @@ class PlaysProcessor:
                 self._recount(state)
             self._watermark = max(self._watermark, min(state.last_ts, state.last_received_at))
             self._received_watermark = max(self._received_watermark, state.last_received_at)
-        elif key.startswith(_SERIES_PREFIX):
-            series_key = batch_key(key[len(_SERIES_PREFIX) :])
-            series = _series_decoder.decode(value)
+        elif key.startswith(_POINT_PREFIX):
+            point_key = batch_key(key[len(_POINT_PREFIX) :])
+            point = _point_decoder.decode(value)
             if not self.live_series:
-                self._changed_series.add(series_key)  # deleted at the next changes
+                self._changed_points.add(point_key)  # deleted at the next changes
                 return
-            if series_key not in self._series:
-                self._series_settling.add(self._settles_at(series_key), series_key)
-            self._series[series_key] = series  # in full: it replaces what `_recount` added
-            self._written_series.add(series_key)
+            if point_key not in self._points:
+                self._settling.add(self._settles_at(point_key), point_key)
+            self._points[point_key] = point  # in full: it replaces what `_recount` added
+            self._written_points.add(point_key)
+        elif key.startswith(_QOE_PREFIX):
+            point_key = batch_key(key[len(_QOE_PREFIX) :])
+            older = _point_decoder.decode(value)
+            self._load_older(point_key, _QOE).plays = older.plays
         elif key.startswith(_VIEWERS_PREFIX):
+            point_key = batch_key(key[len(_VIEWERS_PREFIX) :])
             count, held = _viewers_decoder.decode(value)
-            viewers_key = batch_key(key[len(_VIEWERS_PREFIX) :])
-            if not self.live_series:
-                self._changed_viewers.add(viewers_key)
-                return
-            if viewers_key not in self._viewers:
-                self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
-            self._viewers[viewers_key] = [count, held, 1]  # as for the series above
+            point = self._load_older(point_key, _VIEWERS)
+            point.viewers, point.held_viewers = count, held
         else:
             raise ValueError(f"not a plays state key: {key!r}")
 
+    def _load_point(self, key: BatchKey) -> PointState:
+        point = self._points.get(key)
+        return self._new_point(key) if point is None else point
+
+    def _load_older(self, key: BatchKey, part: int) -> PointState:
+        """The entry an older changelog's key fills `part` of in full (it replaces what
+        `_recount` added): the entry goes to the changelog under its own key at the next
+        changes, the older key is deleted. Without live series a scratch entry."""
+        self._older_entries[key] = self._older_entries.get(key, 0) | part
+        if not self.live_series:
+            return PointState()
+        self._written_points.add(key)
+        self._changed_points.add(key)
+        return self._load_point(key)
+
+    def _full(self, key: BatchKey, part: int) -> bool:
+        """Whether the changelog gave this part of the entry in full (`_recount`)."""
+        if key not in self._written_points:
+            return False
+        older = self._older_entries.get(key)
+        return older is None or bool(older & part)
+
     def _recount(self, state: PlayState) -> None:
-        """Counts a restored play in its series entries again, as it was counted when its
-        state was taken, where the changelog holds no entry in full (`__init__`)."""
+        """Counts a restored play in its points again, as it was counted when its state
+        was taken, where the changelog holds no entry in full (`__init__`)."""
         if state.series_key is not None:
             key: BatchKey = (*state.series_key, state.series_batch)
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = SeriesState()
-                self._series_settling.add(self._settles_at(key), key)
-            series.plays.setdefault(state.play_id, state.contribution())
+            point = self._load_point(key)
+            if not self._full(key, _QOE):
+                point.plays.setdefault(state.play_id, state.contribution())
         if state.viewed is None:
             return
         project, partition = state.project, state.partition
@@ -634,16 +631,10 @@ class PlaysProcessor:
         for first, last, batch in runs:
             for minute in range(first, last + MINUTE_MS, MINUTE_MS):
                 viewers_key = (project, partition, minute, content_id, device_model, batch)
-                entry = self._viewers.get(viewers_key)
-                if entry is None:
-                    self._viewers[viewers_key] = [1, 1, 0]
-                    self._viewers_settling.add(self._settles_at(viewers_key), viewers_key)
-                elif not entry[2]:
-                    entry[0] += 1
-                    entry[1] += 1
-
-
-_viewers_decoder = msgspec.msgpack.Decoder(tuple[int, int])
+                point = self._load_point(viewers_key)
+                if not self._full(viewers_key, _VIEWERS):
+                    point.viewers += 1
+                    point.held_viewers += 1
 
 
 def _clipped(runs: tuple[Run, ...], low: int, high: int) -> tuple[Run, ...]:

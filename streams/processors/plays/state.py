@@ -259,8 +259,15 @@ _TOMBSTONE_TAIL: Final[tuple[object, ...]] = (
 )
 
 
-class SeriesState(msgspec.Struct):
+class PointState(msgspec.Struct):
+    """One point of the live series, a batch of a (minute, content, device) key: the QoE
+    contributions of the plays whose first event is in the minute, and the concurrent
+    viewers of the minute (plays counted, held plays among them). The changelog form too:
+    a `qoe:` value from before the two were one point decodes as one with no viewers."""
+
     plays: dict[str, QoeContribution] = msgspec.field(default_factory=dict)
+    viewers: int = 0
+    held_viewers: int = 0
 
 
 _props_encoder = msgspec.json.Encoder()
