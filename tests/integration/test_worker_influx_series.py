@@ -1,9 +1,9 @@
 """Late plays and concurrent viewers through gateway → Kafka → worker → InfluxDB: plays of
 the last minutes, of a few hours ago and of weeks ago (a backfill), their events shuffled,
 split into requests and partly sent twice. Once the plays are stored, the `playback_qoe`
-and `concurrent_viewers` points read back from InfluxDB, summed per minute over every tag
-and point, equal the playback queries' per-minute answers over ClickHouse and a count
-worked out here from the events sent."""
+points' `plays` and `viewers` (concurrent viewers) read back from InfluxDB, summed per
+minute over every tag and point, equal the playback queries' per-minute answers over
+ClickHouse and a count worked out here from the events sent."""
 
 from __future__ import annotations
 
@@ -106,14 +106,14 @@ def test_late_and_shuffled_plays_sum_to_the_apis_counts_in_influxdb(
         # Stored: every play closed and written, and the live series caught up with it.
         wait_for(
             lambda: api_plays() == plays
-            and influx_per_minute(project, "concurrent_viewers", "viewers") == viewers
+            and influx_per_minute(project, "playback_qoe", "viewers") == viewers
             and influx_per_minute(project, "playback_qoe", "plays") == plays,
             timeout_s=120 + 3 * IDLE_TIMEOUT_S,
         )
     assert api_plays() == plays
     assert viewers_per_minute(server_clickhouse, project, first_day, last_day) == viewers
     assert influx_per_minute(project, "playback_qoe", "plays") == plays
-    assert influx_per_minute(project, "concurrent_viewers", "viewers") == viewers
+    assert influx_per_minute(project, "playback_qoe", "viewers") == viewers
     late = influxql(
         "SELECT plays FROM playback_qoe WHERE project = $project AND late = 'true'",
         project=project,

@@ -484,9 +484,8 @@ def test_metric_definitions_are_found() -> None:
 
 def test_written_measurements_are_found() -> None:
     written = written_measurements()
-    assert set(written) == {"playback_qoe", "concurrent_viewers", "service_metrics"}
-    assert written["concurrent_viewers"].fields == {"viewers"}
-    assert {"startup_ms_p95", "rebuffer_ratio", "video_start_failures"} <= written[
+    assert set(written) == {"playback_qoe", "service_metrics"}
+    assert {"startup_ms_p95", "rebuffer_ratio", "video_start_failures", "viewers"} <= written[
         "playback_qoe"
     ].fields
     assert {"content_id", "device_model", "project"} <= written["playback_qoe"].tags
@@ -932,7 +931,7 @@ def test_video_quality_dashboard_shows_the_qoe_fields() -> None:
         )
     assert columns >= VIDEO_QUALITY_API_COLUMNS
     flux = " ".join(query.text for query in of_type(board, "influxdb"))
-    assert 'r._measurement == "concurrent_viewers"' in flux
+    assert 'r._measurement == "playback_qoe"' in flux
     assert 'r._field == "viewers"' in flux
 
 

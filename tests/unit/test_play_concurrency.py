@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import msgspec
 import pytest
 
 from common.concurrency import (
@@ -26,7 +27,7 @@ from common.qoe import DAY_MS, MINUTE_MS
 from schemas.events import Event, EventRecord
 from schemas.output import SeriesPoint
 from streams.processors.base import Position
-from streams.processors.plays import QOE_MEASUREMENT, VIEWERS_MEASUREMENT, PlaysProcessor
+from streams.processors.plays import QOE_MEASUREMENT, PlaysProcessor, PointState
 
 MIDNIGHT = 1_764_115_200_000  # 2025-11-26T00:00:00Z
 IDLE = 300_000
@@ -166,10 +167,12 @@ def play_events(rng: random.Random, start: int, plays: int) -> list[Event]:
 
 
 def stored(points: list[SeriesPoint]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """What InfluxDB keeps: the last write per measurement, tag set and time."""
+    """What InfluxDB keeps: per measurement, tag set and time, each field's last write (a
+    write replaces the fields it carries and keeps the others)."""
     kept: dict[tuple[Any, ...], dict[str, Any]] = {}
     for point in points:
-        kept[(point.measurement, tuple(sorted(point.tags.items())), point.time_ms)] = point.fields
+        key = (point.measurement, tuple(sorted(point.tags.items())), point.time_ms)
+        kept.setdefault(key, {}).update(point.fields)
     return kept
 
 
@@ -179,7 +182,7 @@ def per_minute(
     """A field summed over every point of each minute (all tags, every batch)."""
     sums: dict[int, int] = defaultdict(int)
     for (name, _, time_ms), fields in kept.items():
-        if name == measurement:
+        if name == measurement and field in fields:
             sums[time_ms // MINUTE_MS * MINUTE_MS] += fields[field]
     return {minute: total for minute, total in sums.items() if total}
 
@@ -258,7 +261,8 @@ def test_sums_over_the_stored_points_are_exact(
     events = play_events(random.Random(seed), start, plays=60)
     kept = stored(deliver(events, seed, delay=delay, late_share=late_share, replay=replay))
     viewers, plays = expected(events)
-    assert per_minute(kept, VIEWERS_MEASUREMENT, "viewers") == viewers
+    assert {name for name, _, _ in kept} == {QOE_MEASUREMENT}
+    assert per_minute(kept, QOE_MEASUREMENT, "viewers") == viewers
     assert per_minute(kept, QOE_MEASUREMENT, "plays") == plays
     assert any(minute < MIDNIGHT for minute in viewers)
     assert any(minute >= MIDNIGHT for minute in viewers)
@@ -291,14 +295,10 @@ def test_a_late_play_gets_its_own_point_instead_of_overwriting_the_settled_one()
     assert processor.held_plays() == 1
     late = send(2, "a-day-late", minute + 7_000, later + 1_000)
     kept = stored(live + late)
-    qoe = {
-        key[2]: fields["plays"]
-        for key, fields in kept.items()
-        if key[0] == QOE_MEASUREMENT and key[2] < later
-    }
+    qoe = {key[2]: fields["plays"] for key, fields in kept.items() if key[2] < later}
     late_batch = (later + 1_000) // LATE_BATCH_MS + 1
     assert qoe == {minute: 1, point_time(minute, late_batch): 1}
-    assert per_minute(kept, VIEWERS_MEASUREMENT, "viewers") == {minute: 2}
+    assert per_minute(kept, QOE_MEASUREMENT, "viewers") == {minute: 2}
 
 
 def test_points_are_forgotten_once_settled_and_their_plays_gone() -> None:
@@ -320,7 +320,7 @@ def test_points_are_forgotten_once_settled_and_their_plays_gone() -> None:
         processor.process(record, Position(0, offset))
         processor.flush(event.ts + 500)
         keep_state()
-    assert any(key.startswith("viewers:") for key in changelog)
+    assert any(key.startswith("point:") for key in changelog)
     assert processor.held_points() > 0
     last = max(e.ts for e in events)
     for offset, later in enumerate((3 * HORIZON, 6 * HORIZON), start=len(events)):
@@ -337,14 +337,40 @@ def test_points_are_forgotten_once_settled_and_their_plays_gone() -> None:
     assert changelog == {}
 
 
+def as_older_changelog(changelog: dict[str, bytes]) -> dict[str, bytes]:
+    """The changelog as a worker from before one point per key kept it: a point's QoE
+    plays under `qoe:` (the live batch left out of the key) and its viewers under
+    `viewers:`, each part the point counts anything in."""
+    older = {}
+    for key, value in changelog.items():
+        if not key.startswith("point:"):
+            older[key] = value
+            continue
+        batch_key = msgspec.json.decode(key.removeprefix("point:"))
+        point = msgspec.msgpack.decode(value, type=PointState)
+        if point.plays:
+            qoe_key = batch_key[:5] if batch_key[5] == LIVE else batch_key
+            older["qoe:" + msgspec.json.encode(qoe_key).decode()] = msgspec.msgpack.encode(
+                {"plays": point.plays}
+            )
+        if point.viewers or point.held_viewers:
+            older["viewers:" + msgspec.json.encode(batch_key).decode()] = (
+                msgspec.msgpack.encode([point.viewers, point.held_viewers])
+            )
+    return older
+
+
 @pytest.mark.parametrize("seed", range(3), ids=lambda seed: f"seed {seed}")
+@pytest.mark.parametrize("older", [False, True], ids=["", "from an older changelog"])
 def test_a_restart_from_the_changelog_after_any_flush_writes_what_no_restart_writes(
-    seed: int,
+    seed: int, older: bool
 ) -> None:
     """A point whose plays are all held has no changelog key (its restored plays count
     themselves back in): a processor restarted from the compacted changelog after every
     flush writes the same points and rows as one never restarted, hours-late plays and
-    an erasure included, and the changelog gets series keys once plays are forgotten."""
+    an erasure included, and the changelog gets point keys once plays are forgotten.
+    Restarted from the older form of the changelog (a worker upgraded over it), it writes
+    the same, and its next changes replace every older key with the point's."""
     rng = random.Random(seed)
     events = play_events(rng, MIDNIGHT - 30 * MINUTE_MS, plays=40)
     late_users = {"u1", "u3"}
@@ -385,8 +411,11 @@ def test_a_restart_from_the_changelog_after_any_flush_writes_what_no_restart_wri
                     series_keys_written.add(key)
                     if all_held:
                         series_keys_while_all_held.add(key)
+        assert not any(key.startswith(("qoe:", "viewers:")) for key in changelog)
+        if older:
+            changelog = as_older_changelog(changelog)
         restarted = PlaysProcessor(idle_timeout_ms=IDLE)
         for key, value in changelog.items():
             restarted.load_state(key, value)
     assert series_keys_while_all_held == set()
-    assert {key.split(":", 1)[0] for key in series_keys_written} == {"qoe", "viewers"}
+    assert {key.split(":", 1)[0] for key in series_keys_written} == {"point"}

@@ -43,7 +43,6 @@ from streams.processors.base import Position
 from streams.processors.plays import (
     DEFAULT_IDLE_TIMEOUT_MS,
     QOE_MEASUREMENT,
-    VIEWERS_MEASUREMENT,
     PlaysProcessor,
     PlayState,
     play_state_key,
@@ -771,7 +770,7 @@ def test_without_live_series_the_rows_are_the_same_and_no_series_is_held() -> No
     assert len(without.final_rows()) == 4
     assert any(output.points for output in with_series.outputs)
     assert not any(output.points for output in without.outputs)
-    assert {key.split(":", 1)[0] for key in series_changes} == {"play", "qoe", "viewers"}
+    assert {key.split(":", 1)[0] for key in series_changes} == {"play", "point"}
     assert {key.split(":", 1)[0] for key in changes} == {"play"}
     assert without.processor.held_points() == 0
 
@@ -796,15 +795,16 @@ def test_without_live_series_an_older_states_series_entries_are_deleted() -> Non
 
 
 def _points(outputs: list[ProcessorOutput]) -> dict[tuple[int, str, str], SeriesPoint]:
-    """The last QoE point written per (time, content, device): what InfluxDB would hold
-    (tests/unit/test_play_concurrency.py checks the concurrent viewers)."""
+    """The last point with QoE fields written per (time, content, device), without its
+    `viewers` (tests/unit/test_play_concurrency.py checks the concurrent viewers)."""
     latest: dict[tuple[int, str, str], SeriesPoint] = {}
     for output in outputs:
         for point in output.points:
-            assert point.measurement in (QOE_MEASUREMENT, VIEWERS_MEASUREMENT)
-            if point.measurement == QOE_MEASUREMENT:
+            assert point.measurement == QOE_MEASUREMENT
+            qoe = {name: value for name, value in point.fields.items() if name != "viewers"}
+            if qoe:
                 key = (point.time_ms, point.tags["content_id"], point.tags["device_model"])
-                latest[key] = point
+                latest[key] = SeriesPoint(point.measurement, point.tags, qoe, point.time_ms)
     return latest
 
 
@@ -881,7 +881,9 @@ def test_empty_dimensions_get_a_placeholder_tag() -> None:
         Event(event_id="z", type="playback_request", user_id="u", ts=T0, props={"play_id": "x"})
     )
     points = feed.flush(T0).points
-    assert {p.measurement for p in points} == {QOE_MEASUREMENT, VIEWERS_MEASUREMENT}
+    assert [(p.measurement, p.fields["plays"], p.fields["viewers"]) for p in points] == [
+        (QOE_MEASUREMENT, 1, 1)
+    ]
     for point in points:
         assert (point.tags["content_id"], point.tags["device_model"]) == ("unknown", "unknown")
 
