@@ -193,6 +193,25 @@ def expected_qoe(events: list[dict[str, Any]], project: str) -> dict[tuple[Any, 
     return expected
 
 
+def expected_viewers(events: list[dict[str, Any]]) -> dict[tuple[Any, ...], int]:
+    """(minute, content, device) → concurrent viewers: the plays whose [first event, last
+    event] spans the minute (SPEC §4), tagged as their `playback_qoe` points are."""
+    by_play: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for event in events:
+        by_play[event["props"]["play_id"]].append(event)
+    viewers: dict[tuple[Any, ...], int] = collections.defaultdict(int)
+    for members in by_play.values():
+        members.sort(key=lambda e: (e["ts"], e["event_id"]))
+        content = next(
+            (e["props"]["content_id"] for e in members if e["props"].get("content_id")), ""
+        )
+        device = members[0].get("device_model") or "unknown"
+        first = members[0]["ts"] - members[0]["ts"] % MINUTE_MS
+        for minute in range(first, members[-1]["ts"] + 1, MINUTE_MS):
+            viewers[(minute, content or "unknown", device)] += 1
+    return dict(viewers)
+
+
 def feed_and_write(
     processor: Any,
     inputs: list[Any],
@@ -248,8 +267,14 @@ def test_qoe_series_read_back_equal_what_the_plays_say(
     stored = {
         (row.pop("time"), row.pop("content_id"), row.pop("device_model")): row for row in rows
     }
+    # One point per key: its `viewers`, and the QoE fields where plays began in the minute
+    # (InfluxDB kept them through the writes that carried `viewers` only).
+    viewers = {key: fields.pop("viewers") for key, fields in stored.items()}
+    assert viewers == expected_viewers(events)
     expected = expected_qoe(events, project)
-    assert stored == expected
+    assert {key: fields for key, fields in stored.items() if fields["plays"] is not None} == (
+        expected
+    )
     outcomes = ("started", "video_start_failures", "exits_before_start", "playback_failures")
     totals = {name: sum(fields[name] for fields in expected.values()) for name in outcomes}
     assert all(totals.values()), totals  # every outcome occurred
