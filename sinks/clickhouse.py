@@ -59,7 +59,23 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-class ServerClickHouse:
+class _VersionCached:
+    """`server_version` asked once per instance: version-gated SQL (the playback reads on
+    18.16) asks it per query, and an upgrade under a running process keeps the older,
+    still valid, form until it restarts."""
+
+    _server_version: tuple[int, ...] | None = None
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        raise NotImplementedError
+
+    def server_version(self) -> tuple[int, ...]:
+        if self._server_version is None:
+            self._server_version = parse_version(str(self.execute("SELECT version()")[0][0]))
+        return self._server_version
+
+
+class ServerClickHouse(_VersionCached):
     """clickhouse-server over the native protocol. Not shared between threads: the driver's
     Client is one connection, so each thread or task owns its own instance."""
 
@@ -108,9 +124,6 @@ class ServerClickHouse:
             raise ClickHouseError(str(exc)) from exc
         return len(rows)
 
-    def server_version(self) -> tuple[int, ...]:
-        return parse_version(str(self.execute("SELECT version()")[0][0]))
-
     def close(self) -> None:
         self._client.disconnect()
 
@@ -120,7 +133,7 @@ class ServerClickHouse:
 _ESCAPE_CONTEXT = SimpleNamespace(server_info=SimpleNamespace(timezone="UTC"), settings={})
 
 
-class EmbeddedClickHouse:
+class EmbeddedClickHouse(_VersionCached):
     """chDB bound to one data directory. chDB allows one engine per process, so the session
     is cached per path; its queries are thread-safe."""
 
@@ -174,9 +187,6 @@ class EmbeddedClickHouse:
         )
         self._query(sql, "CSV")
         return len(rows)
-
-    def server_version(self) -> tuple[int, ...]:
-        return parse_version(str(self.execute("SELECT version()")[0][0]))
 
     def close(self) -> None:
         """The engine lives for the process (chDB cannot reopen a path); nothing to release."""
