@@ -13,8 +13,8 @@ stored under the day of their first event: plays that began up to `LOOKBACK_DAYS
 longer than that is only counted from the days read.
 
 Only closed plays are in `plays` (the processor writes a play once it ended or idled
-out), so the minutes of the last idle timeout are incomplete here; InfluxDB's
-`concurrent_viewers` holds them live.
+out), so the minutes of the last idle timeout are incomplete here; the worker's InfluxDB
+series (`playback_qoe`, field `viewers`) holds them live.
 
 Now (`concurrent_viewers_now`): plays with an event whose ts is in the last
 `NOW_WINDOW_MS` before `now_ms` and none that ended them (`playback_end`, or a
